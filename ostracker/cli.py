@@ -1,0 +1,351 @@
+"""The ``ostracker`` command line: parse, call the JobTracker, render, map errors to exits.
+
+Nothing here knows how jobs are run or stored.  Errors leave as one line on
+stderr: usage errors with exit status 2, failed operations with 1, a ``wait``
+that timed out with 124 (see SPEC section 5).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import click
+
+from . import __version__
+from .errors import InvalidArgument, TrackerError
+from .models import JobState
+
+STATE_NAMES = [state.value for state in JobState]
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number, 0 or more."""
+
+    name = "SEC"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if math.isnan(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+def tracker():
+    """The JobTracker of the state directory chosen on the command line."""
+    from .tracker import JobTracker
+
+    ctx = click.get_current_context()
+    return JobTracker(ctx.find_root().params.get("state_dir"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ostracker")
+@click.option("--state-dir", metavar="DIR", help="Job DB directory "
+              "[default: $OSTRACKER_STATE_DIR, else the per-user state dir].")
+def cli(state_dir):
+    """Run OS processes as jobs and keep track of them (DRMAA2 OS process JobTracker)."""
+
+
+def parse_environment(ctx, param, values):
+    environment = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx, param)
+        environment[key] = value
+    return environment
+
+
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.option("-n", "--name", help="Job name [default: the command's base name].")
+@click.option("-C", "--cwd", metavar="DIR", help="Working directory [default: here].")
+@click.option("-e", "--env", "environment", multiple=True, metavar="KEY=VALUE",
+              callback=parse_environment, help="Add to the job's environment (repeatable).")
+@click.option("--stdin", metavar="PATH", help="Read stdin from PATH [default: /dev/null].")
+@click.option("-o", "--stdout", metavar="PATH", help="Write stdout to PATH (%j job ID, "
+              "%a task index) [default: captured, see 'output'].")
+@click.option("--stderr", metavar="PATH", help="Write stderr to PATH [default: captured].")
+@click.option("--array", "array_spec", metavar="SPEC",
+              help="Job array BEGIN-END[:STEP][%MAX] or INDEX.")
+@click.option("--max-parallel", type=click.IntRange(min=1), metavar="N",
+              help="Run at most N array tasks at once.")
+@click.option("-w", "--wait", "wait_for_end", is_flag=True,
+              help="Wait for the job to end and exit like 'wait'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job record, not the ID.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel,
+           wait_for_end, as_json, command):
+    """Start a job (or a job array) and print its ID.
+
+    Returns once the job (an array's first task) has started; fails with the
+    reason when it cannot start.  Put the command after `--` so that its own
+    options are never taken for ostracker's.
+
+    \b
+    Example:
+      ostracker submit -n nightly -o /tmp/%j.log -- ./backup.sh --full
+      ostracker submit --array 1-10:2 --max-parallel 3 -- ./run.sh
+    """
+    from .models import JobTemplate, parse_array_spec
+
+    if max_parallel is not None and array_spec is None:
+        raise click.BadParameter("only an array (--array) can have --max-parallel",
+                                 param_hint="--max-parallel")
+    spec = parse_array_spec(array_spec, max_parallel) if array_spec is not None else None
+    template = JobTemplate(remote_command=command[0], args=list(command[1:]), job_name=name,
+                           working_directory=cwd, job_environment=environment,
+                           input_path=stdin, output_path=stdout, error_path=stderr)
+    jobs = tracker()
+    if spec is None:
+        job_id = jobs.add_job(template)
+    else:
+        job_id = jobs.add_array_job(template, spec.begin, spec.end, spec.step, spec.max_parallel)
+    if not as_json:
+        click.echo(job_id)
+    if wait_for_end:
+        sys.stdout.flush()
+        wait_exit([job_id], None, False, jobs, as_json)
+    elif as_json:
+        _print_infos(jobs, [job_id], single=spec is None)
+
+
+def _print_infos(jobs, job_ids, single):
+    from .output import to_json
+
+    infos = jobs.job_infos(job_ids)
+    click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
+                       pretty=True))
+
+
+@cli.command()
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              type=click.Choice(STATE_NAMES, case_sensitive=False),
+              help="Only jobs in STATE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of job records.")
+@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.pass_context
+def status(ctx, states, as_json, job_ids):
+    """Show jobs: all of them, or those named (an array ID shows its tasks).
+
+    \b
+    Example:
+      ostracker status --state Running
+      ostracker status 7 --json | jq '.[].exit_status'
+    """
+    jobs = tracker()
+    errors = []
+    infos = jobs.job_infos(job_ids or None, errors=errors)
+    for error in errors:
+        click.echo(f"ostracker: {error}", err=True)
+    if states:
+        wanted = {JobState.parse(state) for state in states}
+        infos = [info for info in infos if info.state in wanted]
+    if as_json:
+        from .output import to_json
+
+        click.echo(to_json([info.to_dict() for info in infos]))
+    elif infos:
+        from .output import job_table
+
+        click.echo(job_table(infos))
+    if errors and job_ids:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON object (a list for an array).")
+@click.argument("job_id", metavar="ID")
+def info(as_json, job_id):
+    """Show every JobInfo field of a job, or of each task of an array.
+
+    \b
+    Example:
+      ostracker info 7.3
+      ostracker info 7 --json
+    """
+    from .output import key_values, to_json
+    from .tracker import parse_job_id
+
+    jobs = tracker()
+    infos = jobs.job_infos([job_id])
+    single = parse_job_id(job_id)[1] is not None or infos[0].array_id is None
+    if as_json:
+        click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
+                           pretty=True))
+    else:
+        click.echo("\n\n".join(key_values(i) for i in infos))
+
+
+def wait_exit(job_ids, timeout, any_job, jobs, as_json=False):
+    """Wait, then exit as SPEC section 5 says ``wait`` does."""
+    from .tracker import parse_job_id
+
+    infos = jobs.wait_jobs(job_ids, timeout=timeout, any_job=any_job)
+    if as_json:
+        _print_infos(jobs, [i.id for i in infos], single=len(infos) == 1)
+    ctx = click.get_current_context()
+    if len(job_ids) == 1 and parse_job_id(job_ids[0])[1] is None and infos[0].array_id is None \
+            or len(job_ids) == 1 and parse_job_id(job_ids[0])[1] is not None:
+        ctx.exit(exit_status_of(infos[0]))
+    ctx.exit(0 if all(i.state is JobState.DONE for i in infos) else 1)
+
+
+def exit_status_of(info) -> int:
+    """A single job's exit status as a shell sees it: the code, or 128 + signal number."""
+    import signal
+
+    if info.exit_status is not None:
+        return info.exit_status
+    if info.terminating_signal is not None:
+        return 128 + signal.Signals[info.terminating_signal].value
+    return 1
+
+
+@cli.command()
+@click.option("--timeout", type=Seconds(), help="Give up after SEC seconds (exit 124).")
+@click.option("--any", "any_job", is_flag=True, help="Return when any one job has ended.")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+def wait(timeout, any_job, job_ids):
+    """Wait until the jobs have ended, and exit with their status.
+
+    One single job: its exit status, or 128+N if signal N ended it.  An array or
+    several IDs: 0 if all ended Done, else 1.  124 when --timeout runs out.
+
+    \b
+    Example:
+      ostracker wait 7 --timeout 600 && echo "job 7 succeeded"
+    """
+    wait_exit(list(job_ids), timeout, any_job, tracker())
+
+
+def _control(action: str, past: str):
+    @click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+    @click.pass_context
+    def command(ctx, job_ids):
+        jobs = tracker()
+        failed = False
+        for job_id in job_ids:
+            try:
+                jobs.job_control(job_id, action)
+            except InvalidArgument:
+                raise
+            except TrackerError as error:
+                click.echo(f"ostracker: {error}", err=True)
+                failed = True
+        if failed:
+            ctx.exit(1)
+    command.__name__ = action
+    return command
+
+
+_CONTROL_HELP = {
+    "suspend": ("Suspend running jobs: SIGTSTP to each job's process group.",
+                "Returns once the job has stopped; fails if it does not stop in time."),
+    "resume": ("Resume suspended jobs: SIGCONT to each job's process group.",
+               "Returns once the job runs again."),
+    "terminate": ("Terminate jobs: SIGKILL to each job's process group.",
+                  "A queued array task is cancelled and never starts."),
+    "hold": ("Not supported by the OS process backend (always fails).",
+             "Holding a job is a batch-system feature this backend does not have."),
+    "release": ("Not supported by the OS process backend (always fails).",
+                "Releasing a job is a batch-system feature this backend does not have."),
+}
+
+for _action, (_summary, _paragraph) in _CONTROL_HELP.items():
+    cli.command(_action, help=f"{_summary}\n\n{_paragraph}\n\n\b\nExample:\n"
+                f"  ostracker {_action} 7 8.2", short_help=_summary)(
+        _control(_action, _action))
+
+
+@cli.command()
+@click.option("--finished", is_flag=True, help="Delete every job that has ended.")
+@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.pass_context
+def delete(ctx, finished, job_ids):
+    """Remove ended jobs from the DB, with the output ostracker captured for them.
+
+    Refuses a job that has not ended.  Output written to paths you gave with
+    -o/--stderr is yours and stays.
+
+    \b
+    Example:
+      ostracker delete 7 8
+      ostracker delete --finished
+    """
+    if not finished and not job_ids:
+        raise click.UsageError("name the jobs to delete, or give --finished")
+    jobs = tracker()
+    if finished:
+        jobs.delete_finished()
+    failed = False
+    for job_id in job_ids:
+        try:
+            jobs.delete_job(job_id)
+        except InvalidArgument:
+            raise
+        except TrackerError as error:
+            click.echo(f"ostracker: {error}", err=True)
+            failed = True
+    if failed:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.option("--stderr", "error_stream", is_flag=True, help="Print stderr instead of stdout.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@click.argument("job_id", metavar="ID")
+def output(error_stream, follow, job_id):
+    """Print what a job wrote to its stdout (or stderr).
+
+    \b
+    Example:
+      ostracker output 7.3 --stderr
+      ostracker output -f 7
+    """
+    import time
+
+    jobs = tracker()
+    path = jobs.output_path(job_id, "stderr" if error_stream else "stdout")
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise TrackerError(f"cannot read output of job {job_id}: {path}: {exc.strerror}") \
+            from None
+    out = sys.stdout.buffer
+    with handle:
+        while True:
+            ended = follow and jobs.has_ended(job_id)
+            while chunk := handle.read(1 << 16):
+                out.write(chunk)
+            out.flush()
+            if not follow or ended:
+                return
+            time.sleep(0.1)
+
+
+def main(argv=None) -> None:
+    """Entry point: run the CLI, turning every error into one line and an exit status."""
+    try:
+        status_code = cli.main(args=argv, prog_name="ostracker", standalone_mode=False)
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx else "ostracker"
+        click.echo(f"{where}: {error.format_message()} (see '{where} --help')", err=True)
+        status_code = 2
+    except click.ClickException as error:
+        click.echo(f"ostracker: {error.format_message()}", err=True)
+        status_code = error.exit_code
+    except TrackerError as error:
+        click.echo(f"ostracker: {error}", err=True)
+        status_code = error.exit_status
+    except click.Abort:
+        click.echo("ostracker: interrupted", err=True)
+        status_code = 130
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away: nothing more to say, to anyone
+        status_code = 141
+    sys.exit(status_code or 0)

@@ -1,0 +1,65 @@
+"""The submit side of starting a job: fork a detached reaper and wait for its word.
+
+``submit`` must return only once the job has really started, and must fail with
+the real reason when it could not (no such file, permission denied, a missing
+working directory...).  So the submitter forks, the child forks again and calls
+``setsid`` (the grandchild is the reaper: no zombie is left with the submitter,
+and no terminal or cron run can reach it), and the submitter blocks on a pipe
+until the reaper writes one line: ``started PID`` or ``error REASON``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import reaper
+from .errors import StartError
+from .store import Store
+
+
+def launch(store: Store, job_id: int, header: dict, lock_fd: int) -> int:
+    """Start the reaper of job ``job_id``; return the PID of its first task.
+
+    ``lock_fd`` is the reaper lock, already taken by the caller so that no reader
+    takes the job for reaper-less before the reaper exists; the reaper inherits it.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        child = os.fork()
+    except OSError as exc:
+        os.close(read_end)
+        os.close(write_end)
+        raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
+    if child == 0:
+        _become_reaper(store, job_id, header, read_end, write_end, lock_fd)
+    os.close(write_end)
+    os.waitpid(child, 0)  # the middle process exits at once
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            word = pipe.readline().decode(errors="replace").rstrip("\n")
+    except OSError as exc:
+        raise StartError(f"lost contact with the reaper: {exc.strerror}") from None
+    kind, _, detail = word.partition(" ")
+    if kind == "started":
+        return int(detail)
+    if kind == "error":
+        raise StartError(detail)
+    raise StartError("the reaper ended before the job started")
+
+
+def _become_reaper(store, job_id, header, read_end, write_end, lock_fd) -> None:
+    """In the forked child: detach twice and run the reaper; never return."""
+    status = 1
+    try:
+        os.close(read_end)
+        os.setsid()
+        if os.fork() == 0:
+            reaper.begin(store, job_id, header, write_end, lock_fd)
+        status = 0
+    except BaseException as exc:  # never let an error climb back into the submitter's code
+        try:
+            os.write(write_end, f"error {exc}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(status)

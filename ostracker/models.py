@@ -1,0 +1,227 @@
+"""The DRMAA2 data types of ostracker and how they are spelled on disk.
+
+Records are plain JSON objects carrying ``SCHEMA_VERSION`` so that a later
+ostracker can read what an earlier one wrote.  Lifecycle (``JobState``) and the
+description of what to run (``JobTemplate``) are separate types, as in DRMAA2;
+``JobInfo`` is what a reader gets back, assembled from the records.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+from .errors import InvalidArgument
+
+SCHEMA_VERSION = 1
+MAX_ARRAY_TASKS = 1_000_000
+
+
+class JobState(str, enum.Enum):
+    """DRMAA2 job states, spelled exactly as DRMAA2 spells them."""
+
+    UNDETERMINED = "Undetermined"
+    QUEUED = "Queued"
+    QUEUED_HELD = "QueuedHeld"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    REQUEUED = "Requeued"
+    REQUEUED_HELD = "RequeuedHeld"
+    DONE = "Done"
+    FAILED = "Failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended(self) -> bool:
+        """True for the states a job never leaves."""
+        return self in ENDED_STATES
+
+    @classmethod
+    def parse(cls, name: str) -> "JobState":
+        """Accept a state name in any letter case; unknown names are usage errors."""
+        for state in cls:
+            if state.value.lower() == name.lower():
+                return state
+        choices = ", ".join(s.value for s in cls)
+        raise InvalidArgument(f"unknown state {name!r} (choose from {choices})")
+
+
+ENDED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.UNDETERMINED})
+
+
+class JobTemplate:
+    """What to run and how (DRMAA2 JobTemplate, the fields this backend uses)."""
+
+    FIELDS = ("remote_command", "args", "job_name", "working_directory", "job_environment",
+              "input_path", "output_path", "error_path")
+    __slots__ = FIELDS
+
+    def __init__(self, remote_command: str, args: list[str] | None = None,
+                 job_name: str | None = None, working_directory: str | None = None,
+                 job_environment: dict[str, str] | None = None, input_path: str | None = None,
+                 output_path: str | None = None, error_path: str | None = None):
+        self.remote_command = remote_command
+        self.args = list(args or [])
+        self.job_name = job_name
+        self.working_directory = working_directory
+        self.job_environment = dict(job_environment or {})
+        self.input_path = input_path
+        self.output_path = output_path
+        self.error_path = error_path
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobTemplate":
+        return cls(**{name: data.get(name) for name in cls.FIELDS})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, JobTemplate) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"JobTemplate({self.to_dict()!r})"
+
+
+class ArraySpec:
+    """Indices BEGIN..END (inclusive) by STEP, at most MAX_PARALLEL at once."""
+
+    __slots__ = ("begin", "end", "step", "max_parallel")
+
+    def __init__(self, begin: int, end: int, step: int = 1, max_parallel: int | None = None):
+        if begin < 0 or end < 0:
+            raise InvalidArgument("array indices must be 0 or more")
+        if begin > end:
+            raise InvalidArgument(f"array begin {begin} is after end {end}")
+        if step < 1:
+            raise InvalidArgument("array step must be 1 or more")
+        if max_parallel is not None and max_parallel < 1:
+            raise InvalidArgument("max parallel must be 1 or more")
+        self.begin, self.end, self.step, self.max_parallel = begin, end, step, max_parallel
+        if len(self) > MAX_ARRAY_TASKS:
+            raise InvalidArgument(
+                f"array of {len(self):,} tasks is larger than the limit of {MAX_ARRAY_TASKS:,}")
+
+    def __len__(self) -> int:
+        return (self.end - self.begin) // self.step + 1
+
+    def indices(self) -> range:
+        return range(self.begin, self.end + 1, self.step)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.indices()
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"ArraySpec({self.to_dict()!r})"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ArraySpec":
+        return cls(**data)
+
+
+_ARRAY_SPEC = r"(\d+)(?:-(\d+)(?::(\d+))?)?(?:%(\d+))?"
+
+
+def parse_array_spec(text: str, max_parallel: int | None = None) -> ArraySpec:
+    """Parse ``BEGIN-END[:STEP][%MAX]`` or ``INDEX[%MAX]`` (Slurm's --array syntax)."""
+    import re  # only here: the reaper, which imports this module, never parses a spec
+
+    match = re.fullmatch(_ARRAY_SPEC, text) if text.isascii() else None
+    if not match:
+        raise InvalidArgument(
+            f"bad array spec {text!r}: expected BEGIN-END[:STEP][%MAX] or INDEX")
+    begin, end, step, spec_max = match.groups()
+    if spec_max is not None and max_parallel is not None and int(spec_max) != max_parallel:
+        raise InvalidArgument(
+            f"array spec says %{spec_max} but --max-parallel says {max_parallel}")
+    limit = max_parallel if max_parallel is not None else spec_max
+    return ArraySpec(begin=int(begin), end=int(end if end is not None else begin),
+                     step=int(step or 1), max_parallel=None if limit is None else int(limit))
+
+
+def timestamp() -> str:
+    """Now, as ISO 8601 in UTC with microseconds (``2026-11-24T02:03:04.123456+00:00``).
+
+    Written without the datetime module, which the reaper and ``submit`` need not load.
+    """
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + \
+        f".{nanoseconds // 1000:06d}+00:00"
+
+
+def parse_time(text: str | None):
+    """A timestamp as an aware datetime (None stays None)."""
+    from datetime import datetime
+
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class JobInfo:
+    """DRMAA2 JobInfo of one job or array task, as readers see it.
+
+    Built by the tracker only, from keyword arguments named as the fields.  The
+    three times are kept as the ISO 8601 text of the records and parsed into
+    datetimes only when asked for: listing thousands of tasks as JSON copies
+    them as they are.
+    """
+
+    __slots__ = ("id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
+                 "terminating_signal", "pid", "allocated_machines", "submission_machine",
+                 "job_owner", "uid", "submission_time_text", "dispatch_time_text",
+                 "finish_time_text", "extension_list", "job_template")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    def __repr__(self) -> str:
+        return f"JobInfo(id={self.id!r}, state={self.state.value!r})"
+
+    @property
+    def submission_time(self):
+        return parse_time(self.submission_time_text)
+
+    @property
+    def dispatch_time(self):
+        return parse_time(self.dispatch_time_text)
+
+    @property
+    def finish_time(self):
+        return parse_time(self.finish_time_text)
+
+    @property
+    def wallclock_time(self) -> float | None:
+        """Seconds from dispatch to finish, or to now while the job runs."""
+        if self.dispatch_time_text is None:
+            return None
+        end = self.finish_time_text or timestamp()
+        return (parse_time(end) - self.dispatch_time).total_seconds()
+
+    def to_dict(self) -> dict:
+        """The JSON object of SPEC section 6, keys in the order the SPEC lists them."""
+        return {
+            "id": self.id,
+            "array_id": self.array_id,
+            "task_id": self.task_id,
+            "job_name": self.job_name,
+            "state": self.state.value,
+            "sub_state": self.sub_state,
+            "exit_status": self.exit_status,
+            "terminating_signal": self.terminating_signal,
+            "pid": self.pid,
+            "allocated_machines": self.allocated_machines,
+            "submission_machine": self.submission_machine,
+            "job_owner": self.job_owner,
+            "uid": self.uid,
+            "submission_time": self.submission_time_text,
+            "dispatch_time": self.dispatch_time_text,
+            "finish_time": self.finish_time_text,
+            "wallclock_time": self.wallclock_time,
+            "extension_list": self.extension_list,
+            "job_template": self.job_template.to_dict(),
+        }

@@ -1,0 +1,76 @@
+"""Rendering for people and scripts: tables, key/value lines, JSON, durations.
+
+The only module that imports tabulate, and only when a table is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from .models import JobInfo
+
+
+def duration(seconds: float | None) -> str:
+    """``42.0s``, ``3m07s``, ``1h02m``, ``2d03h``: short and sortable by eye."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def local_time(moment) -> str:
+    return "-" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def command_line(info: JobInfo) -> str:
+    import shlex
+
+    return shlex.join([info.job_template.remote_command, *info.job_template.args])
+
+
+def exit_column(info: JobInfo) -> str:
+    if info.exit_status is not None:
+        return str(info.exit_status)
+    return info.terminating_signal or "-"
+
+
+def job_table(infos: list[JobInfo]) -> str:
+    """The ``status`` table: one row per single job or array task."""
+    from tabulate import tabulate
+
+    rows = [[info.id, info.job_name, info.state.value, exit_column(info),
+             "-" if info.pid is None else info.pid, local_time(info.dispatch_time),
+             duration(info.wallclock_time), command_line(info)] for info in infos]
+    return tabulate(rows, headers=["ID", "NAME", "STATE", "EXIT", "PID", "STARTED", "WALL",
+                                   "COMMAND"], tablefmt="plain", disable_numparse=True)
+
+
+def key_values(info: JobInfo) -> str:
+    """Every JobInfo field as ``key: value`` lines; nested objects flattened with dots."""
+    lines = []
+
+    def emit(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                emit(f"{prefix}.{key}", item)
+        else:
+            text = "" if value is None else (" ".join(map(str, value)) if isinstance(value, list)
+                                             else str(value))
+            lines.append(f"{prefix}: {text}")
+
+    for key, value in info.to_dict().items():
+        emit(key, value)
+    return "\n".join(lines)
+
+
+def to_json(value, pretty: bool = False) -> str:
+    """JSON text; compact by default, since the C encoder is only used without indent."""
+    return json.dumps(value, indent=2 if pretty else None)

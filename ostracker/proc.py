@@ -1,0 +1,108 @@
+"""OS processes: starting them, knowing them again, and signalling their groups.
+
+A PID alone is not an identity: once a process has ended, its number is given
+to the next one.  A job's process is therefore known by ``(pid, start_ticks)``
+— the start time in clock ticks since boot, field 22 of ``/proc/PID/stat`` —
+together with the boot it ran in.  Every signal goes through ``identify`` first,
+so a record whose process is gone, or whose PID now names another process, is
+never signalled.
+
+This module reads /proc directly rather than through psutil: it is used by the
+reaper and by every control command, which must stay light.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+# Signals a job must find at their default action, whatever the reaper (or the
+# shell that started ostracker) ignored or caught: the SIG_IGN trap.
+_DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def boot_id() -> str:
+    """The kernel's ID of this boot: records from an earlier boot name dead processes."""
+    with open(_BOOT_ID_PATH) as handle:
+        return handle.read().strip()
+
+
+class ProcessStat:
+    """What /proc/PID/stat says of a process that a caller cares about."""
+
+    __slots__ = ("state", "pgid", "start_ticks", "uid")
+
+    def __init__(self, state: str, pgid: int, start_ticks: int, uid: int):
+        self.state = state  # one letter: R, S, D, T (stopped), t, Z (zombie), X ...
+        self.pgid = pgid
+        self.start_ticks = start_ticks
+        self.uid = uid
+
+
+def stat(pid: int) -> ProcessStat | None:
+    """The process ``pid`` as /proc shows it now, or None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may itself hold ") ".
+    fields = raw[raw.rindex(b")") + 2:].split()
+    return ProcessStat(state=fields[0].decode(), pgid=int(fields[2]),
+                       start_ticks=int(fields[19]), uid=uid)
+
+
+def identify(pid: int, start_ticks: int) -> ProcessStat | None:
+    """The process if ``pid`` still names the one that started at ``start_ticks``."""
+    current = stat(pid)
+    if current is None or current.start_ticks != start_ticks:
+        return None
+    return current
+
+
+def signal_group(pid: int, start_ticks: int, signum: int) -> bool:
+    """Send ``signum`` to the process group led by the job's process.
+
+    Returns False, sending nothing, when that process is gone or its PID was
+    reused, or when it no longer leads its own group, or is not ours.
+    """
+    current = identify(pid, start_ticks)
+    if current is None or current.pgid != pid or current.uid != os.getuid():
+        return False
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def resolve_command(command: str, path_variable: str | None) -> str:
+    """The file to execute: ``command`` itself if it holds a ``/``, else its PATH match.
+
+    Raises FileNotFoundError when no executable of that name is on the PATH.
+    """
+    if "/" in command:
+        return command
+    for directory in (path_variable or os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(f"command not found in PATH: {command}")
+
+
+def spawn(executable: str, argv: list[str], environment: dict[str, str],
+          stdin_fd: int, stdout_fd: int, stderr_fd: int) -> int:
+    """Start a job process in a new process group of the caller's session.
+
+    The group lets control signals reach every process the job starts; staying
+    in the caller's session keeps the group from being orphaned, which would make
+    Linux discard SIGTSTP.  Signal dispositions and mask are reset to defaults.
+    posix_spawn reports exec errors (ENOENT, EACCES, ENOEXEC) as OSError.
+    """
+    actions = [(os.POSIX_SPAWN_DUP2, stdin_fd, 0),
+               (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
+               (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
+    return os.posix_spawn(executable, argv, environment, file_actions=actions,
+                          setpgroup=0, setsigdef=_DEFAULT_SIGNALS, setsigmask=())

@@ -1,0 +1,279 @@
+"""The job DB: JSON files in a private state directory, safe for many writers.
+
+Layout of the state directory (mode 0700, every file 0600)::
+
+    lock             flock(2) taken to hand out the next ID
+    last-id          the highest ID ever given (IDs are never reused)
+    jobs/N/          one directory per submission
+        job.json     the submission: template, array spec, who/where/when (written once)
+        state.json   a single job's state record
+        I.json       an array task's state record, written when task I starts or is cancelled
+        cancel.json  "every task of this array that has not started is cancelled"
+        summary.json all task records of an ended array in one file, for fast listing
+        reaper.lock  held (flock) by the job's reaper for as long as it lives
+        stdout, stderr, I.stdout, I.stderr   output captured by default
+
+Why this shape: one event (a task starting or ending) writes one small file, so
+its cost does not grow with the array; a record is replaced by writing a
+temporary file, fsync-ing it and renaming it over the old one, so a reader
+never sees half a record; ``job.json`` is never replaced, so an flock on it is
+the job's mutation lock; and a reaper that dies drops its lock, which readers
+detect.  Deleting a job renames its directory out of the way first, so a
+reader sees the whole job or none of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+from .errors import JobNotFound, StorageError
+
+JOBS = "jobs"
+HEADER = "job.json"
+SINGLE_STATE = "state.json"
+CANCEL = "cancel.json"
+SUMMARY = "summary.json"
+REAPER_LOCK = "reaper.lock"
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def default_state_dir() -> str:
+    """``$OSTRACKER_STATE_DIR``, else the platform's per-user state directory."""
+    override = os.environ.get("OSTRACKER_STATE_DIR")
+    if override:
+        return override
+    import platformdirs  # only here: a user who sets the variable never pays for it
+
+    return platformdirs.user_state_dir("ostracker")
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class Store:
+    """Files of one state directory.  Knows paths and atomicity, not job semantics."""
+
+    def __init__(self, root: str | None = None):
+        self.root = os.path.abspath(root or default_state_dir())
+        self.jobs = os.path.join(self.root, JOBS)
+        self._ensure_private_dir(self.root)
+        self._ensure_private_dir(self.jobs)
+
+    # -- directories -------------------------------------------------------
+
+    @staticmethod
+    def _ensure_private_dir(path: str) -> None:
+        """Create ``path`` 0700, or check that an existing one is ours and private.
+
+        Job records hold environments, which may carry secrets: a directory that
+        another user owns or may write into is refused rather than used.
+        """
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            info = os.lstat(path)
+        except OSError as exc:
+            raise StorageError(f"cannot use state directory {path}: {_describe(exc)}") from None
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise StorageError(f"state directory {path} is not a directory")
+        if info.st_uid != os.getuid():
+            raise StorageError(f"state directory {path} belongs to another user (uid {info.st_uid})")
+        if info.st_mode & 0o077:
+            try:
+                os.chmod(path, 0o700)
+            except OSError as exc:
+                raise StorageError(f"state directory {path} is open to others and cannot be made "
+                                   f"private: {_describe(exc)}") from None
+
+    def job_dir(self, job_id: int) -> str:
+        return os.path.join(self.jobs, str(job_id))
+
+    def job_ids(self) -> list[int]:
+        """IDs of every job directory, ascending (unknown names are ignored)."""
+        try:
+            names = os.listdir(self.jobs)
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.jobs}: {_describe(exc)}") from None
+        return sorted(int(name) for name in names if name.isdigit() and name.isascii())
+
+    def exists(self, job_id: int) -> bool:
+        return os.path.exists(os.path.join(self.job_dir(job_id), HEADER))
+
+    # -- records -----------------------------------------------------------
+
+    def path(self, job_id: int, name: str) -> str:
+        return os.path.join(self.jobs, str(job_id), name)
+
+    def read(self, job_id: int, name: str) -> dict | None:
+        """The record ``name`` of job ``job_id``, or None if it does not exist.
+
+        A record that exists but does not parse raises StorageError naming it:
+        damage is reported, never mistaken for absence.
+        """
+        path = self.path(job_id, name)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_describe(exc)}") from None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        try:
+            record = json.loads(b"".join(chunks))
+        except ValueError:
+            raise StorageError(f"damaged record {path}") from None
+        if not isinstance(record, dict):
+            raise StorageError(f"damaged record {path}")
+        return record
+
+    def write(self, job_id: int, name: str, record: dict, durable: bool = True) -> None:
+        """Replace record ``name`` atomically: temp file, fsync, rename.
+
+        On any failure (ENOSPC, EIO) the previous record is left as it was and
+        the temporary file is removed.  ``durable=False`` skips the fsync, for
+        transitions that a reboot would make meaningless anyway (Running,
+        Suspended): the rename alone already keeps readers from seeing half a file.
+        """
+        write_atomically(self.path(job_id, name), [json.dumps(record).encode()], durable)
+
+    def sync(self, job_id: int, name: str) -> None:
+        """fsync a record written with ``durable=False``, once speed no longer matters."""
+        fd = os.open(self.path(job_id, name), _READ_FLAGS)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def create_job_dir(self, job_id: int) -> None:
+        try:
+            os.mkdir(self.job_dir(job_id), 0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.job_dir(job_id)}: {_describe(exc)}") from None
+
+    def remove_job_dir(self, job_id: int) -> None:
+        """Remove a job whole: rename it away first, so no reader sees half of it."""
+        doomed = os.path.join(self.jobs, f".deleted-{job_id}-{os.getpid()}")
+        try:
+            os.rename(self.job_dir(job_id), doomed)
+        except FileNotFoundError:
+            raise JobNotFound(f"no such job: {job_id}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot delete job {job_id}: {_describe(exc)}") from None
+        import shutil  # only here: it costs a CLI start more than any other import of ours
+
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    # -- locks -------------------------------------------------------------
+
+    @contextmanager
+    def job_lock(self, job_id: int):
+        """Exclusive lock on one job's records (flock on its never-replaced header)."""
+        try:
+            fd = os.open(self.path(job_id, HEADER), _READ_FLAGS)
+        except FileNotFoundError:
+            raise JobNotFound(f"no such job: {job_id}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def open_reaper_lock(self, job_id: int) -> int:
+        """Create and take the lock that says "this job's reaper is alive"; return its fd."""
+        fd = os.open(self.path(job_id, REAPER_LOCK),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def reaper_alive(self, job_id: int) -> bool:
+        """Whether the job's reaper still holds its lock.
+
+        The submitter creates the lock file, already taken, before it writes the
+        job's header, so a visible job without a lock file has no reaper.
+        """
+        try:
+            fd = os.open(self.path(job_id, REAPER_LOCK), _READ_FLAGS)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # -- IDs ---------------------------------------------------------------
+
+    def allocate_id(self) -> int:
+        """Hand out the next job ID, never given before, and create its directory.
+
+        The counter is read and bumped under an exclusive flock, so concurrent
+        submitters from shells and cron never get the same ID.  If the counter
+        file was lost or damaged, the highest existing job ID is the floor.
+        """
+        lock_fd = os.open(os.path.join(self.root, "lock"),
+                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            counter = os.path.join(self.root, "last-id")
+            last = _read_int(counter)
+            if last is None:
+                last = max(self.job_ids(), default=0)
+            job_id = last + 1
+            while os.path.lexists(self.job_dir(job_id)):
+                job_id += 1  # a directory the counter does not know of: never reuse it
+            # Not fsync'd here: the job's header is, and the highest job directory is
+            # the counter's floor, so a counter lost in a crash cannot hand out an
+            # ID that a surviving job holds.
+            write_atomically(counter, [b"%d\n" % job_id], durable=False)
+            self.create_job_dir(job_id)
+            return job_id
+        finally:
+            os.close(lock_fd)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
+
+
+def write_atomically(path: str, chunks: Iterable[bytes], durable: bool) -> None:
+    """Write ``chunks`` to ``path`` through a private temporary file and a rename."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if exc.errno == errno.ENOENT and not os.path.isdir(directory):
+            raise JobNotFound(f"job directory {directory} is gone") from None
+        raise StorageError(f"cannot write {path}: {_describe(exc)}") from None

@@ -1,0 +1,532 @@
+"""The DRMAA2 JobTracker of the OS process backend: the seam between the CLI and jobs.
+
+Writers: ``add_job`` writes a submission's header and hands it to a reaper
+(``launch``); the reaper is the one writer of results; control commands only
+signal, except that cancelling a queued task writes its record under the job
+lock.  Readers never write: a record that says Running while its reaper is
+gone (its lock is free) is *derived* on read — from the process itself while
+it lives, ``Undetermined`` once it is gone — and a record from an earlier boot
+is ``Undetermined`` without looking at any PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+
+from . import proc
+from .errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
+                     TrackerError, UnsupportedOperation, WaitTimeout)
+from .launch import launch
+from .models import (ENDED_STATES, SCHEMA_VERSION, ArraySpec, JobInfo, JobState, JobTemplate,
+                     timestamp)
+from .reaper import captured_output_name, expand_path, new_record, task_id_string, task_record_name
+from .store import CANCEL, HEADER, SUMMARY, Store
+
+CONTROL_TIMEOUT = 5.0  # seconds a job may take to stop, continue or die after its signal
+_REAPER_LOST = "reaper lost"
+
+
+def parse_job_id(text: str) -> tuple[int, int | None]:
+    """``"7"`` -> (7, None); ``"7.3"`` -> (7, 3).  Anything else is a usage error."""
+    job, dot, task = text.partition(".")
+    if not (job.isascii() and job.isdigit() and int(job) > 0) or \
+            (dot and not (task.isascii() and task.isdigit())):
+        raise InvalidArgument(f"bad job ID {text!r}: expected N or N.I")
+    return int(job), int(task) if dot else None
+
+
+def _owner(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+class _Submission:
+    """One submission (a single job or an array) as read from its directory."""
+
+    def __init__(self, tracker: "JobTracker", job_id: int):
+        self.tracker = tracker
+        self.store = tracker.store
+        self.job_id = job_id
+        header = self.store.read(job_id, HEADER)
+        if header is None:
+            raise JobNotFound(f"no such job: {job_id}")
+        try:
+            self.array = ArraySpec.from_dict(header["array"]) if header["array"] else None
+            self.template = JobTemplate.from_dict(header["template"])
+            self.header = header
+            self.submission_time = header["submission_time"]
+        except (KeyError, TypeError, ValueError):
+            raise StorageError(f"damaged record {self.store.path(job_id, HEADER)}") from None
+        self._reaper_alive: bool | None = None
+        self._cancel: dict | None | bool = False  # False: not read yet
+
+    @property
+    def is_array(self) -> bool:
+        return self.array is not None
+
+    def reaper_alive(self) -> bool:
+        if self._reaper_alive is None:
+            self._reaper_alive = self.store.reaper_alive(self.job_id)
+        return self._reaper_alive
+
+    def cancel_marker(self) -> dict | None:
+        if self._cancel is False:
+            self._cancel = self.store.read(self.job_id, CANCEL)
+        return self._cancel
+
+    def indices(self) -> Iterable[int | None]:
+        return self.array.indices() if self.is_array else [None]
+
+    def check_index(self, index: int | None) -> None:
+        task_id = task_id_string(self.job_id, index)
+        if index is not None and not self.is_array:
+            raise JobNotFound(f"no such job: {task_id} (job {self.job_id} is not an array)")
+        if index is not None and index not in self.array:
+            raise JobNotFound(f"no such job: {task_id} (not a task of array {self.job_id})")
+
+    # -- state derivation ------------------------------------------------------
+
+    def record(self, index: int | None) -> dict | None:
+        return self.store.read(self.job_id, task_record_name(index))
+
+    def derive(self, index: int | None, record: dict | None) -> dict:
+        """The record as it stands: repaired on read when reaper or machine is gone."""
+        if record is not None and JobState(record["state"]).ended:
+            return record
+        if record is None:
+            marker = self.cancel_marker()
+            if marker is not None:
+                return new_record("Failed", marker.get("reason") or "cancelled")
+            if self.header["boot_id"] != self.tracker.boot_id:
+                return new_record("Undetermined", "machine rebooted before the job started")
+        elif record.get("boot_id") != self.tracker.boot_id:
+            return dict(record, state="Undetermined", sub_state="machine rebooted while it ran")
+        if self.reaper_alive():
+            return record or new_record("Queued")
+        # The reaper writes its last record before its lock falls free: read again.
+        record = self.record(index)
+        if record is None:
+            marker = self.store.read(self.job_id, CANCEL)
+            if marker is not None:
+                return new_record("Failed", marker.get("reason") or "cancelled")
+            return new_record("Undetermined", f"{_REAPER_LOST} before the job started")
+        if JobState(record["state"]).ended:
+            return record
+        alive = proc.identify(record["pid"], record["start_ticks"]) \
+            if record.get("start_ticks") is not None else None
+        if alive is None or alive.state in "ZX":
+            return dict(record, state="Undetermined",
+                        sub_state=f"{_REAPER_LOST}; the process ended, its exit status is unknown")
+        state = "Suspended" if alive.state in "Tt" else "Running"
+        return dict(record, state=state,
+                    sub_state=f"{_REAPER_LOST}; state read from the live process")
+
+    def records(self, indices: Iterable[int | None] | None = None):
+        """(index, derived record) for the given tasks, or all of them."""
+        if indices is None and self.is_array and not self.reaper_alive():
+            summary = self._summary()
+            if summary is not None:
+                for index in self.array.indices():
+                    yield index, self.derive(index, summary.get(str(index)))
+                return
+        for index in (self.indices() if indices is None else indices):
+            yield index, self.derive(index, self.record(index))
+
+    def _summary(self) -> dict | None:
+        try:
+            summary = self.store.read(self.job_id, SUMMARY)
+        except StorageError:
+            return None  # fall back on the task records, which the summary only copies
+        return None if summary is None else summary.get("tasks")
+
+    def info(self, index: int | None, record: dict) -> JobInfo:
+        dispatched = record.get("dispatch_time")
+        return JobInfo(
+            id=task_id_string(self.job_id, index),
+            array_id=str(self.job_id) if self.is_array else None,
+            task_id=index,
+            job_name=self.template.job_name,
+            state=JobState(record["state"]),
+            sub_state=record.get("sub_state"),
+            exit_status=record.get("exit_status"),
+            terminating_signal=record.get("terminating_signal"),
+            pid=record.get("pid"),
+            allocated_machines=[self.header["submission_machine"]] if dispatched else None,
+            submission_machine=self.header["submission_machine"],
+            job_owner=self.header["job_owner"],
+            uid=self.header["uid"],
+            submission_time_text=self.submission_time,
+            dispatch_time_text=dispatched,
+            finish_time_text=record.get("finish_time"),
+            extension_list=record.get("rusage"),
+            job_template=self.template,
+        )
+
+    def infos(self, indices=None) -> list[JobInfo]:
+        return [self.info(index, record) for index, record in self.records(indices)]
+
+
+class JobTracker:
+    """DRMAA2 JobTracker for OS processes on this machine.
+
+    Every method that names a job takes its ID as a string: ``"7"`` for a single
+    job or a whole array, ``"7.3"`` for task 3 of array 7.
+    """
+
+    def __init__(self, state_dir: str | None = None):
+        self.store = Store(state_dir)
+        self.boot_id = proc.boot_id()
+
+    # -- submitting ----------------------------------------------------------------
+
+    def add_job(self, template: JobTemplate) -> str:
+        """Start one job; return its ID once it runs (StartError says why it could not)."""
+        return self._submit(template, None)
+
+    def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
+                      max_parallel: int | None = None) -> str:
+        """Start an array of tasks BEGIN..END by STEP, at most MAX_PARALLEL at once.
+
+        Returns the array's ID once its first task runs.
+        """
+        return self._submit(template, ArraySpec(begin, end, step, max_parallel))
+
+    def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
+        template = self._complete(template)
+        uid = os.getuid()
+        header = {
+            "schema": SCHEMA_VERSION,
+            "array": array.to_dict() if array else None,
+            "template": template.to_dict(),
+            "submission_time": timestamp(),
+            "submission_machine": os.uname().nodename,
+            "job_owner": _owner(uid),
+            "uid": uid,
+            "boot_id": self.boot_id,
+        }
+        job_id = self.store.allocate_id()
+        header["id"] = str(job_id)
+        lock_fd = self.store.open_reaper_lock(job_id)
+        try:
+            # fsync'd by the reaper once the job runs: submit's latency holds no disk flush.
+            self.store.write(job_id, HEADER, header, durable=False)
+            launch(self.store, job_id, header, lock_fd)
+        except StartError as error:
+            raise StartError(f"job {job_id} could not start: {error}") from None
+        finally:
+            os.close(lock_fd)
+        return str(job_id)
+
+    @staticmethod
+    def _complete(template: JobTemplate) -> JobTemplate:
+        """Check a template and fill in its defaults; bad values are usage errors."""
+        if not template.remote_command:
+            raise InvalidArgument("no command given")
+        words = [template.remote_command, *template.args,
+                 *template.job_environment.keys(), *template.job_environment.values()]
+        if any("\0" in word for word in words):
+            raise InvalidArgument("command, arguments and environment cannot hold NUL bytes")
+        for key in template.job_environment:
+            if not key or "=" in key:
+                raise InvalidArgument(f"bad environment variable name {key!r}")
+        if template.job_name is not None and not template.job_name.strip():
+            raise InvalidArgument("job name cannot be empty")
+        cwd = os.path.abspath(template.working_directory or os.getcwd())
+        if template.input_path is not None:
+            def where(path):
+                return os.path.normpath(os.path.join(cwd, path))
+            for other, option in ((template.output_path, "stdout"),
+                                  (template.error_path, "stderr")):
+                if other is not None and where(other) == where(template.input_path):
+                    raise InvalidArgument(f"stdin and {option} are the same file: {other}")
+        return JobTemplate(
+            remote_command=template.remote_command,
+            args=list(template.args),
+            job_name=template.job_name or os.path.basename(template.remote_command),
+            working_directory=cwd,
+            job_environment=dict(template.job_environment),
+            input_path=template.input_path,
+            output_path=template.output_path,
+            error_path=template.error_path,
+        )
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _submission(self, job_id: int) -> _Submission:
+        return _Submission(self, job_id)
+
+    def list_jobs(self) -> list[str]:
+        """IDs of every job in the DB: single jobs and arrays (not their tasks)."""
+        return [str(job_id) for job_id in self.store.job_ids() if self.store.exists(job_id)]
+
+    def list_array_jobs(self, array_id: str) -> list[str]:
+        """Task IDs (``N.I``) of array ``array_id``."""
+        job_id, index = parse_job_id(array_id)
+        submission = self._submission(job_id)
+        if index is not None or not submission.is_array:
+            raise InvalidArgument(f"job {array_id} is not an array")
+        return [task_id_string(job_id, i) for i in submission.array.indices()]
+
+    def job_info(self, job_id: str) -> JobInfo:
+        """JobInfo of one single job or array task (an array ID is refused: use job_infos)."""
+        number, index = parse_job_id(job_id)
+        submission = self._submission(number)
+        if index is None and submission.is_array:
+            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
+        submission.check_index(index)
+        return submission.infos([index])[0]
+
+    def job_state(self, job_id: str) -> tuple[JobState, str | None]:
+        """(state, sub_state) of a job or task; of an array, its state derived from its tasks."""
+        number, index = parse_job_id(job_id)
+        submission = self._submission(number)
+        if index is None and submission.is_array:
+            return array_state(submission.infos()), None
+        info = self.job_info(job_id)
+        return info.state, info.sub_state
+
+    def job_infos(self, job_ids: Iterable[str] | None = None,
+                  errors: list[TrackerError] | None = None) -> list[JobInfo]:
+        """JobInfo of the named jobs (an array stands for its tasks), or of all jobs.
+
+        With ``errors``, a job that cannot be read is reported there and skipped,
+        so one damaged record does not hide the others; without it, it raises.
+        """
+        infos: list[JobInfo] = []
+        targets = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
+            [(job_id, None) for job_id in self.store.job_ids()]
+        for number, index in targets:
+            try:
+                submission = self._submission(number)
+                submission.check_index(index)
+                infos.extend(submission.infos(None if index is None else [index]))
+            except JobNotFound:
+                if job_ids is not None:
+                    raise
+            except StorageError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
+        return infos
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
+        """Block until the job (every task of an array) is in one of ``states``.
+
+        Returns the JobInfos (one for a single job or task); raises WaitTimeout.
+        """
+        return self.wait_jobs([job_id], timeout=timeout, states=states)
+
+    def wait_jobs(self, job_ids: list[str], timeout: float | None = None, any_job: bool = False,
+                  states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
+        """Block until all (or with ``any_job``, one) of the jobs reach ``states``.
+
+        Returns the JobInfos of the jobs that got there.  Polls with a backoff up
+        to 25 ms; while a job's reaper lives and ended states are awaited, a poll
+        costs one lock probe, whatever the size of the array.
+        """
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout cannot be negative")
+        states = frozenset(states)
+        pending = {text: parse_job_id(text) for text in job_ids}
+        for number, index in pending.values():
+            self._submission(number).check_index(index)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reached: dict[str, list[JobInfo]] = {}
+        delay = 0.001
+        while True:
+            for text, (number, index) in list(pending.items()):
+                infos = self._reached(number, index, states)
+                if infos is not None:
+                    reached[text] = infos
+                    del pending[text]
+            if not pending or (any_job and reached):
+                return [info for text in job_ids if text in reached for info in reached[text]]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g} s waiting for "
+                                  + ", ".join(pending))
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 1.5, 0.025)
+
+    def _reached(self, number: int, index: int | None, states: frozenset) -> list[JobInfo] | None:
+        if states <= ENDED_STATES and index is None and self.store.reaper_alive(number):
+            return None  # the cheap probe: a living reaper means tasks still to end
+        submission = self._submission(number)
+        infos = submission.infos(None if index is None else [index])
+        return infos if all(info.state in states for info in infos) else None
+
+    # -- control -------------------------------------------------------------------
+
+    def job_control(self, job_id: str, action: str) -> None:
+        """DRMAA2 job control: suspend, resume, terminate (hold, release unsupported).
+
+        An array ID acts on every task that can take the action, and fails only
+        if none could.  Returns once the job's record shows the effect.
+        """
+        if action in ("hold", "release"):
+            raise UnsupportedOperation(f"{action} is not supported by the OS process backend")
+        if action not in ("suspend", "resume", "terminate"):
+            raise InvalidArgument(f"unknown job control action {action!r}")
+        number, index = parse_job_id(job_id)
+        submission = self._submission(number)
+        submission.check_index(index)
+        cancelled = False
+        if action == "terminate" and submission.is_array and index is None:
+            cancelled = self._cancel_queued(submission)
+        acted, refusals = [], []
+        for task_index, record in submission.records(None if index is None else [index]):
+            try:
+                if self._control_task(submission, task_index, record, action):
+                    acted.append(task_index)
+            except InvalidState as refusal:
+                refusals.append(refusal)
+        if index is not None or not submission.is_array:
+            if refusals:
+                raise refusals[0]
+        elif not acted and not cancelled:
+            raise InvalidState(f"array {number} has no task that can be {_PAST[action]}")
+        self._await_effect(submission, acted, action)
+
+    def _control_task(self, submission: _Submission, index, record, action) -> bool:
+        """Signal one task (or cancel it if queued); False if it ended meanwhile."""
+        task_id = task_id_string(submission.job_id, index)
+        state = JobState(record["state"])
+        allowed = {"suspend": {JobState.RUNNING}, "resume": {JobState.SUSPENDED},
+                   "terminate": {JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED}}[action]
+        if state not in allowed:
+            raise InvalidState(f"job {task_id} is {state.value}: cannot {action} it")
+        if state is JobState.QUEUED:
+            started = self._cancel_task(submission, index)
+            if started is None:
+                return True
+            return self._control_task(submission, index, started, action)
+        signum = {"suspend": signal.SIGTSTP, "resume": signal.SIGCONT,
+                  "terminate": signal.SIGKILL}[action]
+        if not proc.signal_group(record["pid"], record["start_ticks"], signum):
+            if action == "terminate":
+                return False
+            raise InvalidState(f"job {task_id} has no process any more: cannot {action} it")
+        return True
+
+    def _cancel_task(self, submission: _Submission, index: int) -> dict | None:
+        """Cancel a queued task for good; if the reaper started it meanwhile, its record.
+
+        Under the job lock, which the reaper also holds from its check to the
+        task's first record: the task is either cancelled or started, never both.
+        """
+        with self.store.job_lock(submission.job_id):
+            record = submission.record(index)
+            if record is None:
+                record = new_record("Failed", "cancelled before it started")
+                record["finish_time"] = timestamp()
+                self.store.write(submission.job_id, task_record_name(index), record)
+                return None
+        return submission.derive(index, record)
+
+    def _cancel_queued(self, submission: _Submission) -> bool:
+        """Cancel every task of an array that has not started; True if there was one."""
+        with self.store.job_lock(submission.job_id):
+            queued = submission.reaper_alive() and submission.cancel_marker() is None and any(
+                not os.path.exists(self.store.path(submission.job_id, task_record_name(i)))
+                for i in submission.array.indices())
+            if queued:
+                self.store.write(submission.job_id, CANCEL, {
+                    "schema": SCHEMA_VERSION, "time": timestamp(),
+                    "reason": "cancelled before it started"})
+        submission._cancel = False  # read the marker again
+        return queued
+
+    def _await_effect(self, submission: _Submission, indices: list, action: str) -> None:
+        """Wait (bounded) until the records show what the signal did."""
+        wanted = {"suspend": {JobState.SUSPENDED}, "resume": {JobState.RUNNING},
+                  "terminate": ENDED_STATES}[action]
+        deadline = time.monotonic() + CONTROL_TIMEOUT
+        remaining = list(indices)
+        delay = 0.001
+        while remaining:
+            fresh = _Submission(self, submission.job_id)
+            remaining = [i for i, record in fresh.records(remaining)
+                         if JobState(record["state"]) not in wanted]
+            if not remaining:
+                return
+            if time.monotonic() >= deadline:
+                ids = ", ".join(task_id_string(submission.job_id, i) for i in remaining)
+                hint = " (does it ignore SIGTSTP?)" if action == "suspend" else ""
+                raise InvalidState(f"job {ids} did not {_NOUN[action]} within "
+                                   f"{CONTROL_TIMEOUT:g} s{hint}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.025)
+
+    # -- deleting ----------------------------------------------------------------------
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove an ended job (or a whole ended array) and the output ostracker captured."""
+        number, index = parse_job_id(job_id)
+        if index is not None:
+            raise InvalidArgument(f"cannot delete one task ({job_id}): delete the array {number}")
+        with self.store.job_lock(number):
+            submission = self._submission(number)
+            for task_index, record in submission.records():
+                if not JobState(record["state"]).ended:
+                    raise InvalidState(
+                        f"job {task_id_string(number, task_index)} is {record['state']}: "
+                        "only ended jobs can be deleted")
+            self.store.remove_job_dir(number)
+
+    def delete_finished(self) -> list[str]:
+        """Delete every job whose tasks have all ended; return their IDs."""
+        deleted = []
+        for job_id in self.list_jobs():
+            try:
+                self.delete_job(job_id)
+                deleted.append(job_id)
+            except (InvalidState, JobNotFound):
+                pass
+        return deleted
+
+    # -- output --------------------------------------------------------------------------
+
+    def output_path(self, job_id: str, stream: str = "stdout") -> str:
+        """Where the job's stdout (or stderr) went: its own path or the captured file."""
+        number, index = parse_job_id(job_id)
+        submission = self._submission(number)
+        if index is None and submission.is_array:
+            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
+        submission.check_index(index)
+        template = submission.template
+        pattern = template.output_path if stream == "stdout" else template.error_path
+        if pattern is None:
+            return self.store.path(number, captured_output_name(index, stream))
+        path = expand_path(pattern, task_id_string(number, index), index)
+        return os.path.join(template.working_directory, path)
+
+    def has_ended(self, job_id: str) -> bool:
+        """Whether the job (every task of an array) has ended."""
+        number, index = parse_job_id(job_id)
+        return self._reached(number, index, ENDED_STATES) is not None
+
+
+_PAST = {"suspend": "suspended", "resume": "resumed", "terminate": "terminated"}
+_NOUN = {"suspend": "stop", "resume": "continue", "terminate": "end"}
+
+
+def array_state(infos: list[JobInfo]) -> JobState:
+    """An array's own state, derived from its tasks' as SPEC section 2 orders them."""
+    present = {info.state for info in infos}
+    for state in (JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED, JobState.FAILED):
+        if state in present:
+            return state
+    if JobState.UNDETERMINED in present:
+        return JobState.UNDETERMINED
+    return JobState.DONE
+

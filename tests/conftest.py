@@ -1,0 +1,140 @@
+"""Shared fixtures: an isolated state directory, the real CLI, and cleanup.
+
+Every test gets its own OSTRACKER_STATE_DIR.  At teardown every job process
+still alive in it is killed (by process group, identity checked) and every
+reaper is waited for, so no test leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ostracker import proc
+from ostracker.store import REAPER_LOCK
+
+CLI = [sys.executable, "-m", "ostracker"]
+
+
+def poll(predicate, timeout=10.0, interval=0.01, message="condition"):
+    """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` in /proc/PID/stat, or None if it is gone."""
+    current = proc.stat(pid)
+    return None if current is None else current.state
+
+
+def _live_records(state_dir):
+    jobs = os.path.join(state_dir, "jobs")
+    if not os.path.isdir(jobs):
+        return
+    for job in os.listdir(jobs):
+        folder = os.path.join(jobs, job)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.endswith(".json") and name not in ("job.json", "cancel.json", "summary.json"):
+                try:
+                    with open(os.path.join(folder, name)) as handle:
+                        record = json.load(handle)
+                except (OSError, ValueError):
+                    continue
+                yield folder, record
+
+
+def _reaper_alive(folder):
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(folder, REAPER_LOCK), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def cleanup(state_dir):
+    """Kill every job process of ``state_dir`` and wait for every reaper to end."""
+    jobs = os.path.join(state_dir, "jobs")
+    if not os.path.isdir(jobs):
+        return
+    for _ in range(50):
+        for folder, record in _live_records(state_dir):
+            if record.get("pid") and record.get("start_ticks"):
+                proc.signal_group(record["pid"], record["start_ticks"], signal.SIGKILL)
+        # a queued array task would start after the kill: cancel the rest first
+        for job in os.listdir(jobs):
+            folder = os.path.join(jobs, job)
+            if os.path.isdir(folder) and _reaper_alive(folder) and \
+                    not os.path.exists(os.path.join(folder, "cancel.json")):
+                with open(os.path.join(folder, "cancel.json"), "w") as handle:
+                    handle.write('{"schema": 1, "reason": "test teardown"}')
+        if not any(_reaper_alive(os.path.join(jobs, job)) for job in os.listdir(jobs)
+                   if os.path.isdir(os.path.join(jobs, job))):
+            return
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    """A fresh, private state directory, set for the CLI and the API alike."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("OSTRACKER_STATE_DIR", str(path))
+    yield str(path)
+    cleanup(str(path))
+
+
+@pytest.fixture
+def run(state_dir):
+    """Run the real ``ostracker`` command; returns the CompletedProcess (text mode)."""
+    def run_cli(*args, input=None, timeout=60, env=None, cwd=None):
+        return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
+                              input=input, timeout=timeout, cwd=cwd,
+                              env=None if env is None else {**os.environ, **env})
+    return run_cli
+
+
+@pytest.fixture
+def submit(run):
+    """Submit through the CLI and return the new job's ID (fails the test on error)."""
+    def submit_job(*args, **kwargs):
+        result = run("submit", *args, **kwargs)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+    return submit_job
+
+
+@pytest.fixture
+def info(run):
+    """``ostracker info ID --json`` parsed."""
+    def job_info(job_id):
+        result = run("info", job_id, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+    return job_info
+
+
+@pytest.fixture
+def tracker(state_dir):
+    from ostracker import JobTracker
+
+    return JobTracker(state_dir)
