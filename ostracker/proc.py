@@ -78,6 +78,28 @@ def signal_group(pid: int, start_ticks: int, signum: int) -> bool:
     return True
 
 
+def live_groups(pgids: set[int]) -> set[int]:
+    """Which of the process groups ``pgids`` still hold a live (not zombie) process.
+
+    Zombies are left out: once killed, a job's children wait to be reaped by
+    init, which may take its time, but they can no longer do anything.  One
+    pass over /proc, whatever the number of groups asked about.
+    """
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(b")") + 2:].split()
+        if fields[0] not in (b"Z", b"X") and int(fields[2]) in pgids:
+            found.add(int(fields[2]))
+    return found
+
+
 def resolve_command(command: str, path_variable: str | None) -> str:
     """The file to execute: ``command`` itself if it holds a ``/``, else its PATH match.
 

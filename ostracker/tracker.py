@@ -447,16 +447,28 @@ class JobTracker:
         return queued
 
     def _await_effect(self, submission: _Submission, indices: list, action: str) -> None:
-        """Wait (bounded) until the records show what the signal did."""
-        wanted = {"suspend": {JobState.SUSPENDED}, "resume": {JobState.RUNNING},
+        """Wait (bounded) until the records show what the signal did.
+
+        For terminate, also until every process of each killed group is gone:
+        the leader's record says Failed as soon as it dies, its children may
+        take a moment longer.
+        """
+        # A resumed job may run to its end before we look: that is resumed too.
+        wanted = {"suspend": {JobState.SUSPENDED}, "resume": {JobState.RUNNING, *ENDED_STATES},
                   "terminate": ENDED_STATES}[action]
         deadline = time.monotonic() + CONTROL_TIMEOUT
         remaining = list(indices)
         delay = 0.001
         while remaining:
-            fresh = _Submission(self, submission.job_id)
-            remaining = [i for i, record in fresh.records(remaining)
-                         if JobState(record["state"]) not in wanted]
+            records = list(_Submission(self, submission.job_id).records(remaining))
+            remaining = [i for i, record in records if JobState(record["state"]) not in wanted]
+            for i, record in records:
+                if i in remaining and JobState(record["state"]).ended:
+                    raise InvalidState(f"job {task_id_string(submission.job_id, i)} ended "
+                                       f"({record['state']}) before it could {_NOUN[action]}")
+            if action == "terminate" and not remaining:
+                groups = {record["pid"]: i for i, record in records if record.get("pid")}
+                remaining = [groups[pgid] for pgid in proc.live_groups(set(groups))]
             if not remaining:
                 return
             if time.monotonic() >= deadline:
