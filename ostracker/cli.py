@@ -146,9 +146,9 @@ def status(ctx, states, as_json, job_ids):
         wanted = {JobState.parse(state) for state in states}
         infos = [info for info in infos if info.state in wanted]
     if as_json:
-        from .output import to_json
+        from .output import jobs_json
 
-        click.echo(to_json([info.to_dict() for info in infos]))
+        click.echo(jobs_json(infos))
     elif infos:
         from .output import job_table
 

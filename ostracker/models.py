@@ -49,6 +49,8 @@ class JobState(str, enum.Enum):
 
 
 ENDED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.UNDETERMINED})
+ENDED_NAMES = frozenset(state.value for state in ENDED_STATES)
+STATE_BY_NAME = {state.value: state for state in JobState}  # faster than JobState(name)
 
 
 class JobTemplate:
@@ -173,11 +175,31 @@ class JobInfo:
     __slots__ = ("id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
                  "terminating_signal", "pid", "allocated_machines", "submission_machine",
                  "job_owner", "uid", "submission_time_text", "dispatch_time_text",
-                 "finish_time_text", "extension_list", "job_template")
+                 "finish_time_text", "wallclock_seconds", "extension_list", "job_template")
 
-    def __init__(self, **fields):
-        for name in self.__slots__:
-            setattr(self, name, fields[name])
+    def __init__(self, *, id, array_id, task_id, job_name, state, sub_state, exit_status,
+                 terminating_signal, pid, allocated_machines, submission_machine, job_owner, uid,
+                 submission_time_text, dispatch_time_text, finish_time_text, wallclock_seconds,
+                 extension_list, job_template):
+        self.id = id
+        self.array_id = array_id
+        self.task_id = task_id
+        self.job_name = job_name
+        self.state = state
+        self.sub_state = sub_state
+        self.exit_status = exit_status
+        self.terminating_signal = terminating_signal
+        self.pid = pid
+        self.allocated_machines = allocated_machines
+        self.submission_machine = submission_machine
+        self.job_owner = job_owner
+        self.uid = uid
+        self.submission_time_text = submission_time_text
+        self.dispatch_time_text = dispatch_time_text
+        self.finish_time_text = finish_time_text
+        self.wallclock_seconds = wallclock_seconds
+        self.extension_list = extension_list
+        self.job_template = job_template
 
     def __repr__(self) -> str:
         return f"JobInfo(id={self.id!r}, state={self.state.value!r})"
@@ -196,15 +218,17 @@ class JobInfo:
 
     @property
     def wallclock_time(self) -> float | None:
-        """Seconds from dispatch to finish, or to now while the job runs."""
+        """Seconds from dispatch to finish (as the reaper measured it), or to now."""
+        if self.wallclock_seconds is not None:
+            return self.wallclock_seconds
         if self.dispatch_time_text is None:
             return None
         end = self.finish_time_text or timestamp()
         return (parse_time(end) - self.dispatch_time).total_seconds()
 
-    def to_dict(self) -> dict:
+    def to_dict(self, with_template: bool = True) -> dict:
         """The JSON object of SPEC section 6, keys in the order the SPEC lists them."""
-        return {
+        fields = {
             "id": self.id,
             "array_id": self.array_id,
             "task_id": self.task_id,
@@ -223,5 +247,7 @@ class JobInfo:
             "finish_time": self.finish_time_text,
             "wallclock_time": self.wallclock_time,
             "extension_list": self.extension_list,
-            "job_template": self.job_template.to_dict(),
         }
+        if with_template:
+            fields["job_template"] = self.job_template.to_dict()
+        return fields

@@ -71,6 +71,29 @@ def key_values(info: JobInfo) -> str:
     return "\n".join(lines)
 
 
+def jobs_json(infos: list[JobInfo]) -> str:
+    """A JSON list of job records, as ``status --json`` prints it.
+
+    The tasks of an array share one template: each record holds a placeholder
+    for it, the list is encoded in one call, and the template, encoded once, is
+    put in place of the placeholders — a third of the work for a large array.
+    """
+    templates: dict[int, tuple[str, str]] = {}
+    records = []
+    for info in infos:
+        key = id(info.job_template)
+        if key not in templates:
+            templates[key] = (f"\0template {len(templates)}\0",
+                              json.dumps(info.job_template.to_dict()))
+        record = info.to_dict(with_template=False)
+        record["job_template"] = templates[key][0]
+        records.append(record)
+    text = json.dumps(records)
+    for placeholder, template in templates.values():
+        text = text.replace(json.dumps(placeholder), template)
+    return text
+
+
 def to_json(value, pretty: bool = False) -> str:
     """JSON text; compact by default, since the C encoder is only used without indent."""
     return json.dumps(value, indent=2 if pretty else None)

@@ -29,11 +29,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from . import proc
 from .errors import StartError
 from .models import SCHEMA_VERSION, ArraySpec, JobTemplate, timestamp
-from .store import CANCEL, HEADER, SINGLE_STATE, SUMMARY, Store, write_atomically
+from .store import CANCEL, HEADER, SINGLE_STATE, SUMMARY, Flusher, Store
 
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 # Run by the fresh interpreter: -I and -S keep it from loading user and site
@@ -88,7 +89,8 @@ def rusage_fields(usage) -> dict:
 
 def new_record(state: str, sub_state: str | None = None) -> dict:
     return {"schema": SCHEMA_VERSION, "state": state, "sub_state": sub_state, "pid": None,
-            "start_ticks": None, "boot_id": None, "dispatch_time": None, "finish_time": None,
+            "start_ticks": None, "boot_id": None, "dispatch_time": None,
+            "dispatch_monotonic": None, "finish_time": None, "wallclock_time": None,
             "exit_status": None, "terminating_signal": None, "rusage": None}
 
 
@@ -163,8 +165,11 @@ class Reaper:
                 os.close(fd)
         started = proc.stat(pid)  # a zombie still has its stat: only we can reap it
         record = new_record("Running")
+        # CLOCK_MONOTONIC is one clock for all processes of a boot: the exec'd
+        # reaper can measure the wall clock time of a task that begin() started.
         record.update(pid=pid, start_ticks=started.start_ticks if started else None,
-                      boot_id=self.boot_id, dispatch_time=timestamp())
+                      boot_id=self.boot_id, dispatch_time=timestamp(),
+                      dispatch_monotonic=time.monotonic())
         self.store.write(self.job_id, task_record_name(index), record, durable=False)
         self.running[pid] = (index, record)
         return record
@@ -213,7 +218,8 @@ class Reaper:
             durable = False
         else:
             del self.running[pid]
-            record.update(finish_time=timestamp(), rusage=rusage_fields(usage))
+            record.update(finish_time=timestamp(), rusage=rusage_fields(usage),
+                          wallclock_time=time.monotonic() - record["dispatch_monotonic"])
             if os.WIFSIGNALED(status):
                 name = signal.Signals(os.WTERMSIG(status)).name
                 record.update(state="Failed", terminating_signal=name,
@@ -243,6 +249,8 @@ class Reaper:
                 self.start_queued(pending)
         if self.array is not None:
             self.write_summary()
+        if self.store.flusher is not None:
+            self.store.flusher.drain()
 
     def write_summary(self) -> None:
         """All task records in one file, so that listing an ended array reads one file.
@@ -262,7 +270,7 @@ class Reaper:
                 yield b'%s"%d": %s' % (separator, index, data)
                 separator = b", "
             yield b"}}"
-        write_atomically(self.store.path(self.job_id, SUMMARY), chunks(), durable=True)
+        self.store.write_chunks(self.job_id, SUMMARY, chunks())
 
 
 def _detach_descriptors(keep: set[int]) -> None:
@@ -315,8 +323,8 @@ def main(argv: list[str]) -> None:
     root, job_id, lock_fd, first_pid, first_index = argv
     job_id, lock_fd, first_pid = int(job_id), int(lock_fd), int(first_pid)
     os.set_inheritable(lock_fd, False)
-    store = Store(root)
-    store.sync(job_id, HEADER)
+    store = Store(root, Flusher())
+    store.flusher.add(store.path(job_id, HEADER))  # written by submit without an fsync
     reaper = Reaper(store, job_id, store.read(job_id, HEADER))
     index = int(first_index) if first_index else None
     reaper.running[first_pid] = (index, store.read(job_id, task_record_name(index)))

@@ -20,7 +20,7 @@ from . import proc
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                      TrackerError, UnsupportedOperation, WaitTimeout)
 from .launch import launch
-from .models import (ENDED_STATES, SCHEMA_VERSION, ArraySpec, JobInfo, JobState, JobTemplate,
+from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, STATE_BY_NAME, ArraySpec, JobInfo, JobState, JobTemplate,
                      timestamp)
 from .reaper import captured_output_name, expand_path, new_record, task_id_string, task_record_name
 from .store import CANCEL, HEADER, SUMMARY, Store
@@ -98,7 +98,7 @@ class _Submission:
 
     def derive(self, index: int | None, record: dict | None) -> dict:
         """The record as it stands: repaired on read when reaper or machine is gone."""
-        if record is not None and JobState(record["state"]).ended:
+        if record is not None and record["state"] in ENDED_NAMES:
             return record
         if record is None:
             marker = self.cancel_marker()
@@ -117,7 +117,7 @@ class _Submission:
             if marker is not None:
                 return new_record("Failed", marker.get("reason") or "cancelled")
             return new_record("Undetermined", f"{_REAPER_LOST} before the job started")
-        if JobState(record["state"]).ended:
+        if record["state"] in ENDED_NAMES:
             return record
         alive = proc.identify(record["pid"], record["start_ticks"]) \
             if record.get("start_ticks") is not None else None
@@ -153,7 +153,7 @@ class _Submission:
             array_id=str(self.job_id) if self.is_array else None,
             task_id=index,
             job_name=self.template.job_name,
-            state=JobState(record["state"]),
+            state=STATE_BY_NAME[record["state"]],
             sub_state=record.get("sub_state"),
             exit_status=record.get("exit_status"),
             terminating_signal=record.get("terminating_signal"),
@@ -165,6 +165,7 @@ class _Submission:
             submission_time_text=self.submission_time,
             dispatch_time_text=dispatched,
             finish_time_text=record.get("finish_time"),
+            wallclock_seconds=record.get("wallclock_time"),
             extension_list=record.get("rusage"),
             job_template=self.template,
         )
@@ -238,7 +239,10 @@ class JobTracker:
                 raise InvalidArgument(f"bad environment variable name {key!r}")
         if template.job_name is not None and not template.job_name.strip():
             raise InvalidArgument("job name cannot be empty")
-        cwd = os.path.abspath(template.working_directory or os.getcwd())
+        try:
+            cwd = os.path.abspath(template.working_directory or os.getcwd())
+        except FileNotFoundError:
+            raise StartError("the current directory no longer exists: give -C/--cwd") from None
         if template.input_path is not None:
             def where(path):
                 return os.path.normpath(os.path.join(cwd, path))

@@ -1,0 +1,149 @@
+"""The reaper: detached, lean, hands the job a clean process, and writes one summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import CLI, poll, proc_state
+from ostracker import proc
+
+
+def field(pid: int, name: str) -> str:
+    """A line of /proc/PID/status, e.g. field(pid, "SigIgn")."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key == name:
+                return value.strip()
+    raise KeyError(name)
+
+
+def stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def running(run, submit, *command, **kwargs):
+    job_id = submit("--", *command, **kwargs)
+    job = poll(lambda: (lambda j: j if j["state"] == "Running" else None)(
+        json.loads(run("info", job_id, "--json").stdout)), message="Running")
+    return job_id, job["pid"]
+
+
+def test_job_leads_its_own_group_inside_the_reapers_detached_session(run, submit):
+    """pgid == job pid; session == the reaper's, which is not ours (setsid)."""
+    _, pid = running(run, submit, "sleep", "30")
+    fields = stat_fields(pid)
+    reaper, pgid, session = int(fields[1]), int(fields[2]), int(fields[3])
+    assert pgid == pid
+    # The parent is in the same session but another group: the job's group is not
+    # orphaned, so Linux delivers SIGTSTP to it.
+    assert session == os.getsid(reaper) and os.getpgid(reaper) != pgid
+    assert session != os.getsid(0)
+    reaper_cmdline = open(f"/proc/{reaper}/cmdline", "rb").read().split(b"\0")
+    assert b"-I" in reaper_cmdline and b"-S" in reaper_cmdline  # the lean interpreter
+
+
+def test_reaper_imports_neither_click_nor_tabulate_nor_psutil():
+    """The reaper module loads light: no click, tabulate or psutil."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(proc.__file__)))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ostracker.reaper; "
+            "print(sorted(m for m in ('click', 'tabulate', 'psutil', 'platformdirs') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_parent],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_job_gets_default_signal_dispositions_even_from_an_ignoring_submitter(run, state_dir):
+    """The SIG_IGN trap: a submitter ignoring SIGINT/SIGHUP does not pass that on."""
+    def ignore():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    result = subprocess.run([*CLI, "submit", "--", "sleep", "30"], capture_output=True,
+                            text=True, preexec_fn=ignore, check=True)
+    job_id = result.stdout.strip()
+    pid = json.loads(run("info", job_id, "--json").stdout)["pid"]
+    # Signals 1-31 (glibc's posix_spawn itself leaves its internal 32 and 33 ignored).
+    standard = (1 << 31) - 1
+    assert int(field(pid, "SigIgn"), 16) & standard == 0
+    assert int(field(pid, "SigBlk"), 16) & standard == 0
+
+
+def test_job_inherits_no_descriptor_but_stdin_stdout_stderr(submit, run, tmp_path):
+    """Only 0, 1 and 2 reach the job: not the reaper's lock, pipe or DB files."""
+    out = tmp_path / "fds"
+    code = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    job_id = submit("-o", out, "--", sys.executable, "-c", code)
+    assert run("wait", job_id).returncode == 0
+    assert json.loads(out.read_text()) == [0, 1, 2, 3]  # 3: listdir's own handle
+
+
+def test_submit_in_command_substitution_returns_at_once(state_dir):
+    """$(ostracker submit ...) does not wait for the job: the reaper holds no pipe of ours."""
+    script = f"id=$({' '.join(CLI)} submit -- sleep 30); echo $id"
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    assert result.stdout.strip().isdigit()
+
+
+def test_reaper_exits_when_the_job_ends_and_leaves_no_zombie(run, submit):
+    """After the job, its reaper is gone, and the job's process is reaped."""
+    job_id, pid = running(run, submit, "sleep", "0.3")
+    reaper = int(stat_fields(pid)[1])
+    assert run("wait", job_id).returncode == 0
+    poll(lambda: proc_state(reaper) is None, message="reaper gone")
+    assert proc_state(pid) is None
+
+
+def test_terminal_hangup_of_the_submitter_does_not_reach_the_job(run, state_dir):
+    """Killing the submitting shell's whole process group leaves the job running."""
+    shell = subprocess.Popen(["sh", "-c", f"{' '.join(CLI)} submit -- sleep 30; sleep 30"],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    job_id = shell.stdout.readline().strip()
+    os.killpg(shell.pid, signal.SIGHUP)
+    shell.wait()
+    shell.stdout.close()
+    job = json.loads(run("info", job_id, "--json").stdout)
+    assert job["state"] == "Running"
+    assert proc_state(job["pid"]) in ("S", "R")
+
+
+def test_ended_array_is_summarised_in_one_file_that_matches_the_task_records(
+        run, submit, state_dir):
+    """summary.json holds every task record; status reads the same from it."""
+    job_id = submit("--array", "1-7:3", "--", "sh", "-c", "exit $TASK_ID")
+    assert run("wait", job_id).returncode == 1
+    folder = os.path.join(state_dir, "jobs", job_id)
+    with open(os.path.join(folder, "summary.json")) as handle:
+        summary = json.load(handle)["tasks"]
+    for index in ("1", "4", "7"):
+        with open(os.path.join(folder, f"{index}.json")) as handle:
+            assert summary[index] == json.load(handle)
+    jobs = json.loads(run("status", job_id, "--json").stdout)
+    assert [(j["id"], j["exit_status"]) for j in jobs] == \
+        [(f"{job_id}.1", 1), (f"{job_id}.4", 4), (f"{job_id}.7", 7)]
+
+
+def test_records_of_an_earlier_boot_are_undetermined_and_never_signalled(run, submit, state_dir):
+    """A Running record from another boot reads Undetermined; terminate signals nothing."""
+    job_id, pid = running(run, submit, "sleep", "30")
+    folder = os.path.join(state_dir, "jobs", job_id)
+    reaper = int(stat_fields(pid)[1])
+    os.kill(reaper, signal.SIGKILL)  # so nobody rewrites the record we age
+    poll(lambda: proc_state(reaper) is None, message="reaper gone")
+    for name in ("job.json", "state.json"):
+        with open(os.path.join(folder, name)) as handle:
+            record = json.load(handle)
+        record["boot_id"] = "00000000-0000-0000-0000-000000000000"
+        with open(os.path.join(folder, name), "w") as handle:
+            json.dump(record, handle)
+    job = json.loads(run("info", job_id, "--json").stdout)
+    assert (job["state"], job["sub_state"]) == ("Undetermined", "machine rebooted while it ran")
+    assert run("terminate", job_id).returncode == 1
+    assert proc_state(pid) in ("S", "R")  # the live process was not touched
+    os.kill(pid, signal.SIGKILL)
