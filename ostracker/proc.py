@@ -31,13 +31,12 @@ def boot_id() -> str:
 class ProcessStat:
     """What /proc/PID/stat says of a process that a caller cares about."""
 
-    __slots__ = ("state", "pgid", "start_ticks", "uid")
+    __slots__ = ("state", "pgid", "start_ticks")
 
-    def __init__(self, state: str, pgid: int, start_ticks: int, uid: int):
+    def __init__(self, state: str, pgid: int, start_ticks: int):
         self.state = state  # one letter: R, S, D, T (stopped), t, Z (zombie), X ...
         self.pgid = pgid
         self.start_ticks = start_ticks
-        self.uid = uid
 
 
 def stat(pid: int) -> ProcessStat | None:
@@ -45,13 +44,19 @@ def stat(pid: int) -> ProcessStat | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             raw = handle.read()
-        uid = os.stat(f"/proc/{pid}").st_uid
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) is in parentheses and may itself hold ") ".
     fields = raw[raw.rindex(b")") + 2:].split()
-    return ProcessStat(state=fields[0].decode(), pgid=int(fields[2]),
-                       start_ticks=int(fields[19]), uid=uid)
+    return ProcessStat(state=fields[0].decode(), pgid=int(fields[2]), start_ticks=int(fields[19]))
+
+
+def owner(pid: int) -> int | None:
+    """The user ID that owns process ``pid``, or None if it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:
+        return None
 
 
 def identify(pid: int, start_ticks: int) -> ProcessStat | None:
@@ -69,7 +74,7 @@ def signal_group(pid: int, start_ticks: int, signum: int) -> bool:
     reused, or when it no longer leads its own group, or is not ours.
     """
     current = identify(pid, start_ticks)
-    if current is None or current.pgid != pid or current.uid != os.getuid():
+    if current is None or current.pgid != pid or owner(pid) != os.getuid():
         return False
     try:
         os.killpg(pid, signum)

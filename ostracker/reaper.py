@@ -106,6 +106,7 @@ class Reaper:
         self.environment = dict(os.environ, **self.template.job_environment)
         self.running: dict[int, tuple[int | None, dict]] = {}  # pid -> (index, record)
         self._executable: str | None = None
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every task's stdin
 
     # -- starting ------------------------------------------------------------
 
@@ -139,14 +140,14 @@ class Reaper:
         opened = []
         try:
             if self.template.input_path is None:
-                stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                stdin = self._devnull
             else:
                 path = expand_path(self.template.input_path, task_id, index)
                 try:
                     stdin = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
                     raise StartError(f"cannot open stdin {path}: {exc.strerror}") from None
-            opened.append(stdin)
+                opened.append(stdin)
             stdout = self._open(self.template.output_path, index, "stdout", first)
             opened.append(stdout)
             if self.template.error_path is not None and \

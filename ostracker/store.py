@@ -256,13 +256,17 @@ class Flusher:
     files too, so a burst of task results costs about one flush, not one each.
     ``drain`` returns once everything handed over is on disk; the reaper drains
     before it exits, so a job's result is durable by the time ``wait`` returns.
+    Results wait up to ``WINDOW`` seconds for others to share their flush.
     """
+
+    WINDOW = 0.05
 
     def __init__(self):
         import threading
 
         self._pending: list[str] = []
         self._busy = False
+        self._draining = False
         self._changed = threading.Condition()
         threading.Thread(target=self._run, name="flusher", daemon=True).start()
 
@@ -273,13 +277,19 @@ class Flusher:
 
     def drain(self) -> None:
         with self._changed:
+            self._draining = True
+            self._changed.notify_all()
             self._changed.wait_for(lambda: not self._pending and not self._busy)
+            self._draining = False
 
     def _run(self) -> None:
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._pending)
-                batch, self._pending, self._busy = self._pending, [], True
+                self._busy = True
+                # Group commit: let a burst of results gather, unless someone waits.
+                self._changed.wait_for(lambda: self._draining, timeout=self.WINDOW)
+                batch, self._pending = self._pending, []
             for path in dict.fromkeys(batch):
                 try:
                     fd = os.open(path, _READ_FLAGS)
