@@ -20,6 +20,7 @@ _EXPORTS = {
     "StartError": "errors",
     "StorageError": "errors",
     "WaitTimeout": "errors",
+    "MonitoringSession": "monitor",
 }
 
 __all__ = ["__version__", *_EXPORTS]

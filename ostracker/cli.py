@@ -328,6 +328,71 @@ def output(error_stream, follow, job_id):
             time.sleep(0.1)
 
 
+@cli.command()
+@click.option("--user", metavar="NAME", help="Only processes of user NAME (or UID).")
+@click.option("--name", "pattern", metavar="PATTERN", help="Only processes whose name or "
+              "command line holds PATTERN (a glob if it has * ? or [).")
+@click.option("--jobs", "jobs_only", is_flag=True,
+              help="Only processes of running ostracker jobs, with their job IDs.")
+@click.option("--interval", type=Seconds(), help="CPU % measured over SEC seconds from now "
+              "[default: the average since the process started].")
+@click.option("--machine", is_flag=True,
+              help="Show this machine (DRMAA2 MachineInfo) instead of processes.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: a list of jobs, or the machine.")
+@click.argument("pids", nargs=-1, type=click.INT, metavar="[PID]...")
+@click.pass_context
+def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
+    """Show OS processes as jobs: all of them, or those named (DRMAA2 monitoring session).
+
+    Any process on the machine counts, not only ostracker's.  CPU% is the
+    average since the process started unless --interval is given.  In a
+    terminal, lines are cut to its width; piped, they are whole.
+
+    \b
+    Example:
+      ostracker monitor --user "$USER" --name 'python*'
+      ostracker monitor --jobs --interval 1
+      ostracker monitor 1234 --json | jq '.[0].extension_list.cpu_usage'
+      ostracker monitor --machine
+    """
+    from . import monitor as monitoring
+    from .output import machine_lines, process_table, to_json
+
+    for pid in pids:
+        if pid < 0:
+            raise click.BadParameter(f"{pid} is not a process ID", param_hint="[PID]...")
+    if interval is not None and interval <= 0:
+        raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
+    session = monitoring.MonitoringSession()
+    if machine:
+        if pids or user is not None or pattern is not None or jobs_only or interval is not None:
+            raise click.UsageError("--machine takes no PID, filter or --interval")
+        info_of_machine = session.machines()[0]
+        click.echo(to_json(info_of_machine, pretty=True) if as_json
+                   else machine_lines(info_of_machine))
+        return
+    groups = None
+    if jobs_only:
+        errors = []
+        groups = monitoring.job_groups(tracker().job_infos(errors=errors))
+        for error in errors:
+            click.echo(f"ostracker: {error}", err=True)
+    missing = []
+    infos = session.processes(pids or None, user=user, pattern=pattern, job_groups=groups,
+                              interval=interval, missing=missing)
+    if as_json:
+        click.echo(to_json([info.to_dict() for info in infos]))
+    elif infos:
+        import shutil
+
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        click.echo(process_table(infos, width=width, with_jobs=jobs_only))
+    for pid in missing:
+        click.echo(f"ostracker: process not found: {pid}", err=True)
+    if missing:
+        ctx.exit(1)
+
+
 def main(argv=None) -> None:
     """Entry point: run the CLI, turning every error into one line and an exit status."""
     try:

@@ -97,3 +97,65 @@ def jobs_json(infos: list[JobInfo]) -> str:
 def to_json(value, pretty: bool = False) -> str:
     """JSON text; compact by default, since the C encoder is only used without indent."""
     return json.dumps(value, indent=2 if pretty else None)
+
+
+# -- the monitoring session (``monitor``) ------------------------------------------------
+
+# Control characters (a newline in an argument, an escape sequence) would break a
+# table row or drive the terminal: shown as ``?``, as ps does.
+_UNPRINTABLE = {code: "?" for code in [*range(32), 127]}
+
+
+def _printable(text: str) -> str:
+    return text.translate(_UNPRINTABLE)
+
+
+def process_table(infos, width: int | None = None, with_jobs: bool = False) -> str:
+    """The ``monitor`` table: one row per process, lines cut to ``width`` when given.
+
+    STATE is the OS's view (running, sleeping, stopped, zombie ...); a kernel
+    thread, which has no command line, shows its name in brackets, as in ps.
+    """
+    import time
+
+    from tabulate import tabulate
+
+    rows = []
+    for info in infos:
+        started = "-" if info.create_time is None else \
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.create_time))
+        command = info.commandline or f"[{info.name or '?'}]"
+        row = [info.id, info.job_owner or "-", info.os_status or "-", started,
+               duration(info.wallclock_time),
+               "-" if info.cpu_usage is None else f"{info.cpu_usage:.1f}",
+               info.memory_usage or "-", _printable(info.name or "-"), _printable(command)]
+        rows.append([info.job_id, *row] if with_jobs else row)
+    headers = ["PID", "USER", "STATE", "STARTED", "WALL", "CPU%", "RSS", "NAME", "COMMAND"]
+    align = ["right", "left", "left", "left", "right", "right", "right", "left", "left"]
+    if with_jobs:
+        headers, align = ["JOB", *headers], ["left", *align]
+    text = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True,
+                    colalign=align)
+    if width is None:
+        return text
+    return "\n".join(line[:width].rstrip() for line in text.split("\n"))
+
+
+def machine_lines(machine: dict) -> str:
+    """The ``monitor --machine`` view: ``key: value`` lines, sizes and uptime made readable."""
+    from .monitor import human_size
+
+    lines = []
+    for key, value in [*((k, v) for k, v in machine.items() if k != "extension_list"),
+                       *((f"extension_list.{k}", v)
+                         for k, v in machine["extension_list"].items())]:
+        if isinstance(value, list):
+            text = " ".join(map(str, value))
+        elif key.endswith("_memory"):
+            text = f"{value} ({human_size(value)})"
+        elif key.endswith(".uptime"):
+            text = f"{value} ({duration(value)})"
+        else:
+            text = str(value)
+        lines.append(f"{key}: {text}")
+    return "\n".join(lines)

@@ -83,6 +83,29 @@ def signal_group(pid: int, start_ticks: int, signum: int) -> bool:
     return True
 
 
+def stopped_in_vfork(pid: int) -> bool:
+    """Whether ``pid`` cannot run because the child it vforked is stopped.
+
+    A shell such as dash starts commands with vfork and waits, uninterruptibly
+    (state D), until the child execs.  If SIGTSTP stops the child before that,
+    the shell cannot stop — it never sees the signal — yet nothing of the job
+    runs until SIGCONT: the job is suspended all the same.
+    """
+    current = stat(pid)
+    if current is None or current.state != "D":
+        return False
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as handle:
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] in (b"T", b"t"):
+                return True
+    return False
+
+
 def live_groups(pgids: set[int]) -> set[int]:
     """Which of the process groups ``pgids`` still hold a live (not zombie) process.
 

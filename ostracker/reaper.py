@@ -125,6 +125,25 @@ class Reaper:
         except OSError as exc:
             raise StartError(f"cannot open {stream} {path}: {exc.strerror}") from None
 
+    def _refuse_reading_an_output(self, stdin: int, task_id: str, index: int | None) -> None:
+        """stdin must not be the file that stdout or stderr would truncate.
+
+        Compared as files (device and inode), so that a symbolic link or another
+        spelling of the same path is caught too.
+        """
+        read = os.fstat(stdin)
+        for stream, pattern in (("stdout", self.template.output_path),
+                                ("stderr", self.template.error_path)):
+            if pattern is None:
+                continue
+            path = expand_path(pattern, task_id, index)
+            try:
+                written = os.stat(path)
+            except OSError:
+                continue  # not there yet: it cannot be the input
+            if (written.st_dev, written.st_ino) == (read.st_dev, read.st_ino):
+                raise StartError(f"stdin and {stream} are the same file: {path}")
+
     def start(self, index: int | None, first: bool = False) -> dict:
         """Start one task; record it Running and return the record, or raise StartError."""
         task_id = task_id_string(self.job_id, index)
@@ -137,6 +156,8 @@ class Reaper:
         environment = dict(self.environment, JOB_ID=task_id)
         if index is not None:
             environment["TASK_ID"] = str(index)
+        else:
+            environment.pop("TASK_ID", None)  # submitted from inside an array task
         opened = []
         try:
             if self.template.input_path is None:
@@ -148,6 +169,8 @@ class Reaper:
                 except OSError as exc:
                     raise StartError(f"cannot open stdin {path}: {exc.strerror}") from None
                 opened.append(stdin)
+            if self.template.input_path is not None:
+                self._refuse_reading_an_output(stdin, task_id, index)
             stdout = self._open(self.template.output_path, index, "stdout", first)
             opened.append(stdout)
             if self.template.error_path is not None and \

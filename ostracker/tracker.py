@@ -109,7 +109,12 @@ class _Submission:
         elif record.get("boot_id") != self.tracker.boot_id:
             return dict(record, state="Undetermined", sub_state="machine rebooted while it ran")
         if self.reaper_alive():
-            return record or new_record("Queued")
+            if record is None:
+                return new_record("Queued")
+            if record["state"] == "Running" and proc.stopped_in_vfork(record["pid"]):
+                return dict(record, state="Suspended",
+                            sub_state="stopped: its leader waits on a stopped child")
+            return record
         # The reaper writes its last record before its lock falls free: read again.
         record = self.record(index)
         if record is None:
@@ -138,6 +143,12 @@ class _Submission:
                 return
         for index in (self.indices() if indices is None else indices):
             yield index, self.derive(index, self.record(index))
+
+    def started_indices(self) -> list[int]:
+        """Indices of the array's tasks that have a record (started or cancelled)."""
+        names = os.listdir(self.store.job_dir(self.job_id))
+        return sorted(int(name[:-5]) for name in names
+                      if name.endswith(".json") and name[:-5].isdigit())
 
     def _summary(self) -> dict | None:
         try:
@@ -200,7 +211,7 @@ class JobTracker:
         return self._submit(template, ArraySpec(begin, end, step, max_parallel))
 
     def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
-        template = self._complete(template)
+        template = self._complete(template, array is not None)
         uid = os.getuid()
         header = {
             "schema": SCHEMA_VERSION,
@@ -226,7 +237,7 @@ class JobTracker:
         return str(job_id)
 
     @staticmethod
-    def _complete(template: JobTemplate) -> JobTemplate:
+    def _complete(template: JobTemplate, is_array: bool) -> JobTemplate:
         """Check a template and fill in its defaults; bad values are usage errors."""
         if not template.remote_command:
             raise InvalidArgument("no command given")
@@ -244,8 +255,12 @@ class JobTracker:
         except FileNotFoundError:
             raise StartError("the current directory no longer exists: give -C/--cwd") from None
         if template.input_path is not None:
+            # Expanded with stand-ins for the ID and index that no real path holds:
+            # equal here means the same file for every task.  (The reaper checks
+            # the real paths too, for the coincidences this cannot see.)
             def where(path):
-                return os.path.normpath(os.path.join(cwd, path))
+                expanded = expand_path(path, "\0J", "\0A" if is_array else None)
+                return os.path.normpath(os.path.join(cwd, expanded))
             for other, option in ((template.output_path, "stdout"),
                                   (template.error_path, "stderr")):
                 if other is not None and where(other) == where(template.input_path):
@@ -387,8 +402,12 @@ class JobTracker:
         cancelled = False
         if action == "terminate" and submission.is_array and index is None:
             cancelled = self._cancel_queued(submission)
+        # Of a whole array, only tasks that started can take a signal; the queued
+        # rest is cancelled by the marker above (or, for suspend/resume, left be).
+        targets = [index] if index is not None else \
+            submission.started_indices() if submission.is_array else [None]
         acted, refusals = [], []
-        for task_index, record in submission.records(None if index is None else [index]):
+        for task_index, record in submission.records(targets):
             try:
                 if self._control_task(submission, task_index, record, action):
                     acted.append(task_index)
@@ -489,7 +508,8 @@ class JobTracker:
         """Remove an ended job (or a whole ended array) and the output ostracker captured."""
         number, index = parse_job_id(job_id)
         if index is not None:
-            raise InvalidArgument(f"cannot delete one task ({job_id}): delete the array {number}")
+            raise UnsupportedOperation(
+                f"cannot delete one task ({job_id}): delete the array {number} as a whole")
         with self.store.job_lock(number):
             submission = self._submission(number)
             for task_index, record in submission.records():
