@@ -97,7 +97,7 @@ esac
 
 # -- 1. an array of 1000 /bin/true tasks, 4 at a time -----------------------------
 # Each run gets a fresh, empty state dir: the prepare step waits for the previous
-# run's reaper to end (its flock on reaper.lock), then empties the directory.
+# run's reaper to end (its flock on reaper.lock), then puts the directory aside.
 S1="$WORK/s1"
 OSTRACKER_STATE_DIR=$S1 bench "1. array of 1000 /bin/true vs xargs -P4 ($ARRAY_RUNS runs each)" \
     --warmup 1 --runs "$ARRAY_RUNS" \
@@ -107,7 +107,7 @@ OSTRACKER_STATE_DIR=$S1 bench "1. array of 1000 /bin/true vs xargs -P4 ($ARRAY_R
     "$(q "$OST") submit --array 1-1000 --max-parallel 4 --wait -- /bin/true" \
     -n "seq 1000 | xargs -P4 -n1 /bin/true" \
     "seq 1000 | xargs -P4 -n1 /bin/true"
-"$SYSPY" "$HELPER" wait-reapers "$S1"; rm -rf "$S1"
+"$SYSPY" "$HELPER" wait-reapers "$S1"  # deleted at exit: deleting now would slow the next figure
 
 # -- 2. latency of submit ---------------------------------------------------------
 S2="$WORK/s2"; mkdir -m 700 "$S2"
@@ -122,7 +122,7 @@ OSTRACKER_STATE_DIR=$S2 bench "2b. submit latency, back to back ($RUNS runs)" \
     --export-json "$WORK/h2n.json" \
     -n "python -c 'import click'" "$(q "$PY") -c 'import click'" \
     -n "ostracker submit -- /bin/true" "$(q "$OST") submit -- /bin/true"
-"$SYSPY" "$HELPER" wait-reapers "$S2"; rm -rf "$S2"
+"$SYSPY" "$HELPER" wait-reapers "$S2"  # deleted at exit: deleting now would slow the next figure
 
 # -- 3. status --json and info over 5000 finished tasks ---------------------------
 S3="$WORK/s3"; mkdir -m 700 "$S3"
@@ -143,7 +143,6 @@ if [[ $array_status -eq 0 && $RECORDS -eq 5000 ]]; then
 else
     say "   the array of 5000 did not end as expected (exit $array_status, $RECORDS records)"
 fi
-rm -rf "$S3"
 
 # -- 4. the reaper's memory -------------------------------------------------------
 S4="$WORK/s4"; mkdir -m 700 "$S4"
@@ -187,7 +186,6 @@ else
     say "   $mem_error"
     "$PY" -c 'import json, sys; print(json.dumps({"error": sys.argv[1]}))' "$mem_error" >"$WORK/mem.json"
 fi
-rm -rf "$S4"
 
 # -- report ---------------------------------------------------------------------
 "$PY" - "$WORK/meta.json" "$LOAD_BEFORE" "$(cut -d' ' -f1-3 /proc/loadavg)" \
