@@ -139,13 +139,17 @@ def status(ctx, states, as_json, job_ids):
     """
     jobs = tracker()
     errors = []
-    infos = jobs.job_infos(job_ids or None, errors=errors)
+    if as_json and not states:
+        click.echo(jobs.job_infos_json(job_ids or None, errors=errors))
+        infos = []
+    else:
+        infos = jobs.job_infos(job_ids or None, errors=errors)
     for error in errors:
         click.echo(f"ostracker: {error}", err=True)
     if states:
         wanted = {JobState.parse(state) for state in states}
         infos = [info for info in infos if info.state in wanted]
-    if as_json:
+    if as_json and states:
         from .output import jobs_json
 
         click.echo(jobs_json(infos))

@@ -72,26 +72,13 @@ def key_values(info: JobInfo) -> str:
 
 
 def jobs_json(infos: list[JobInfo]) -> str:
-    """A JSON list of job records, as ``status --json`` prints it.
+    """A JSON list of job records; each submission's template is encoded once."""
+    from itertools import groupby
 
-    The tasks of an array share one template: each record holds a placeholder
-    for it, the list is encoded in one call, and the template, encoded once, is
-    put in place of the placeholders — a third of the work for a large array.
-    """
-    templates: dict[int, tuple[str, str]] = {}
-    records = []
-    for info in infos:
-        key = id(info.job_template)
-        if key not in templates:
-            templates[key] = (f"\0template {len(templates)}\0",
-                              json.dumps(info.job_template.to_dict()))
-        record = info.to_dict(with_template=False)
-        record["job_template"] = templates[key][0]
-        records.append(record)
-    text = json.dumps(records)
-    for placeholder, template in templates.values():
-        text = text.replace(json.dumps(placeholder), template)
-    return text
+    from .models import encode_infos
+
+    parts = [encode_infos(list(group)) for _, group in groupby(infos, lambda i: id(i.job_template))]
+    return "[" + ", ".join(parts) + "]"
 
 
 def to_json(value, pretty: bool = False) -> str:

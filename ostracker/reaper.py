@@ -26,6 +26,7 @@ whose own bookkeeping would be fooled by our ``wait4``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -33,8 +34,8 @@ import time
 
 from . import proc
 from .errors import StartError
-from .models import SCHEMA_VERSION, ArraySpec, JobTemplate, timestamp
-from .store import CANCEL, HEADER, SINGLE_STATE, SUMMARY, Flusher, Store
+from .models import SCHEMA_VERSION, ArraySpec, JobInfo, JobTemplate, timestamp
+from .store import CANCEL, HEADER, SINGLE_STATE, SUMMARY, SUMMARY_PREFIX, Flusher, Store
 
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 # Run by the fresh interpreter: -I and -S keep it from loading user and site
@@ -100,6 +101,7 @@ class Reaper:
     def __init__(self, store: Store, job_id: int, header: dict):
         self.store = store
         self.job_id = job_id
+        self.header = header
         self.template = JobTemplate.from_dict(header["template"])
         self.array = ArraySpec.from_dict(header["array"]) if header["array"] else None
         self.boot_id = header["boot_id"]
@@ -277,24 +279,21 @@ class Reaper:
             self.store.flusher.drain()
 
     def write_summary(self) -> None:
-        """All task records in one file, so that listing an ended array reads one file.
+        """The JobInfo of every task in one file, so that listing an ended array reads one.
 
-        The records are copied as bytes, not parsed: this is the one step whose
-        cost grows with the array, and it runs once.
+        The one step whose cost grows with the array; it runs once, at the end.
+        Each JobInfo leaves its template slot null (SUMMARY_PREFIX, TEMPLATE_SLOT):
+        the template is in the header, and readers put it in.
         """
-        def chunks():
-            yield b'{"schema": %d, "tasks": {' % SCHEMA_VERSION
-            separator = b""
-            for index in self.array.indices():
-                try:
-                    with open(self.store.path(self.job_id, task_record_name(index)), "rb") as f:
-                        data = f.read()
-                except FileNotFoundError:
-                    continue
-                yield b'%s"%d": %s' % (separator, index, data)
-                separator = b", "
-            yield b"}}"
-        self.store.write_chunks(self.job_id, SUMMARY, chunks())
+        marker = self.store.read(self.job_id, CANCEL)
+        cancelled = new_record("Failed", (marker or {}).get("reason") or "cancelled")
+        infos = []
+        for index in self.array.indices():
+            record = self.store.read(self.job_id, task_record_name(index)) or cancelled
+            infos.append(JobInfo.from_record(self.job_id, index, self.header, self.template,
+                                             record).to_dict(with_template=False))
+        self.store.write_chunks(self.job_id, SUMMARY,
+                                [SUMMARY_PREFIX, json.dumps(infos).encode(), b"}"])
 
 
 def _detach_descriptors(keep: set[int]) -> None:

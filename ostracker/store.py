@@ -9,7 +9,7 @@ Layout of the state directory (mode 0700, every file 0600)::
         state.json   a single job's state record
         I.json       an array task's state record, written when task I starts or is cancelled
         cancel.json  "every task of this array that has not started is cancelled"
-        summary.json all task records of an ended array in one file, for fast listing
+        summary.json the JobInfo of every task of an ended array, for fast listing
         reaper.lock  held (flock) by the job's reaper for as long as it lives
         stdout, stderr, I.stdout, I.stderr   output captured by default
 
@@ -38,6 +38,7 @@ HEADER = "job.json"
 SINGLE_STATE = "state.json"
 CANCEL = "cancel.json"
 SUMMARY = "summary.json"
+SUMMARY_PREFIX = b'{"schema": 1, "infos": '  # then a JSON list, then "}"
 REAPER_LOCK = "reaper.lock"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -120,6 +121,19 @@ class Store:
         A record that exists but does not parse raises StorageError naming it:
         damage is reported, never mistaken for absence.
         """
+        data = self.read_bytes(job_id, name)
+        if data is None:
+            return None
+        try:
+            record = json.loads(data)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise StorageError(f"damaged record {self.path(job_id, name)}")
+        return record
+
+    def read_bytes(self, job_id: int, name: str) -> bytes | None:
+        """The file ``name`` of job ``job_id`` as bytes, or None if it does not exist."""
         path = self.path(job_id, name)
         try:
             fd = os.open(path, _READ_FLAGS)
@@ -131,15 +145,11 @@ class Store:
             chunks = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {_describe(exc)}") from None
         finally:
             os.close(fd)
-        try:
-            record = json.loads(b"".join(chunks))
-        except ValueError:
-            raise StorageError(f"damaged record {path}") from None
-        if not isinstance(record, dict):
-            raise StorageError(f"damaged record {path}")
-        return record
+        return b"".join(chunks)
 
     def write(self, job_id: int, name: str, record: dict, durable: bool = True) -> None:
         """Replace record ``name`` atomically: temp file, fsync, rename.

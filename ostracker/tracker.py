@@ -11,6 +11,7 @@ is ``Undetermined`` without looking at any PID.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,10 +21,10 @@ from . import proc
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                      TrackerError, UnsupportedOperation, WaitTimeout)
 from .launch import launch
-from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, STATE_BY_NAME, ArraySpec, JobInfo, JobState, JobTemplate,
-                     timestamp)
+from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, TEMPLATE_SLOT, ArraySpec,
+                     JobInfo, JobState, JobTemplate, encode_infos, timestamp)
 from .reaper import captured_output_name, expand_path, new_record, task_id_string, task_record_name
-from .store import CANCEL, HEADER, SUMMARY, Store
+from .store import CANCEL, HEADER, SUMMARY, SUMMARY_PREFIX, Store
 
 CONTROL_TIMEOUT = 5.0  # seconds a job may take to stop, continue or die after its signal
 _REAPER_LOST = "reaper lost"
@@ -60,8 +61,9 @@ class _Submission:
         try:
             self.array = ArraySpec.from_dict(header["array"]) if header["array"] else None
             self.template = JobTemplate.from_dict(header["template"])
+            for key in ("submission_time", "submission_machine", "job_owner", "uid", "boot_id"):
+                header[key]
             self.header = header
-            self.submission_time = header["submission_time"]
         except (KeyError, TypeError, ValueError):
             raise StorageError(f"damaged record {self.store.path(job_id, HEADER)}") from None
         self._reaper_alive: bool | None = None
@@ -135,12 +137,6 @@ class _Submission:
 
     def records(self, indices: Iterable[int | None] | None = None):
         """(index, derived record) for the given tasks, or all of them."""
-        if indices is None and self.is_array and not self.reaper_alive():
-            summary = self._summary()
-            if summary is not None:
-                for index in self.array.indices():
-                    yield index, self.derive(index, summary.get(str(index)))
-                return
         for index in (self.indices() if indices is None else indices):
             yield index, self.derive(index, self.record(index))
 
@@ -150,39 +146,43 @@ class _Submission:
         return sorted(int(name[:-5]) for name in names
                       if name.endswith(".json") and name[:-5].isdigit())
 
-    def _summary(self) -> dict | None:
-        try:
-            summary = self.store.read(self.job_id, SUMMARY)
-        except StorageError:
-            return None  # fall back on the task records, which the summary only copies
-        return None if summary is None else summary.get("tasks")
+    def encoded_summary(self) -> str | None:
+        """An ended array's JobInfos as its reaper left them, encoded (see encode_infos).
 
-    def info(self, index: int | None, record: dict) -> JobInfo:
-        dispatched = record.get("dispatch_time")
-        return JobInfo(
-            id=task_id_string(self.job_id, index),
-            array_id=str(self.job_id) if self.is_array else None,
-            task_id=index,
-            job_name=self.template.job_name,
-            state=STATE_BY_NAME[record["state"]],
-            sub_state=record.get("sub_state"),
-            exit_status=record.get("exit_status"),
-            terminating_signal=record.get("terminating_signal"),
-            pid=record.get("pid"),
-            allocated_machines=[self.header["submission_machine"]] if dispatched else None,
-            submission_machine=self.header["submission_machine"],
-            job_owner=self.header["job_owner"],
-            uid=self.header["uid"],
-            submission_time_text=self.submission_time,
-            dispatch_time_text=dispatched,
-            finish_time_text=record.get("finish_time"),
-            wallclock_seconds=record.get("wallclock_time"),
-            extension_list=record.get("rusage"),
-            job_template=self.template,
-        )
+        None while the array runs, or if the summary is missing or damaged:
+        the task records, which it only sums up, are then read instead.
+        """
+        if not self.is_array or self.reaper_alive():
+            return None
+        try:
+            data = self.store.read_bytes(self.job_id, SUMMARY)
+        except StorageError:
+            return None
+        if data is None or not data.startswith(SUMMARY_PREFIX) or not data.endswith(b"]}"):
+            return None
+        template = json.dumps(self.template.to_dict())
+        return data[len(SUMMARY_PREFIX) + 1:-2].decode().replace(
+            TEMPLATE_SLOT, f'"job_template": {template}}}')
 
     def infos(self, indices=None) -> list[JobInfo]:
-        return [self.info(index, record) for index, record in self.records(indices)]
+        if indices is None:
+            encoded = self.encoded_summary()
+            if encoded is not None:
+                try:
+                    return [JobInfo.from_dict(data, self.template)
+                            for data in json.loads(f"[{encoded}]")]
+                except (ValueError, KeyError, TypeError):
+                    pass  # damaged: the task records below
+        return [JobInfo.from_record(self.job_id, index, self.header, self.template, record)
+                for index, record in self.records(indices)]
+
+    def encoded_infos(self, indices=None) -> str:
+        """The JobInfos of the tasks as JSON objects, comma-separated (a list's inside)."""
+        if indices is None:
+            encoded = self.encoded_summary()
+            if encoded is not None:
+                return encoded
+        return encode_infos(self.infos(indices))
 
 
 class JobTracker:
@@ -318,22 +318,40 @@ class JobTracker:
         With ``errors``, a job that cannot be read is reported there and skipped,
         so one damaged record does not hide the others; without it, it raises.
         """
-        infos: list[JobInfo] = []
+        return [info for submission, indices in self._targets(job_ids, errors)
+                for info in submission.infos(indices)]
+
+    def _targets(self, job_ids, errors):
+        """(submission, [index] or None for all its tasks) of each job named, or of all."""
         targets = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
             [(job_id, None) for job_id in self.store.job_ids()]
         for number, index in targets:
             try:
                 submission = self._submission(number)
                 submission.check_index(index)
-                infos.extend(submission.infos(None if index is None else [index]))
             except JobNotFound:
                 if job_ids is not None:
                     raise
+                continue  # created or deleted while we list
             except StorageError as error:
                 if errors is None:
                     raise
                 errors.append(error)
-        return infos
+                continue
+            yield submission, None if index is None else [index]
+
+    def job_infos_json(self, job_ids: Iterable[str] | None = None,
+                       errors: list[TrackerError] | None = None) -> str:
+        """``job_infos`` as a JSON list, the way ``status --json`` prints it.
+
+        An ended array is copied from the summary its reaper wrote, neither
+        parsed nor encoded again: listing thousands of ended tasks costs little
+        more than reading one file.
+        """
+        parts = []
+        for submission, indices in self._targets(job_ids, errors):
+            parts.append(submission.encoded_infos(indices))
+        return "[" + ", ".join(part for part in parts if part) + "]"
 
     # -- waiting ---------------------------------------------------------------------
 

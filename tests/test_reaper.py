@@ -115,18 +115,18 @@ def test_terminal_hangup_of_the_submitter_does_not_reach_the_job(run, state_dir)
 
 def test_ended_array_is_summarised_in_one_file_that_matches_the_task_records(
         run, submit, state_dir):
-    """summary.json holds every task record; status reads the same from it."""
+    """summary.json holds every task's JobInfo; listing it equals reading each task alone."""
     job_id = submit("--array", "1-7:3", "--", "sh", "-c", "exit $TASK_ID")
     assert run("wait", job_id).returncode == 1
-    folder = os.path.join(state_dir, "jobs", job_id)
-    with open(os.path.join(folder, "summary.json")) as handle:
-        summary = json.load(handle)["tasks"]
-    for index in ("1", "4", "7"):
-        with open(os.path.join(folder, f"{index}.json")) as handle:
-            assert summary[index] == json.load(handle)
-    jobs = json.loads(run("status", job_id, "--json").stdout)
-    assert [(j["id"], j["exit_status"]) for j in jobs] == \
+    with open(os.path.join(state_dir, "jobs", job_id, "summary.json")) as handle:
+        summary = json.load(handle)
+    assert summary["schema"] == 1
+    listed = json.loads(run("status", job_id, "--json").stdout)
+    one_by_one = [json.loads(run("info", f"{job_id}.{i}", "--json").stdout) for i in (1, 4, 7)]
+    assert listed == one_by_one
+    assert [(j["id"], j["exit_status"]) for j in listed] == \
         [(f"{job_id}.1", 1), (f"{job_id}.4", 4), (f"{job_id}.7", 7)]
+    assert [dict(j, job_template=None) for j in listed] == summary["infos"]
 
 
 def test_records_of_an_earlier_boot_are_undetermined_and_never_signalled(run, submit, state_dir):
