@@ -21,8 +21,8 @@ from . import proc
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                      TrackerError, UnsupportedOperation, WaitTimeout)
 from .launch import launch
-from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, TEMPLATE_SLOT, ArraySpec,
-                     JobInfo, JobState, JobTemplate, encode_infos, timestamp)
+from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, STATE_BY_NAME, TEMPLATE_SLOT,
+                     ArraySpec, JobInfo, JobState, JobTemplate, encode_infos, timestamp)
 from .reaper import captured_output_name, expand_path, new_record, task_id_string, task_record_name
 from .store import CANCEL, HEADER, SUMMARY, SUMMARY_PREFIX, Store
 
@@ -96,7 +96,11 @@ class _Submission:
     # -- state derivation ------------------------------------------------------
 
     def record(self, index: int | None) -> dict | None:
-        return self.store.read(self.job_id, task_record_name(index))
+        record = self.store.read(self.job_id, task_record_name(index))
+        if record is not None and record.get("state") not in STATE_BY_NAME:
+            path = self.store.path(self.job_id, task_record_name(index))
+            raise StorageError(f"damaged record {path}")
+        return record
 
     def derive(self, index: int | None, record: dict | None) -> dict:
         """The record as it stands: repaired on read when reaper or machine is gone."""
@@ -318,27 +322,8 @@ class JobTracker:
         With ``errors``, a job that cannot be read is reported there and skipped,
         so one damaged record does not hide the others; without it, it raises.
         """
-        return [info for submission, indices in self._targets(job_ids, errors)
-                for info in submission.infos(indices)]
-
-    def _targets(self, job_ids, errors):
-        """(submission, [index] or None for all its tasks) of each job named, or of all."""
-        targets = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
-            [(job_id, None) for job_id in self.store.job_ids()]
-        for number, index in targets:
-            try:
-                submission = self._submission(number)
-                submission.check_index(index)
-            except JobNotFound:
-                if job_ids is not None:
-                    raise
-                continue  # created or deleted while we list
-            except StorageError as error:
-                if errors is None:
-                    raise
-                errors.append(error)
-                continue
-            yield submission, None if index is None else [index]
+        return [info for infos in self._each(job_ids, errors, _Submission.infos)
+                for info in infos]
 
     def job_infos_json(self, job_ids: Iterable[str] | None = None,
                        errors: list[TrackerError] | None = None) -> str:
@@ -348,10 +333,26 @@ class JobTracker:
         parsed nor encoded again: listing thousands of ended tasks costs little
         more than reading one file.
         """
-        parts = []
-        for submission, indices in self._targets(job_ids, errors):
-            parts.append(submission.encoded_infos(indices))
+        parts = self._each(job_ids, errors, _Submission.encoded_infos)
         return "[" + ", ".join(part for part in parts if part) + "]"
+
+    def _each(self, job_ids, errors, read):
+        """``read(submission, indices)`` for each job named (all tasks: None), or for all."""
+        targets = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
+            [(job_id, None) for job_id in self.store.job_ids()]
+        for number, index in targets:
+            try:
+                submission = self._submission(number)
+                submission.check_index(index)
+                yield read(submission, None if index is None else [index])
+            except JobNotFound:
+                if job_ids is not None:
+                    raise
+                # created or deleted while we list: not there for this listing
+            except StorageError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
 
     # -- waiting ---------------------------------------------------------------------
 
