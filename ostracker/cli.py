@@ -42,10 +42,81 @@ def tracker():
     return JobTracker(ctx.find_root().params.get("state_dir"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class SectionedGroup(click.Group):
+    """A group whose ``--help`` lists its commands by what they are for."""
+
+    SECTIONS = [
+        ("Submit and watch", ["submit", "status", "info", "output", "wait"]),
+        ("Control", ["suspend", "resume", "terminate", "hold", "release"]),
+        ("Clean up", ["delete"]),
+        ("Monitor", ["monitor"]),
+    ]
+
+    def list_commands(self, ctx):
+        """In the order of the sections (which completion offers too), then any others."""
+        ordered = [name for _, names in self.SECTIONS for name in names if name in self.commands]
+        return ordered + sorted(set(self.commands) - set(ordered))
+
+    def sections(self, ctx):
+        """(title, [(name, command)]) for each section, as --help and the man page show them."""
+        listed = self.list_commands(ctx)
+        placed = {name for _, names in self.SECTIONS for name in names}
+        sections = [(title, [name for name in names if name in listed])
+                    for title, names in self.SECTIONS]
+        sections.append(("Other commands", [name for name in listed if name not in placed]))
+        return [(title, [(name, self.commands[name]) for name in names
+                         if not self.commands[name].hidden])
+                for title, names in sections if names]
+
+    def format_commands(self, ctx, formatter):
+        sections = self.sections(ctx)
+        # every section's names padded alike, so that all summaries start in one column
+        width = max(len(name) for _, commands in sections for name, _ in commands)
+        limit = formatter.width - 6 - width
+        for title, commands in sections:
+            with formatter.section(title):
+                formatter.write_dl([(name.ljust(width), command.get_short_help_str(limit))
+                                    for name, command in commands])
+
+
+def complete_path(kind: str):
+    """Completion of a file (``kind`` "file") or directory ("dir") name, by the shell itself."""
+    def complete(ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type=kind)]
+    return complete
+
+
+def complete_jobs(kind: str):
+    """Completion of the job IDs that a command takes (see ostracker.completion)."""
+    def complete(ctx, param, incomplete):
+        from .completion import job_ids
+
+        return job_ids(ctx.find_root().params.get("state_dir"), kind, incomplete)
+    return complete
+
+
+def complete_pids(ctx, param, incomplete):
+    from .completion import process_ids
+
+    return process_ids(incomplete)
+
+
+# The states this backend produces; --state takes every DRMAA2 name, TAB offers these.
+PRODUCED_STATES = ["Queued", "Running", "Suspended", "Done", "Failed", "Undetermined"]
+
+
+def complete_states(ctx, param, incomplete):
+    return [name for name in PRODUCED_STATES if name.lower().startswith(incomplete.lower())]
+
+
+@click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="'ostracker COMMAND --help' tells more; so does 'man ostracker'.")
 @click.version_option(__version__, prog_name="ostracker")
-@click.option("--state-dir", metavar="DIR", help="Job DB directory "
-              "[default: $OSTRACKER_STATE_DIR, else the per-user state dir].")
+@click.option("--state-dir", metavar="DIR", shell_complete=complete_path("dir"),
+              help="Job DB directory [default: $OSTRACKER_STATE_DIR, else the per-user "
+              "state dir].")
 def cli(state_dir):
     """Run OS processes as jobs and keep track of them (DRMAA2 OS process JobTracker)."""
 
@@ -60,16 +131,19 @@ def parse_environment(ctx, param, values):
     return environment
 
 
-@cli.command(context_settings={"ignore_unknown_options": True,
-                               "allow_interspersed_args": False})
+@cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-n", "--name", help="Job name [default: the command's base name].")
-@click.option("-C", "--cwd", metavar="DIR", help="Working directory [default: here].")
+@click.option("-C", "--cwd", metavar="DIR", shell_complete=complete_path("dir"),
+              help="Working directory [default: here].")
 @click.option("-e", "--env", "environment", multiple=True, metavar="KEY=VALUE",
               callback=parse_environment, help="Add to the job's environment (repeatable).")
-@click.option("--stdin", metavar="PATH", help="Read stdin from PATH [default: /dev/null].")
-@click.option("-o", "--stdout", metavar="PATH", help="Write stdout to PATH (%j job ID, "
-              "%a task index) [default: captured, see 'output'].")
-@click.option("--stderr", metavar="PATH", help="Write stderr to PATH [default: captured].")
+@click.option("--stdin", metavar="PATH", shell_complete=complete_path("file"),
+              help="Read stdin from PATH [default: /dev/null].")
+@click.option("-o", "--stdout", metavar="PATH", shell_complete=complete_path("file"),
+              help="Write stdout to PATH (%j job ID, %a task index) [default: captured, "
+              "see 'output'].")
+@click.option("--stderr", metavar="PATH", shell_complete=complete_path("file"),
+              help="Write stderr to PATH [default: captured].")
 @click.option("--array", "array_spec", metavar="SPEC",
               help="Job array BEGIN-END[:STEP][%MAX] or INDEX.")
 @click.option("--max-parallel", type=click.IntRange(min=1), metavar="N",
@@ -77,14 +151,16 @@ def parse_environment(ctx, param, values):
 @click.option("-w", "--wait", "wait_for_end", is_flag=True,
               help="Wait for the job to end and exit like 'wait'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record, not the ID.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
+                metavar="-- COMMAND [ARG]...", shell_complete=complete_path("file"))
 def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel,
            wait_for_end, as_json, command):
     """Start a job (or a job array) and print its ID.
 
     Returns once the job (an array's first task) has started; fails with the
     reason when it cannot start.  Put the command after `--` so that its own
-    options are never taken for ostracker's.
+    options are never taken for ostracker's.  With --wait on an array, a
+    terminal shows the tasks' progress on stderr.
 
     \b
     Example:
@@ -122,21 +198,29 @@ def _print_infos(jobs, job_ids, single):
                        pretty=True))
 
 
-@cli.command()
+@cli.command(short_help="Show jobs: a table, JSON, or the IDs alone.")
 @click.option("--state", "states", multiple=True, metavar="STATE",
               type=click.Choice(STATE_NAMES, case_sensitive=False),
-              help="Only jobs in STATE (repeatable).")
+              shell_complete=complete_states, help="Only jobs in STATE (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of job records.")
-@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.option("-q", "--quiet", is_flag=True, help="Only the IDs, one per line.")
+@click.argument("job_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_jobs("any"))
 @click.pass_context
-def status(ctx, states, as_json, job_ids):
+def status(ctx, states, as_json, quiet, job_ids):
     """Show jobs: all of them, or those named (an array ID shows its tasks).
+
+    One row per single job and per array task: ID, name, state, exit status
+    (or the signal that ended it), PID, start time, wall clock, command.
+    --quiet prints the IDs alone, for scripts (as squeue -h -o %i does).
 
     \b
     Example:
       ostracker status --state Running
       ostracker status 7 --json | jq '.[].exit_status'
+      ostracker status -q --state Failed | xargs -n1 ostracker info
     """
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json exclude each other")
     jobs = tracker()
     errors = []
     if as_json and not states:
@@ -153,6 +237,9 @@ def status(ctx, states, as_json, job_ids):
         from .output import jobs_json
 
         click.echo(jobs_json(infos))
+    elif quiet:
+        if infos:
+            click.echo("\n".join(info.id for info in infos))
     elif infos:
         from .output import job_table
 
@@ -163,9 +250,13 @@ def status(ctx, states, as_json, job_ids):
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON object (a list for an array).")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=complete_jobs("any"))
 def info(as_json, job_id):
     """Show every JobInfo field of a job, or of each task of an array.
+
+    One `key: value` line per field, nested fields joined with dots
+    (job_template.args, extension_list.ru_maxrss); the exact values, as JSON
+    has them.  An array prints a block per task, separated by blank lines.
 
     \b
     Example:
@@ -186,17 +277,76 @@ def info(as_json, job_id):
 
 
 def wait_exit(job_ids, timeout, any_job, jobs, as_json=False):
-    """Wait, then exit as SPEC section 5 says ``wait`` does."""
+    """Wait, then exit as SPEC section 5 says ``wait`` does.
+
+    With --json, the records of the jobs that ended: an object for one single
+    job or task, else a list (as ``info`` prints them).
+    """
     from .tracker import parse_job_id
 
+    if sys.stderr.isatty():
+        timeout = show_progress(jobs, job_ids, timeout, any_job)
     infos = jobs.wait_jobs(job_ids, timeout=timeout, any_job=any_job)
+    single = len(job_ids) == 1 and (parse_job_id(job_ids[0])[1] is not None
+                                    or infos[0].array_id is None)
     if as_json:
-        _print_infos(jobs, [i.id for i in infos], single=len(infos) == 1)
+        from .output import jobs_json, to_json
+
+        click.echo(to_json(infos[0].to_dict(), pretty=True) if single else jobs_json(infos))
     ctx = click.get_current_context()
-    if len(job_ids) == 1 and parse_job_id(job_ids[0])[1] is None and infos[0].array_id is None \
-            or len(job_ids) == 1 and parse_job_id(job_ids[0])[1] is not None:
+    if single:
         ctx.exit(exit_status_of(infos[0]))
     ctx.exit(0 if all(i.state is JobState.DONE for i in infos) else 1)
+
+
+PROGRESS_INTERVAL = 0.2  # seconds between two redraws of the progress line
+
+
+def show_progress(jobs, job_ids, timeout, any_job):
+    """Draw the tasks' progress on stderr (a terminal) until the wait would end.
+
+    Only for more than one task (an array, several IDs): a single job shows
+    nothing.  Polls ``job_infos``, for at most a third of the time (a large
+    running array costs a read per task), and clears its line before
+    returning, also when interrupted.  Returns what is left of ``timeout``,
+    for ``wait_jobs``, which then decides (at once) as it would have without.
+    """
+    import os
+    import shutil
+    import time
+
+    from .output import progress_line
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    drawn, shown = 0, None
+    try:
+        while True:
+            started = time.monotonic()
+            groups = [jobs.job_infos([job_id]) for job_id in job_ids]
+            infos = [info for group in groups for info in group]
+            ended = [all(info.state.ended for info in group) for group in groups]
+            if len(infos) < 2 or (any(ended) if any_job else all(ended)):
+                break
+            try:  # the width of stderr's terminal, which stdout (piped, say) need not be
+                width = os.get_terminal_size(sys.stderr.fileno()).columns
+            except OSError:
+                width = 0
+            line = progress_line([info.state.value for info in infos],
+                                 (width or shutil.get_terminal_size().columns) - 1)
+            if line != shown:
+                sys.stderr.write("\r" + line.ljust(drawn))
+                sys.stderr.flush()
+                drawn, shown = max(drawn, len(line)), line
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            pause = max(PROGRESS_INTERVAL, 2 * (now - started))
+            time.sleep(pause if deadline is None else min(pause, deadline - now))
+    finally:
+        if drawn:
+            sys.stderr.write("\r" + " " * drawn + "\r")
+            sys.stderr.flush()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def exit_status_of(info) -> int:
@@ -213,22 +363,29 @@ def exit_status_of(info) -> int:
 @cli.command()
 @click.option("--timeout", type=Seconds(), help="Give up after SEC seconds (exit 124).")
 @click.option("--any", "any_job", is_flag=True, help="Return when any one job has ended.")
-@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
-def wait(timeout, any_job, job_ids):
+@click.option("--json", "as_json", is_flag=True, help="Then print the ended jobs' records "
+              "(an object for one single job, else a list).")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...",
+                shell_complete=complete_jobs("any"))
+def wait(timeout, any_job, as_json, job_ids):
     """Wait until the jobs have ended, and exit with their status.
 
     One single job: its exit status, or 128+N if signal N ended it.  An array or
     several IDs: 0 if all ended Done, else 1.  124 when --timeout runs out.
+    On a terminal, an array's progress (done, failed, running and queued
+    tasks) is shown on stderr; piped or from cron, nothing is.
 
     \b
     Example:
       ostracker wait 7 --timeout 600 && echo "job 7 succeeded"
+      ostracker wait 8 --json | jq -r '.[] | select(.state != "Done") | .id'
     """
-    wait_exit(list(job_ids), timeout, any_job, tracker())
+    wait_exit(list(job_ids), timeout, any_job, tracker(), as_json)
 
 
-def _control(action: str, past: str):
-    @click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+def _control(action: str):
+    @click.argument("job_ids", nargs=-1, required=True, metavar="ID...",
+                    shell_complete=complete_jobs(action))
     @click.pass_context
     def command(ctx, job_ids):
         jobs = tracker()
@@ -249,11 +406,15 @@ def _control(action: str, past: str):
 
 _CONTROL_HELP = {
     "suspend": ("Suspend running jobs: SIGTSTP to each job's process group.",
-                "Returns once the job has stopped; fails if it does not stop in time."),
+                "Returns once the job has stopped; fails if it does not stop in time.  "
+                "An array ID suspends every task of the array that runs."),
     "resume": ("Resume suspended jobs: SIGCONT to each job's process group.",
-               "Returns once the job runs again."),
+               "Returns once the job runs again.  An array ID resumes every suspended "
+               "task of the array."),
     "terminate": ("Terminate jobs: SIGKILL to each job's process group.",
-                  "A queued array task is cancelled and never starts."),
+                  "Returns once every process of the group is gone.  A queued array task "
+                  "is cancelled and never starts; an array ID terminates every task of "
+                  "the array that has not ended."),
     "hold": ("Not supported by the OS process backend (always fails).",
              "Holding a job is a batch-system feature this backend does not have."),
     "release": ("Not supported by the OS process backend (always fails).",
@@ -263,12 +424,12 @@ _CONTROL_HELP = {
 for _action, (_summary, _paragraph) in _CONTROL_HELP.items():
     cli.command(_action, help=f"{_summary}\n\n{_paragraph}\n\n\b\nExample:\n"
                 f"  ostracker {_action} 7 8.2", short_help=_summary)(
-        _control(_action, _action))
+        _control(_action))
 
 
-@cli.command()
+@cli.command(short_help="Remove ended jobs and the output ostracker captured.")
 @click.option("--finished", is_flag=True, help="Delete every job that has ended.")
-@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.argument("job_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_jobs("ended"))
 @click.pass_context
 def delete(ctx, finished, job_ids):
     """Remove ended jobs from the DB, with the output ostracker captured for them.
@@ -302,9 +463,13 @@ def delete(ctx, finished, job_ids):
 @cli.command()
 @click.option("--stderr", "error_stream", is_flag=True, help="Print stderr instead of stdout.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=complete_jobs("task"))
 def output(error_stream, follow, job_id):
     """Print what a job wrote to its stdout (or stderr).
+
+    Name a single job or one task of an array (7.3).  The bytes are copied
+    as they are; with --follow, until the job ends, as tail -f would.  Where
+    -o/--stdout sent the output elsewhere, that file is read.
 
     \b
     Example:
@@ -332,7 +497,7 @@ def output(error_stream, follow, job_id):
             time.sleep(0.1)
 
 
-@cli.command()
+@cli.command(short_help="Show OS processes as jobs (DRMAA2 monitoring session).")
 @click.option("--user", metavar="NAME", help="Only processes of user NAME (or UID).")
 @click.option("--name", "pattern", metavar="PATTERN", help="Only processes whose name or "
               "command line holds PATTERN (a glob if it has * ? or [).")
@@ -343,7 +508,8 @@ def output(error_stream, follow, job_id):
 @click.option("--machine", is_flag=True,
               help="Show this machine (DRMAA2 MachineInfo) instead of processes.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: a list of jobs, or the machine.")
-@click.argument("pids", nargs=-1, type=click.INT, metavar="[PID]...")
+@click.argument("pids", nargs=-1, type=click.INT, metavar="[PID]...",
+                shell_complete=complete_pids)
 @click.pass_context
 def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
     """Show OS processes as jobs: all of them, or those named (DRMAA2 monitoring session).
@@ -401,6 +567,9 @@ def main(argv=None) -> None:
     """Entry point: run the CLI, turning every error into one line and an exit status."""
     try:
         status_code = cli.main(args=argv, prog_name="ostracker", standalone_mode=False)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as error:  # click 8.2+
+        click.echo(error.ctx.get_help(), err=True)  # plain `ostracker`: the help, unadorned
+        status_code = 2
     except click.UsageError as error:
         where = error.ctx.command_path if error.ctx else "ostracker"
         click.echo(f"{where}: {error.format_message()} (see '{where} --help')", err=True)

@@ -1,4 +1,4 @@
-"""Rendering for people and scripts: tables, key/value lines, JSON, durations.
+"""Rendering for people and scripts: tables, key/value lines, JSON, durations, progress.
 
 The only module that imports tabulate, and only when a table is drawn.
 """
@@ -146,3 +146,29 @@ def machine_lines(machine: dict) -> str:
             text = str(value)
         lines.append(f"{key}: {text}")
     return "\n".join(lines)
+
+
+# -- progress of a wait (``wait``, ``submit --wait`` on a terminal) ------------------------
+
+def progress_line(states: list[str], width: int) -> str:
+    """One line of a wait's progress: a bar of the ended tasks, then counts by state.
+
+    ``[#########.........] 12/40 ended: 10 done, 2 failed; 4 running, 24 queued``
+    in at most ``width`` characters (the bar shrinks, then goes).  Undetermined
+    tasks count as failed: they did not succeed.  Plain ASCII, no escapes.
+    """
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    done = counts.get("Done", 0)
+    failed = counts.get("Failed", 0) + counts.get("Undetermined", 0)
+    ended, total = done + failed, len(states)
+    waiting = ", ".join(f"{counts[state]} {state.lower()}"
+                        for state in ("Running", "Suspended", "Queued") if counts.get(state))
+    text = f"{ended}/{total} ended: {done} done, {failed} failed" + \
+        (f"; {waiting}" if waiting else "")
+    room = min(30, width - len(text) - 3)
+    if room < 5:
+        return text[:max(width, 0)]
+    filled = room * ended // total if total else 0
+    return f"[{'#' * filled}{'.' * (room - filled)}] {text}"
