@@ -101,10 +101,11 @@ class ArraySpec:
             raise InvalidArgument("array step must be 1 or more")
         if max_parallel is not None and max_parallel < 1:
             raise InvalidArgument("max parallel must be 1 or more")
-        self.begin, self.end, self.step, self.max_parallel = begin, end, step, max_parallel
-        if len(self) > MAX_ARRAY_TASKS:
+        count = (end - begin) // step + 1  # not len(): that overflows past sys.maxsize
+        if count > MAX_ARRAY_TASKS:
             raise InvalidArgument(
-                f"array of {len(self):,} tasks is larger than the limit of {MAX_ARRAY_TASKS:,}")
+                f"array of {count:,} tasks is larger than the limit of {MAX_ARRAY_TASKS:,}")
+        self.begin, self.end, self.step, self.max_parallel = begin, end, step, max_parallel
 
     def __len__(self) -> int:
         return (self.end - self.begin) // self.step + 1

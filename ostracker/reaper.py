@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import time
 
@@ -171,6 +172,8 @@ class Reaper:
                 except OSError as exc:
                     raise StartError(f"cannot open stdin {path}: {exc.strerror}") from None
                 opened.append(stdin)
+                if stat.S_ISDIR(os.fstat(stdin).st_mode):
+                    raise StartError(f"cannot open stdin {path}: Is a directory")
             if self.template.input_path is not None:
                 self._refuse_reading_an_output(stdin, task_id, index)
             stdout = self._open(self.template.output_path, index, "stdout", first)
