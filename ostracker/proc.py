@@ -67,20 +67,30 @@ def identify(pid: int, start_ticks: int) -> ProcessStat | None:
     return current
 
 
-def signal_group(pid: int, start_ticks: int, signum: int) -> bool:
+GONE = "its process is gone"
+
+
+def signal_group(pid: int, start_ticks: int, signum: int) -> str | None:
     """Send ``signum`` to the process group led by the job's process.
 
-    Returns False, sending nothing, when that process is gone or its PID was
-    reused, or when it no longer leads its own group, or is not ours.
+    Returns None once sent, or why nothing was sent: ``GONE`` when that process
+    ended or its PID now names another process, or another reason when it no
+    longer leads its own group or belongs to another user (a setuid program).
     """
     current = identify(pid, start_ticks)
-    if current is None or current.pgid != pid or owner(pid) != os.getuid():
-        return False
+    if current is None:
+        return GONE
+    if current.pgid != pid:
+        return "its process left its process group"
+    if owner(pid) != os.getuid():
+        return "its process belongs to another user"
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
-        return False
-    return True
+        return GONE
+    except PermissionError:
+        return "its process group is not ours to signal"
+    return None
 
 
 def stopped_in_vfork(pid: int) -> bool:

@@ -313,6 +313,15 @@ def _detach_descriptors(keep: set[int]) -> None:
         low = fd + 1
 
 
+def _report(ready_fd: int, word: str) -> None:
+    """Tell the submitter; if it was killed meanwhile, the job goes on all the same."""
+    try:
+        os.write(ready_fd, f"{word}\n".encode())
+    except OSError:
+        pass  # EPIPE: nobody is waiting for the word any more
+    os.close(ready_fd)
+
+
 def begin(store: Store, job_id: int, header: dict, ready_fd: int, lock_fd: int) -> None:
     """First act of the reaper, in the freshly forked and detached child: see module doc.
 
@@ -333,10 +342,9 @@ def begin(store: Store, job_id: int, header: dict, ready_fd: int, lock_fd: int) 
         if reaper.array is not None:
             reaper.cancel_rest(f"cancelled: task {first} could not start")
             reaper.write_summary()
-        os.write(ready_fd, f"error {error}\n".encode())
+        _report(ready_fd, f"error {error}")
         os._exit(0)
-    os.write(ready_fd, f"started {record['pid']}\n".encode())
-    os.close(ready_fd)
+    _report(ready_fd, f"started {record['pid']}")
     os.set_inheritable(lock_fd, True)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [store.root, str(job_id), str(lock_fd), str(record["pid"]),

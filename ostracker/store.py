@@ -193,10 +193,13 @@ class Store:
     @contextmanager
     def job_lock(self, job_id: int):
         """Exclusive lock on one job's records (flock on its never-replaced header)."""
+        path = self.path(job_id, HEADER)
         try:
-            fd = os.open(self.path(job_id, HEADER), _READ_FLAGS)
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             raise JobNotFound(f"no such job: {job_id}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {path}: {_describe(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -233,27 +236,37 @@ class Store:
     def allocate_id(self) -> int:
         """Hand out the next job ID, never given before, and create its directory.
 
-        The counter is read and bumped under an exclusive flock, so concurrent
-        submitters from shells and cron never get the same ID.  If the counter
-        file was lost or damaged, the highest existing job ID is the floor.
+        The counter is read and bumped under an exclusive flock on ``lock``, so
+        concurrent submitters from shells and cron never get the same ID.  The
+        highest ID is kept twice — in ``last-id`` and in the lock file itself —
+        and the highest job directory is a third floor: losing or damaging one
+        of them (a crash, a careless ``rm``) cannot make an ID come back.
         """
-        lock_fd = os.open(os.path.join(self.root, "lock"),
-                          os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        lock_path = os.path.join(self.root, "lock")
+        try:
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open {lock_path}: {_describe(exc)}") from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             counter = os.path.join(self.root, "last-id")
-            last = _read_int(counter)
-            if last is None:
-                last = max(self.job_ids(), default=0)
+            kept = _read_int(counter)
+            copy = _parse_int(os.pread(lock_fd, 32, 0))
+            last = max(kept or 0, copy or 0)
+            if kept is None or kept != copy:  # one copy lost or damaged: scan the jobs too
+                last = max(last, max(self.job_ids(), default=0))
             job_id = last + 1
             while os.path.lexists(self.job_dir(job_id)):
                 job_id += 1  # a directory the counter does not know of: never reuse it
-            # Not fsync'd here: the job's header is, and the highest job directory is
-            # the counter's floor, so a counter lost in a crash cannot hand out an
-            # ID that a surviving job holds.
+            # Not fsync'd here: the job's header is (by its reaper).
             write_atomically(counter, [b"%d\n" % job_id], durable=False)
+            os.pwrite(lock_fd, b"%-31d\n" % job_id, 0)
             self.create_job_dir(job_id)
             return job_id
+        except OSError as exc:
+            raise StorageError(f"cannot allocate a job ID in {self.root}: {_describe(exc)}") \
+                from None
         finally:
             os.close(lock_fd)
 
@@ -315,10 +328,21 @@ class Flusher:
 
 
 def _read_int(path: str) -> int | None:
+    """The number in file ``path`` (never through a symlink), or None."""
     try:
-        with open(path, "rb") as handle:
-            return int(handle.read())
-    except (OSError, ValueError):
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        return _parse_int(os.read(fd, 64))
+    finally:
+        os.close(fd)
+
+
+def _parse_int(data: bytes) -> int | None:
+    try:
+        return int(data)
+    except ValueError:
         return None
 
 

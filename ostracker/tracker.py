@@ -454,10 +454,11 @@ class JobTracker:
             return self._control_task(submission, index, started, action)
         signum = {"suspend": signal.SIGTSTP, "resume": signal.SIGCONT,
                   "terminate": signal.SIGKILL}[action]
-        if not proc.signal_group(record["pid"], record["start_ticks"], signum):
-            if action == "terminate":
-                return False
-            raise InvalidState(f"job {task_id} has no process any more: cannot {action} it")
+        refusal = proc.signal_group(record["pid"], record["start_ticks"], signum)
+        if refusal == proc.GONE and action == "terminate":
+            return False  # it ended by itself meanwhile
+        if refusal is not None:
+            raise InvalidState(f"job {task_id}: {refusal}: cannot {action} it")
         return True
 
     def _cancel_task(self, submission: _Submission, index: int) -> dict | None:

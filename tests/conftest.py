@@ -53,7 +53,8 @@ def _live_records(state_dir):
                         record = json.load(handle)
                 except (OSError, ValueError):
                     continue
-                yield folder, record
+                if isinstance(record, dict):
+                    yield folder, record
 
 
 def _reaper_alive(folder):

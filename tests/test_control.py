@@ -249,9 +249,9 @@ def test_signal_group_checks_identity_before_signalling():
     victim = subprocess.Popen(["sleep", "100"], start_new_session=True)
     try:
         ticks = proc.stat(victim.pid).start_ticks
-        assert not proc.signal_group(victim.pid, ticks + 1, signal.SIGKILL)
+        assert proc.signal_group(victim.pid, ticks + 1, signal.SIGKILL) == proc.GONE
         assert victim.poll() is None
-        assert proc.signal_group(victim.pid, ticks, signal.SIGSTOP)
+        assert proc.signal_group(victim.pid, ticks, signal.SIGSTOP) is None
         poll(lambda: proc_state(victim.pid) == "T", message="stopped")
     finally:
         victim.kill()

@@ -1,0 +1,279 @@
+"""Bad input through the real command (issue 6): refused clearly, nothing changed.
+
+Every case runs ``ostracker`` against one shared DB that holds a Done job, a
+Running job and an ended array, and checks SPEC section 5: the exact exit
+status (2 usage error, 1 operation failed), exactly one line on stderr, nothing
+on stdout, no traceback, and the DB unchanged byte for byte (every path, its
+kind, mode and content).  A job that cannot start is kept by design as a Failed
+record: for those the one new job directory is all that may change.
+
+The other side of the line: words after ``--`` that look like ostracker's own
+options reach the job untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CLI, cleanup, poll
+
+# -- the shared DB ---------------------------------------------------------------------
+
+
+def _cli(state, *args, **kwargs):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OSTRACKER_STATE_DIR": state}, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One DB for every case: job 1 Done, job 2 Running, array 3 (tasks 1-3) Done."""
+    base = tmp_path_factory.mktemp("bad-input")
+    state = str(base / "state")
+    files = base / "files"
+    files.mkdir()
+    (files / "plain").write_text("some input\n")
+    ids = {}
+    for key, args in (("done", ["--", "true"]), ("run", ["--", "sleep", "300"]),
+                      ("arr", ["--array", "1-3", "--", "true"])):
+        result = _cli(state, "submit", *args)
+        assert result.returncode == 0, result.stderr
+        ids[key] = result.stdout.strip()
+    assert _cli(state, "wait", ids["done"], ids["arr"]).returncode == 0
+    values = dict(ids, state=state, file=str(files / "plain"), dir=str(files),
+                  missing=str(files / "no-such-thing"))
+    yield values
+    cleanup(state)
+
+
+def snapshot(root: str) -> dict:
+    """Every path under ``root`` with its kind, mode and content (a link: its target)."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            if stat.S_ISLNK(info.st_mode):
+                found[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[rel] = ("dir", stat.S_IMODE(info.st_mode))
+            else:
+                with open(path, "rb") as handle:
+                    found[rel] = ("file", stat.S_IMODE(info.st_mode), handle.read())
+    return found
+
+
+# -- the table -------------------------------------------------------------------------
+
+USAGE, FAILS, START = "usage", "fails", "start"
+EXIT = {USAGE: 2, FAILS: 1, START: 1}
+
+CASES = [
+    # malformed and huge array specs
+    (USAGE, ["submit", "--array", "1-", "--", "true"]),
+    (USAGE, ["submit", "--array", "-3", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3:", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3:0", "--", "true"]),
+    (USAGE, ["submit", "--array", "5-1", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3%0", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3%", "--", "true"]),
+    (USAGE, ["submit", "--array", "a-b", "--", "true"]),
+    (USAGE, ["submit", "--array", "", "--", "true"]),
+    (USAGE, ["submit", "--array", "1,2,3", "--", "true"]),
+    (USAGE, ["submit", "--array", " 1-3", "--", "true"]),
+    (USAGE, ["submit", "--array", "\u0661-3", "--", "true"]),  # an Arabic-Indic digit
+    (USAGE, ["submit", "--array", "0-1000000", "--", "true"]),  # 1,000,001 tasks
+    (USAGE, ["submit", "--array", "1-99999999999999999999", "--", "true"]),
+    (USAGE, ["submit", "--array", "0-99999999999999999999:1000", "--", "true"]),
+    # --max-parallel
+    (USAGE, ["submit", "--max-parallel", "2", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3", "--max-parallel", "0", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3", "--max-parallel", "-1", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3", "--max-parallel", "x", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-3%2", "--max-parallel", "3", "--", "true"]),
+    # --env, names, commands, options
+    (USAGE, ["submit", "-e", "FOO", "--", "true"]),
+    (USAGE, ["submit", "--env", "=x", "--", "true"]),
+    (USAGE, ["submit", "-e", "", "--", "true"]),
+    (USAGE, ["submit", "-n", "", "--", "true"]),
+    (USAGE, ["submit", "-n", "   ", "--", "true"]),
+    (USAGE, ["submit", "--bogus", "--", "true"]),
+    (USAGE, ["submit", "-Z", "--", "true"]),
+    (USAGE, ["submit"]),
+    (USAGE, ["submit", "--"]),
+    (USAGE, ["submit", "--", ""]),
+    # stdin equal to an output
+    (USAGE, ["submit", "--stdin", "{file}", "-o", "{file}", "--", "true"]),
+    (USAGE, ["submit", "--stdin", "{file}", "--stderr", "{file}", "--", "true"]),
+    (USAGE, ["submit", "--array", "1-2", "--stdin", "{dir}/x.%a", "-o", "{dir}/x.%a",
+             "--", "true"]),
+    # timeouts
+    (USAGE, ["wait", "{done}", "--timeout", "-1"]),
+    (USAGE, ["wait", "{done}", "--timeout", "abc"]),
+    (USAGE, ["wait", "{done}", "--timeout", "nan"]),
+    (USAGE, ["wait", "{done}", "--timeout", ""]),
+    (USAGE, ["wait", "{done}", "--timeout", "0x10"]),
+    (USAGE, ["wait", "{done}", "--timeout"]),
+    # states
+    (USAGE, ["status", "--state", "Bogus"]),
+    (USAGE, ["status", "--state", ""]),
+    (USAGE, ["status", "{done}", "--state", "Runing"]),
+    # malformed IDs, through every command that takes one
+    (USAGE, ["info", "abc"]),
+    (USAGE, ["info", "1."]),
+    (USAGE, ["status", ".1"]),
+    (USAGE, ["status", "1.2.3"]),
+    (USAGE, ["wait", "0"]),
+    (USAGE, ["wait", "1.-1"]),
+    (USAGE, ["info", " 1"]),
+    (USAGE, ["info", "1 "]),
+    (USAGE, ["info", ""]),
+    (USAGE, ["info", "+1"]),
+    (USAGE, ["info", "1e3"]),
+    (USAGE, ["info", "--", "-1"]),
+    (USAGE, ["info", "\u0663"]),
+    (USAGE, ["suspend", "abc"]),
+    (USAGE, ["resume", "1.x"]),
+    (USAGE, ["terminate", "0"]),
+    (USAGE, ["delete", "1.2.3"]),
+    (USAGE, ["output", "x"]),
+    # missing arguments, unknown commands and options
+    (USAGE, ["info"]),
+    (USAGE, ["wait"]),
+    (USAGE, ["suspend"]),
+    (USAGE, ["delete"]),
+    (USAGE, ["bogus"]),
+    (USAGE, ["status", "--bogus"]),
+    (USAGE, ["--state-dir"]),
+    (USAGE, ["monitor", "abc"]),
+    # well-formed but unknown jobs
+    (FAILS, ["status", "999"]),
+    (FAILS, ["status", "{done}", "999"]),
+    (FAILS, ["info", "999"]),
+    (FAILS, ["info", "99999999999999999999999"]),
+    (FAILS, ["info", "{done}.7"]),   # not an array
+    (FAILS, ["info", "{arr}.9"]),    # not one of its tasks
+    (FAILS, ["wait", "999"]),
+    (FAILS, ["wait", "{done}", "999"]),
+    (FAILS, ["suspend", "999"]),
+    (FAILS, ["resume", "999"]),
+    (FAILS, ["terminate", "999"]),
+    (FAILS, ["terminate", "{arr}.9"]),
+    (FAILS, ["delete", "999"]),
+    (FAILS, ["output", "999"]),
+    # hold and release never work; control in the wrong state
+    (FAILS, ["hold", "{done}"]),
+    (FAILS, ["release", "{run}"]),
+    (FAILS, ["hold", "999"]),
+    (FAILS, ["suspend", "{done}"]),
+    (FAILS, ["resume", "{run}"]),
+    (FAILS, ["resume", "{arr}"]),
+    (FAILS, ["terminate", "{done}"]),
+    (FAILS, ["terminate", "{arr}.2"]),
+    (FAILS, ["delete", "{run}"]),
+    (FAILS, ["delete", "{arr}.1"]),
+    # jobs that cannot start: submit fails, a Failed record is kept
+    (START, ["submit", "--stdin", "{missing}", "--", "cat"]),
+    (START, ["submit", "--stdin", "{dir}", "--", "cat"]),  # a directory cannot be read
+    (START, ["submit", "-o", "{missing}/out", "--", "true"]),
+    (START, ["submit", "--stderr", "{missing}/err", "--", "true"]),
+    (START, ["submit", "-o", "{dir}", "--", "true"]),
+    (START, ["submit", "-C", "{file}", "--", "true"]),
+    (START, ["submit", "-C", "{missing}", "--", "true"]),
+    (START, ["submit", "--", "{missing}"]),
+    (START, ["submit", "--", "no-such-command-ostracker-test"]),
+    (START, ["submit", "--", "{file}"]),
+    (START, ["submit", "--", "{dir}"]),
+    (START, ["submit", "--array", "1-3", "--", "{missing}"]),
+]
+
+
+def _case_id(case):
+    kind, argv = case
+    return f"{kind}:" + " ".join(repr(a) if (not a or " " in a) else a for a in argv)
+
+
+@pytest.mark.parametrize("kind,argv", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_is_refused_with_one_line_and_nothing_changed(world, kind, argv):
+    """Exit 2 or 1 as SPEC section 5 says, one line on stderr, empty stdout, DB unchanged."""
+    args = [arg.format(**world) for arg in argv]
+    state = world["state"]
+    before = snapshot(state)
+    result = _cli(state, *args, stdin=subprocess.DEVNULL)
+    after = snapshot(state)
+    if result.stdout.strip().isdigit():  # wrongly started: let it end, or it spoils the next case
+        _cli(state, "wait", "--timeout", "10", result.stdout.strip())
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.returncode == EXIT[kind], (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.stderr
+    assert result.stdout == ""
+    if kind != START:
+        assert after == before
+        return
+    # One new job, Failed, in its own new directory; besides it only the ID bookkeeping
+    # at the top of the state dir (the counter) may change, and nothing goes away.
+    last = int(before["last-id"][2])
+    job_id = str(last + 1)
+    assert f"job {job_id} could not start" in lines[0]
+    assert after["last-id"][2] == b"%d\n" % (last + 1)
+    new_dir = os.path.join("jobs", job_id)
+    changed = {path for path in set(before) | set(after)
+               if before.get(path) != after.get(path)}
+    bookkeeping = {path for path in changed if os.sep not in path and path in before
+                   and path in after and before[path][0] == after[path][0] == "file"}
+    assert changed - bookkeeping == {path for path in after
+                                     if path == new_dir or path.startswith(new_dir + os.sep)}
+    names = {os.path.basename(path) for path in changed if path.startswith(new_dir + os.sep)}
+    is_array = "--array" in args
+    records = {"1.json", "cancel.json", "summary.json"} if is_array else {"state.json"}
+    allowed = {"job.json", "reaper.lock", *records, "stdout", "stderr", "1.stdout", "1.stderr"}
+    assert {"job.json", *records} <= names <= allowed, names
+    record = json.loads(after[os.path.join(new_dir, "1.json" if is_array else "state.json")][2])
+    assert record["state"] == "Failed" and record["sub_state"].startswith("could not start")
+    shown = json.loads(_cli(state, "status", job_id, "--json").stdout)
+    assert shown and all(job["state"] == "Failed" for job in shown)
+
+
+def test_the_table_holds_at_least_forty_bad_inputs():
+    assert len(CASES) >= 40
+
+
+# -- the other side of the line --------------------------------------------------------
+
+LOOKALIKES = ["--wait", "-n", "name", "--json", "--array", "1-3", "--max-parallel", "2",
+              "-o", "/dev/full", "--state-dir", "/nonexistent", "-e", "A=B", "--", "-w",
+              "--help", "-h", "--version", "--timeout", "-1", "", " spaced ", "%j %a %%"]
+
+
+def test_option_lookalikes_after_double_dash_reach_the_job_untouched(run, state_dir, tmp_path):
+    """`--wait`, `-n`, `--json`, `--array 1-3`... after `--` are the job's own arguments."""
+    out = tmp_path / "argv.json"
+    code = "import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
+    result = run("submit", "--", sys.executable, "-c", code, out, *LOOKALIKES)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert job_id.isdigit() and result.stderr == ""  # the ID alone: no --json, no --wait
+    assert run("wait", job_id).returncode == 0
+    assert json.loads(out.read_text()) == [str(out), *LOOKALIKES]
+    job = json.loads(run("info", job_id, "--json").stdout)
+    assert job["array_id"] is None and job["job_name"] == os.path.basename(sys.executable)
+    assert job["job_template"]["args"] == ["-c", code, str(out), *LOOKALIKES]
+
+
+def test_option_lookalike_as_the_command_itself_is_the_command(run, state_dir):
+    """`submit -- --wait` runs a command named `--wait` (none exists): it cannot start."""
+    result = run("submit", "--", "--wait")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "could not start" in result.stderr and "--wait" in result.stderr
+    job_id = result.stderr.split("job ", 1)[1].split()[0]
+    poll(lambda: json.loads(run("info", job_id, "--json").stdout)["state"] == "Failed",
+         message="Failed record")
