@@ -389,19 +389,27 @@ def _control(action: str):
     @click.pass_context
     def command(ctx, job_ids):
         jobs = tracker()
-        failed = False
-        for job_id in job_ids:
-            try:
-                jobs.job_control(job_id, action)
-            except InvalidArgument:
-                raise
-            except TrackerError as error:
-                click.echo(f"ostracker: {error}", err=True)
-                failed = True
-        if failed:
-            ctx.exit(1)
+        for_each_job(ctx, job_ids, lambda job_id: jobs.job_control(job_id, action))
     command.__name__ = action
     return command
+
+
+def for_each_job(ctx, job_ids, act) -> None:
+    """``act`` on every ID that allows it; report each one that does not; exit 1 if any.
+
+    A malformed ID is a usage error and stops everything (exit 2).
+    """
+    failed = False
+    for job_id in job_ids:
+        try:
+            act(job_id)
+        except InvalidArgument:
+            raise
+        except TrackerError as error:
+            click.echo(f"ostracker: {error}", err=True)
+            failed = True
+    if failed:
+        ctx.exit(1)
 
 
 _CONTROL_HELP = {
@@ -447,17 +455,7 @@ def delete(ctx, finished, job_ids):
     jobs = tracker()
     if finished:
         jobs.delete_finished()
-    failed = False
-    for job_id in job_ids:
-        try:
-            jobs.delete_job(job_id)
-        except InvalidArgument:
-            raise
-        except TrackerError as error:
-            click.echo(f"ostracker: {error}", err=True)
-            failed = True
-    if failed:
-        ctx.exit(1)
+    for_each_job(ctx, job_ids, jobs.delete_job)
 
 
 @cli.command()

@@ -56,8 +56,11 @@ def job_ids(state_dir: str | None, kind: str, incomplete: str) -> list:
 
 
 def _job_candidates(state_dir, kind, incomplete):
+    from .store import JOBS, default_state_dir
     from .tracker import JobTracker
 
+    if not os.path.isdir(os.path.join(state_dir or default_state_dir(), JOBS)):
+        return []  # no DB yet: a TAB must not create one
     tracker = JobTracker(state_dir)
     array_named, _, _ = incomplete.partition(".")
     deadline = time.monotonic() + BUDGET
