@@ -97,7 +97,7 @@ class Store:
                                    f"{_describe(exc)}") from None
 
     def job_dir(self, job_id: int) -> str:
-        return os.path.join(self.jobs, str(job_id))
+        return f"{self.jobs}/{job_id}"
 
     def job_ids(self) -> list[int]:
         """IDs of every job directory, ascending (unknown names are ignored)."""
@@ -113,7 +113,7 @@ class Store:
     # -- records -----------------------------------------------------------
 
     def path(self, job_id: int, name: str) -> str:
-        return os.path.join(self.jobs, str(job_id), name)
+        return f"{self.jobs}/{job_id}/{name}"  # the reaper asks for paths per task event
 
     def read(self, job_id: int, name: str) -> dict | None:
         """The record ``name`` of job ``job_id``, or None if it does not exist.
@@ -349,7 +349,7 @@ def _parse_int(data: bytes) -> int | None:
 def write_atomically(path: str, chunks: Iterable[bytes], durable: bool) -> None:
     """Write ``chunks`` to ``path`` through a private temporary file and a rename."""
     directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    tmp = f"{directory}/.{name}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
