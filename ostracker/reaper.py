@@ -15,9 +15,10 @@ One reaper runs per submission.  Its life:
 2. ``main`` loops on ``os.wait4(-1, WUNTRACED | WCONTINUED)``: every stop,
    continue and end of a task becomes a record (state, times, exit status or
    signal, rusage), and a freed slot starts the next queued task of an array.
-3. When no task is left, an array's records are gathered into one summary file
-   and the reaper exits, which drops its lock: readers take a free lock on a
-   job that is not over as the sign that its reaper died.
+3. When no task is left, an array's tasks' JobInfos are written into one
+   summary file, pending fsyncs are drained, and the reaper exits, which drops
+   its lock: readers take a free lock on a job that is not over as the sign
+   that its reaper died.
 
 Tasks are started with ``posix_spawn`` in their own process group inside the
 reaper's session (see ``proc.spawn``), never through ``subprocess.Popen``,
