@@ -317,6 +317,12 @@ def encode_infos(infos: list[JobInfo]) -> str:
         return ""
     import json
 
-    template = json.dumps(infos[0].job_template.to_dict())
     text = json.dumps([info.to_dict(with_template=False) for info in infos])[1:-1]
-    return text.replace(TEMPLATE_SLOT, f'"job_template": {template}}}')
+    return fill_template(text, infos[0].job_template)
+
+
+def fill_template(text: str, template: JobTemplate) -> str:
+    """Put ``template``, encoded once, in every template slot of encoded JobInfos."""
+    import json
+
+    return text.replace(TEMPLATE_SLOT, f'"job_template": {json.dumps(template.to_dict())}}}')

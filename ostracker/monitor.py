@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 import psutil
 
 from .errors import InvalidArgument, JobNotFound
+from .output import human_size
 
 # What one snapshot reads of each process; the owner is looked up from the real
 # UID, as psutil's own username() does, but through a cache (see _owner_name).
@@ -39,20 +40,6 @@ _ATTRS = ["name", "cmdline", "cwd", "uids", "create_time", "cpu_times", "memory_
 # States in which a tracked job's process group can still hold live processes.
 _LIVE_JOB_STATES = ("Running", "Suspended")
 _GLOB_CHARACTERS = frozenset("*?[")
-
-
-def human_size(size: int | None) -> str | None:
-    """``512 B``, ``12.3 MiB``, ``1.5 GiB``: a byte count as people read it."""
-    if size is None:
-        return None
-    if size < 1024:
-        return f"{size} B"
-    value, unit = size / 1024, "KiB"
-    for larger in ("MiB", "GiB", "TiB", "PiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{value:.1f} {unit}"
 
 
 def iso_time(epoch: float) -> str:

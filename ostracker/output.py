@@ -6,6 +6,7 @@ The only module that imports tabulate, and only when a table is drawn.
 from __future__ import annotations
 
 import json
+
 from .models import JobInfo
 
 
@@ -24,6 +25,20 @@ def duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s"
+
+
+def human_size(size: int | None) -> str | None:
+    """``512 B``, ``12.3 MiB``, ``1.5 GiB``: a byte count as people read it."""
+    if size is None:
+        return None
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
 
 
 def local_time(moment) -> str:
@@ -130,8 +145,6 @@ def process_table(infos, width: int | None = None, with_jobs: bool = False) -> s
 
 def machine_lines(machine: dict) -> str:
     """The ``monitor --machine`` view: ``key: value`` lines, sizes and uptime made readable."""
-    from .monitor import human_size
-
     lines = []
     for key, value in [*((k, v) for k, v in machine.items() if k != "extension_list"),
                        *((f"extension_list.{k}", v)

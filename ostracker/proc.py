@@ -39,15 +39,33 @@ class ProcessStat:
         self.start_ticks = start_ticks
 
 
-def stat(pid: int) -> ProcessStat | None:
-    """The process ``pid`` as /proc shows it now, or None if there is none."""
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None.
+
+    The command name (field 2) is in parentheses and may itself hold ") ".
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             raw = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
+    except OSError:  # gone (ENOENT, ESRCH) or vanishing while read
         return None
-    # The command name (field 2) is in parentheses and may itself hold ") ".
-    fields = raw[raw.rindex(b")") + 2:].split()
+    return raw[raw.rindex(b")") + 2:].split()
+
+
+def _every_stat():
+    """The stat fields of every process on the machine, in one pass over /proc."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(name)
+            if fields is not None:
+                yield fields
+
+
+def stat(pid: int) -> ProcessStat | None:
+    """The process ``pid`` as /proc shows it now, or None if there is none."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
     return ProcessStat(state=fields[0].decode(), pgid=int(fields[2]), start_ticks=int(fields[19]))
 
 
@@ -104,16 +122,7 @@ def stopped_in_vfork(pid: int) -> bool:
     current = stat(pid)
     if current is None or current.state != "D":
         return False
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as handle:
-                    fields = handle.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] in (b"T", b"t"):
-                return True
-    return False
+    return any(int(fields[1]) == pid and fields[0] in (b"T", b"t") for fields in _every_stat())
 
 
 def live_groups(pgids: set[int]) -> set[int]:
@@ -123,19 +132,8 @@ def live_groups(pgids: set[int]) -> set[int]:
     init, which may take its time, but they can no longer do anything.  One
     pass over /proc, whatever the number of groups asked about.
     """
-    found = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as handle:
-                raw = handle.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(b")") + 2:].split()
-        if fields[0] not in (b"Z", b"X") and int(fields[2]) in pgids:
-            found.add(int(fields[2]))
-    return found
+    return {int(fields[2]) for fields in _every_stat()
+            if fields[0] not in (b"Z", b"X") and int(fields[2]) in pgids}
 
 
 def resolve_command(command: str, path_variable: str | None) -> str:

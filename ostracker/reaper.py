@@ -97,6 +97,11 @@ def new_record(state: str, sub_state: str | None = None) -> dict:
             "exit_status": None, "terminating_signal": None, "rusage": None}
 
 
+def cancelled_record(marker: dict | None) -> dict:
+    """The record of an array task that never started because ``marker`` cancelled it."""
+    return new_record("Failed", (marker or {}).get("reason") or "cancelled")
+
+
 class Reaper:
     """Starts the tasks of one submission and turns their wait statuses into records."""
 
@@ -175,7 +180,6 @@ class Reaper:
                 opened.append(stdin)
                 if stat.S_ISDIR(os.fstat(stdin).st_mode):
                     raise StartError(f"cannot open stdin {path}: Is a directory")
-            if self.template.input_path is not None:
                 self._refuse_reading_an_output(stdin, task_id, index)
             stdout = self._open(self.template.output_path, index, "stdout", first)
             opened.append(stdout)
@@ -289,8 +293,7 @@ class Reaper:
         Each JobInfo leaves its template slot null (SUMMARY_PREFIX, TEMPLATE_SLOT):
         the template is in the header, and readers put it in.
         """
-        marker = self.store.read(self.job_id, CANCEL)
-        cancelled = new_record("Failed", (marker or {}).get("reason") or "cancelled")
+        cancelled = cancelled_record(self.store.read(self.job_id, CANCEL))
         infos = []
         for index in self.array.indices():
             record = self.store.read(self.job_id, task_record_name(index)) or cancelled

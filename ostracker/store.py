@@ -296,7 +296,8 @@ class Flusher:
     def add(self, path: str) -> None:
         with self._changed:
             self._pending.append(path)
-            self._changed.notify_all()
+            if len(self._pending) == 1:  # the thread sleeps only while nothing is pending
+                self._changed.notify_all()
 
     def drain(self) -> None:
         with self._changed:

@@ -21,9 +21,10 @@ from . import proc
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                      TrackerError, UnsupportedOperation, WaitTimeout)
 from .launch import launch
-from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, STATE_BY_NAME, TEMPLATE_SLOT,
-                     ArraySpec, JobInfo, JobState, JobTemplate, encode_infos, timestamp)
-from .reaper import captured_output_name, expand_path, new_record, task_id_string, task_record_name
+from .models import (ENDED_NAMES, ENDED_STATES, SCHEMA_VERSION, STATE_BY_NAME, ArraySpec,
+                     JobInfo, JobState, JobTemplate, encode_infos, fill_template, timestamp)
+from .reaper import (cancelled_record, captured_output_name, expand_path, new_record,
+                     task_id_string, task_record_name)
 from .store import CANCEL, HEADER, SUMMARY, SUMMARY_PREFIX, Store
 
 CONTROL_TIMEOUT = 5.0  # seconds a job may take to stop, continue or die after its signal
@@ -109,7 +110,7 @@ class _Submission:
         if record is None:
             marker = self.cancel_marker()
             if marker is not None:
-                return new_record("Failed", marker.get("reason") or "cancelled")
+                return cancelled_record(marker)
             if self.header["boot_id"] != self.tracker.boot_id:
                 return new_record("Undetermined", "machine rebooted before the job started")
         elif record.get("boot_id") != self.tracker.boot_id:
@@ -126,7 +127,7 @@ class _Submission:
         if record is None:
             marker = self.store.read(self.job_id, CANCEL)
             if marker is not None:
-                return new_record("Failed", marker.get("reason") or "cancelled")
+                return cancelled_record(marker)
             return new_record("Undetermined", f"{_REAPER_LOST} before the job started")
         if record["state"] in ENDED_NAMES:
             return record
@@ -150,8 +151,9 @@ class _Submission:
         return sorted(int(name[:-5]) for name in names
                       if name.endswith(".json") and name[:-5].isdigit())
 
-    def encoded_summary(self) -> str | None:
-        """An ended array's JobInfos as its reaper left them, encoded (see encode_infos).
+    def _summary_text(self) -> str | None:
+        """An ended array's JobInfos as its reaper wrote them: a JSON list's inside,
+        template slots null (see encode_infos).
 
         None while the array runs, or if the summary is missing or damaged:
         the task records, which it only sums up, are then read instead.
@@ -164,28 +166,27 @@ class _Submission:
             return None
         if data is None or not data.startswith(SUMMARY_PREFIX) or not data.endswith(b"]}"):
             return None
-        template = json.dumps(self.template.to_dict())
-        return data[len(SUMMARY_PREFIX) + 1:-2].decode().replace(
-            TEMPLATE_SLOT, f'"job_template": {template}}}')
+        return data[len(SUMMARY_PREFIX) + 1:-2].decode()
 
     def infos(self, indices=None) -> list[JobInfo]:
-        if indices is None:
-            encoded = self.encoded_summary()
-            if encoded is not None:
-                try:
-                    return [JobInfo.from_dict(data, self.template)
-                            for data in json.loads(f"[{encoded}]")]
-                except (ValueError, KeyError, TypeError):
-                    pass  # damaged: the task records below
+        summary = self._summary_text() if indices is None else None
+        if summary is not None:
+            try:
+                return [JobInfo.from_dict(data, self.template)
+                        for data in json.loads(f"[{summary}]")]
+            except (ValueError, KeyError, TypeError):
+                pass  # damaged: the task records below
         return [JobInfo.from_record(self.job_id, index, self.header, self.template, record)
                 for index, record in self.records(indices)]
 
     def encoded_infos(self, indices=None) -> str:
-        """The JobInfos of the tasks as JSON objects, comma-separated (a list's inside)."""
-        if indices is None:
-            encoded = self.encoded_summary()
-            if encoded is not None:
-                return encoded
+        """The JobInfos of the tasks as JSON objects, comma-separated (a list's inside).
+
+        An ended array's summary is copied as it is, neither parsed nor encoded.
+        """
+        summary = self._summary_text() if indices is None else None
+        if summary is not None:
+            return fill_template(summary, self.template)
         return encode_infos(self.infos(indices))
 
 

@@ -129,6 +129,21 @@ def test_ended_array_is_summarised_in_one_file_that_matches_the_task_records(
     assert [dict(j, job_template=None) for j in listed] == summary["infos"]
 
 
+def test_ended_array_read_from_its_summary_filters_and_renders_like_its_records(
+        run, submit):
+    """--state, the table and info of an ended array (read from the summary) show each task."""
+    job_id = submit("--array", "0-3", "--", "sh", "-c", "exit $((TASK_ID % 2))")
+    assert run("wait", job_id).returncode == 1
+    failed = run("status", job_id, "--state", "Failed", "--json")
+    assert [j["id"] for j in json.loads(failed.stdout)] == [f"{job_id}.1", f"{job_id}.3"]
+    assert run("status", job_id, "-q", "--state", "done").stdout.split() == \
+        [f"{job_id}.0", f"{job_id}.2"]
+    listed = json.loads(run("info", job_id, "--json").stdout)
+    assert [j["job_template"]["args"] for j in listed] == [["-c", "exit $((TASK_ID % 2))"]] * 4
+    table = run("status", job_id).stdout.splitlines()
+    assert len(table) == 5 and all("sh -c" in row for row in table[1:])
+
+
 def test_records_of_an_earlier_boot_are_undetermined_and_never_signalled(run, submit, state_dir):
     """A Running record from another boot reads Undetermined; terminate signals nothing."""
     job_id, pid = running(run, submit, "sleep", "30")
