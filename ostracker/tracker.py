@@ -40,7 +40,8 @@ def parse_job_id(text: str) -> tuple[int, int | None]:
     return int(job), int(task) if dot else None
 
 
-def _owner(uid: int) -> str:
+def owner_name(uid: int) -> str:
+    """The user name of ``uid`` (the number itself where it has none)."""
     import pwd
 
     try:
@@ -49,7 +50,149 @@ def _owner(uid: int) -> str:
         return str(uid)
 
 
-class _Submission:
+def backend_job_ids(store: Store, backend: str) -> list[int]:
+    """IDs of the submissions in ``store`` that ``backend`` ran (its headers say)."""
+    found = []
+    for job_id in store.job_ids():
+        try:
+            header = store.read(job_id, HEADER)
+        except StorageError:
+            continue  # damaged: a listing reports it, this one leaves it out
+        if header is not None and header.get("backend", "local") == backend:
+            found.append(job_id)
+    return found
+
+
+def complete_template(template: JobTemplate, is_array: bool) -> JobTemplate:
+    """Check a template and fill in its defaults; bad values are usage errors."""
+    if not template.remote_command:
+        raise InvalidArgument("no command given")
+    words = [template.remote_command, *template.args,
+             *template.job_environment.keys(), *template.job_environment.values()]
+    if any("\0" in word for word in words):
+        raise InvalidArgument("command, arguments and environment cannot hold NUL bytes")
+    for key in template.job_environment:
+        if not key or "=" in key:
+            raise InvalidArgument(f"bad environment variable name {key!r}")
+    if template.job_name is not None and not template.job_name.strip():
+        raise InvalidArgument("job name cannot be empty")
+    try:
+        cwd = os.path.abspath(template.working_directory or os.getcwd())
+    except FileNotFoundError:
+        raise StartError("the current directory no longer exists: give -C/--cwd") from None
+    if template.input_path is not None:
+        # Expanded with stand-ins for the ID and index that no real path holds:
+        # equal here means the same file for every task.  (The reaper checks
+        # the real paths too, for the coincidences this cannot see.)
+        def where(path):
+            expanded = expand_path(path, "\0J", "\0A" if is_array else None)
+            return os.path.normpath(os.path.join(cwd, expanded))
+        for other, option in ((template.output_path, "stdout"),
+                              (template.error_path, "stderr")):
+            if other is not None and where(other) == where(template.input_path):
+                raise InvalidArgument(f"stdin and {option} are the same file: {other}")
+    return JobTemplate(
+        remote_command=template.remote_command,
+        args=list(template.args),
+        job_name=template.job_name or os.path.basename(template.remote_command),
+        working_directory=cwd,
+        job_environment=dict(template.job_environment),
+        input_path=template.input_path,
+        output_path=template.output_path,
+        error_path=template.error_path,
+    )
+
+
+class SubmissionBase:
+    """What every backend knows of a submission: its ID, and the array it may be."""
+
+    job_id: int
+    array: ArraySpec | None
+
+    @property
+    def is_array(self) -> bool:
+        return self.array is not None
+
+    def indices(self) -> Iterable[int | None]:
+        return self.array.indices() if self.is_array else [None]
+
+    def check_index(self, index: int | None) -> None:
+        task_id = task_id_string(self.job_id, index)
+        if index is not None and not self.is_array:
+            raise JobNotFound(f"no such job: {task_id} (job {self.job_id} is not an array)")
+        if index is not None and index not in self.array:
+            raise JobNotFound(f"no such job: {task_id} (not a task of array {self.job_id})")
+
+
+class TrackerBase:
+    """The JobTracker methods that every backend does alike, by IDs and array specs alone.
+
+    Every method that names a job takes its ID as a string: ``"7"`` for a single
+    job or a whole array, ``"7.3"`` for task 3 of array 7.  A backend provides
+    ``_submit``, ``_submission`` and ``_task_info``, and the methods that differ.
+    """
+
+    store: Store
+
+    def add_job(self, template: JobTemplate) -> str:
+        """Submit one job and return its ID (StartError says why it could not start)."""
+        return self._submit(template, None)
+
+    def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
+                      max_parallel: int | None = None) -> str:
+        """Submit an array of tasks BEGIN..END by STEP, at most MAX_PARALLEL at once."""
+        return self._submit(template, ArraySpec(begin, end, step, max_parallel))
+
+    def list_array_jobs(self, array_id: str) -> list[str]:
+        """Task IDs (``N.I``) of array ``array_id``."""
+        job_id, index = parse_job_id(array_id)
+        submission = self._submission(job_id)
+        if index is not None or not submission.is_array:
+            raise InvalidArgument(f"job {array_id} is not an array")
+        return [task_id_string(job_id, i) for i in submission.array.indices()]
+
+    def _one_task(self, job_id: str):
+        """(submission, index) of a single job or one task; a whole array is refused."""
+        number, index = parse_job_id(job_id)
+        submission = self._submission(number)
+        if index is None and submission.is_array:
+            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
+        submission.check_index(index)
+        return submission, index
+
+    def job_info(self, job_id: str) -> JobInfo:
+        """JobInfo of one single job or array task (an array ID is refused: use job_infos)."""
+        return self._task_info(*self._one_task(job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
+        """Block until the job (every task of an array) is in one of ``states``.
+
+        Returns the JobInfos (one for a single job or task); raises WaitTimeout.
+        """
+        return self.wait_jobs([job_id], timeout=timeout, states=states)
+
+    def output_path(self, job_id: str, stream: str = "stdout") -> str:
+        """Where the job's stdout (or stderr) went: its own path or the captured file."""
+        submission, index = self._one_task(job_id)
+        template = submission.template
+        pattern = template.output_path if stream == "stdout" else template.error_path
+        if pattern is None:
+            return self.store.path(submission.job_id, captured_output_name(index, stream))
+        path = expand_path(pattern, task_id_string(submission.job_id, index), index)
+        return os.path.join(template.working_directory, path)
+
+    @staticmethod
+    def _whole_job(job_id: str) -> int:
+        """The number of a job to delete: one task of an array cannot be."""
+        number, index = parse_job_id(job_id)
+        if index is not None:
+            raise UnsupportedOperation(
+                f"cannot delete one task ({job_id}): delete the array {number} as a whole")
+        return number
+
+
+class _Submission(SubmissionBase):
     """One submission (a single job or an array) as read from its directory."""
 
     def __init__(self, tracker: "JobTracker", job_id: int):
@@ -59,6 +202,9 @@ class _Submission:
         header = self.store.read(job_id, HEADER)
         if header is None:
             raise JobNotFound(f"no such job: {job_id}")
+        if header.get("backend", "local") != "local":
+            raise JobNotFound(f"no such job: {job_id} with the local backend (it is a "
+                              f"{header['backend']} job: give --backend {header['backend']})")
         try:
             self.array = ArraySpec.from_dict(header["array"]) if header["array"] else None
             self.template = JobTemplate.from_dict(header["template"])
@@ -70,10 +216,6 @@ class _Submission:
         self._reaper_alive: bool | None = None
         self._cancel: dict | None | bool = False  # False: not read yet
 
-    @property
-    def is_array(self) -> bool:
-        return self.array is not None
-
     def reaper_alive(self) -> bool:
         if self._reaper_alive is None:
             self._reaper_alive = self.store.reaper_alive(self.job_id)
@@ -83,16 +225,6 @@ class _Submission:
         if self._cancel is False:
             self._cancel = self.store.read(self.job_id, CANCEL)
         return self._cancel
-
-    def indices(self) -> Iterable[int | None]:
-        return self.array.indices() if self.is_array else [None]
-
-    def check_index(self, index: int | None) -> None:
-        task_id = task_id_string(self.job_id, index)
-        if index is not None and not self.is_array:
-            raise JobNotFound(f"no such job: {task_id} (job {self.job_id} is not an array)")
-        if index is not None and index not in self.array:
-            raise JobNotFound(f"no such job: {task_id} (not a task of array {self.job_id})")
 
     # -- state derivation ------------------------------------------------------
 
@@ -190,11 +322,10 @@ class _Submission:
         return encode_infos(self.infos(indices))
 
 
-class JobTracker:
+class JobTracker(TrackerBase):
     """DRMAA2 JobTracker for OS processes on this machine.
 
-    Every method that names a job takes its ID as a string: ``"7"`` for a single
-    job or a whole array, ``"7.3"`` for task 3 of array 7.
+    ``add_job`` returns once the job runs; ``add_array_job`` once its first task does.
     """
 
     def __init__(self, state_dir: str | None = None):
@@ -203,20 +334,8 @@ class JobTracker:
 
     # -- submitting ----------------------------------------------------------------
 
-    def add_job(self, template: JobTemplate) -> str:
-        """Start one job; return its ID once it runs (StartError says why it could not)."""
-        return self._submit(template, None)
-
-    def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
-                      max_parallel: int | None = None) -> str:
-        """Start an array of tasks BEGIN..END by STEP, at most MAX_PARALLEL at once.
-
-        Returns the array's ID once its first task runs.
-        """
-        return self._submit(template, ArraySpec(begin, end, step, max_parallel))
-
     def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
-        template = self._complete(template, array is not None)
+        template = complete_template(template, array is not None)
         uid = os.getuid()
         header = {
             "schema": SCHEMA_VERSION,
@@ -224,7 +343,7 @@ class JobTracker:
             "template": template.to_dict(),
             "submission_time": timestamp(),
             "submission_machine": os.uname().nodename,
-            "job_owner": _owner(uid),
+            "job_owner": owner_name(uid),
             "uid": uid,
             "boot_id": self.boot_id,
         }
@@ -241,70 +360,16 @@ class JobTracker:
             os.close(lock_fd)
         return str(job_id)
 
-    @staticmethod
-    def _complete(template: JobTemplate, is_array: bool) -> JobTemplate:
-        """Check a template and fill in its defaults; bad values are usage errors."""
-        if not template.remote_command:
-            raise InvalidArgument("no command given")
-        words = [template.remote_command, *template.args,
-                 *template.job_environment.keys(), *template.job_environment.values()]
-        if any("\0" in word for word in words):
-            raise InvalidArgument("command, arguments and environment cannot hold NUL bytes")
-        for key in template.job_environment:
-            if not key or "=" in key:
-                raise InvalidArgument(f"bad environment variable name {key!r}")
-        if template.job_name is not None and not template.job_name.strip():
-            raise InvalidArgument("job name cannot be empty")
-        try:
-            cwd = os.path.abspath(template.working_directory or os.getcwd())
-        except FileNotFoundError:
-            raise StartError("the current directory no longer exists: give -C/--cwd") from None
-        if template.input_path is not None:
-            # Expanded with stand-ins for the ID and index that no real path holds:
-            # equal here means the same file for every task.  (The reaper checks
-            # the real paths too, for the coincidences this cannot see.)
-            def where(path):
-                expanded = expand_path(path, "\0J", "\0A" if is_array else None)
-                return os.path.normpath(os.path.join(cwd, expanded))
-            for other, option in ((template.output_path, "stdout"),
-                                  (template.error_path, "stderr")):
-                if other is not None and where(other) == where(template.input_path):
-                    raise InvalidArgument(f"stdin and {option} are the same file: {other}")
-        return JobTemplate(
-            remote_command=template.remote_command,
-            args=list(template.args),
-            job_name=template.job_name or os.path.basename(template.remote_command),
-            working_directory=cwd,
-            job_environment=dict(template.job_environment),
-            input_path=template.input_path,
-            output_path=template.output_path,
-            error_path=template.error_path,
-        )
-
     # -- reading ---------------------------------------------------------------------
 
     def _submission(self, job_id: int) -> _Submission:
         return _Submission(self, job_id)
 
     def list_jobs(self) -> list[str]:
-        """IDs of every job in the DB: single jobs and arrays (not their tasks)."""
-        return [str(job_id) for job_id in self.store.job_ids() if self.store.exists(job_id)]
+        """IDs of every local job in the DB: single jobs and arrays (not their tasks)."""
+        return [str(job_id) for job_id in backend_job_ids(self.store, "local")]
 
-    def list_array_jobs(self, array_id: str) -> list[str]:
-        """Task IDs (``N.I``) of array ``array_id``."""
-        job_id, index = parse_job_id(array_id)
-        submission = self._submission(job_id)
-        if index is not None or not submission.is_array:
-            raise InvalidArgument(f"job {array_id} is not an array")
-        return [task_id_string(job_id, i) for i in submission.array.indices()]
-
-    def job_info(self, job_id: str) -> JobInfo:
-        """JobInfo of one single job or array task (an array ID is refused: use job_infos)."""
-        number, index = parse_job_id(job_id)
-        submission = self._submission(number)
-        if index is None and submission.is_array:
-            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
-        submission.check_index(index)
+    def _task_info(self, submission: _Submission, index: int | None) -> JobInfo:
         return submission.infos([index])[0]
 
     def job_state(self, job_id: str) -> tuple[JobState, str | None]:
@@ -357,14 +422,6 @@ class JobTracker:
 
     # -- waiting ---------------------------------------------------------------------
 
-    def wait(self, job_id: str, timeout: float | None = None,
-             states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
-        """Block until the job (every task of an array) is in one of ``states``.
-
-        Returns the JobInfos (one for a single job or task); raises WaitTimeout.
-        """
-        return self.wait_jobs([job_id], timeout=timeout, states=states)
-
     def wait_jobs(self, job_ids: list[str], timeout: float | None = None, any_job: bool = False,
                   states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
         """Block until all (or with ``any_job``, one) of the jobs reach ``states``.
@@ -413,7 +470,8 @@ class JobTracker:
         if none could.  Returns once the job's record shows the effect.
         """
         if action in ("hold", "release"):
-            raise UnsupportedOperation(f"{action} is not supported by the OS process backend")
+            raise UnsupportedOperation(
+                f"{action} is not supported by the OS process backend (--backend local)")
         if action not in ("suspend", "resume", "terminate"):
             raise InvalidArgument(f"unknown job control action {action!r}")
         number, index = parse_job_id(job_id)
@@ -527,10 +585,7 @@ class JobTracker:
 
     def delete_job(self, job_id: str) -> None:
         """Remove an ended job (or a whole ended array) and the output ostracker captured."""
-        number, index = parse_job_id(job_id)
-        if index is not None:
-            raise UnsupportedOperation(
-                f"cannot delete one task ({job_id}): delete the array {number} as a whole")
+        number = self._whole_job(job_id)
         with self.store.job_lock(number):
             submission = self._submission(number)
             for task_index, record in submission.records():
@@ -550,22 +605,6 @@ class JobTracker:
             except (InvalidState, JobNotFound):
                 pass
         return deleted
-
-    # -- output --------------------------------------------------------------------------
-
-    def output_path(self, job_id: str, stream: str = "stdout") -> str:
-        """Where the job's stdout (or stderr) went: its own path or the captured file."""
-        number, index = parse_job_id(job_id)
-        submission = self._submission(number)
-        if index is None and submission.is_array:
-            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
-        submission.check_index(index)
-        template = submission.template
-        pattern = template.output_path if stream == "stdout" else template.error_path
-        if pattern is None:
-            return self.store.path(number, captured_output_name(index, stream))
-        path = expand_path(pattern, task_id_string(number, index), index)
-        return os.path.join(template.working_directory, path)
 
     def has_ended(self, job_id: str) -> bool:
         """Whether the job (every task of an array) has ended."""
