@@ -20,7 +20,10 @@ _EXPORTS = {
     "StartError": "errors",
     "StorageError": "errors",
     "WaitTimeout": "errors",
+    "SlurmUnavailable": "errors",
     "MonitoringSession": "monitor",
+    "SlurmTracker": "slurm_backend",
+    "SlurmMonitoringSession": "slurm_backend",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -35,11 +35,19 @@ class Seconds(click.ParamType):
 
 
 def tracker():
-    """The JobTracker of the state directory chosen on the command line."""
+    """The JobTracker of the backend and state directory chosen on the command line."""
+    params = click.get_current_context().find_root().params
+    if params.get("backend") == "slurm":
+        from .slurm_backend import SlurmTracker
+
+        return SlurmTracker(params.get("state_dir"))
     from .tracker import JobTracker
 
-    ctx = click.get_current_context()
-    return JobTracker(ctx.find_root().params.get("state_dir"))
+    return JobTracker(params.get("state_dir"))
+
+
+def backend() -> str:
+    return click.get_current_context().find_root().params.get("backend") or "local"
 
 
 class SectionedGroup(click.Group):
@@ -93,7 +101,8 @@ def complete_jobs(kind: str):
     def complete(ctx, param, incomplete):
         from .completion import job_ids
 
-        return job_ids(ctx.find_root().params.get("state_dir"), kind, incomplete)
+        params = ctx.find_root().params
+        return job_ids(params.get("state_dir"), kind, incomplete, params.get("backend"))
     return complete
 
 
@@ -117,7 +126,11 @@ def complete_states(ctx, param, incomplete):
 @click.option("--state-dir", metavar="DIR", shell_complete=complete_path("dir"),
               help="Job DB directory [default: $OSTRACKER_STATE_DIR, else the per-user "
               "state dir].")
-def cli(state_dir):
+@click.option("--backend", type=click.Choice(["local", "slurm"]), envvar="OSTRACKER_BACKEND",
+              help="Who runs the jobs: this machine (local), or a Slurm cluster through "
+              "sbatch, squeue, scontrol, scancel and sacct [default: $OSTRACKER_BACKEND, "
+              "else local].")
+def cli(state_dir, backend):
     """Run OS processes as jobs and keep track of them (DRMAA2 OS process JobTracker)."""
 
 
@@ -423,10 +436,12 @@ _CONTROL_HELP = {
                   "Returns once every process of the group is gone.  A queued array task "
                   "is cancelled and never starts; an array ID terminates every task of "
                   "the array that has not ended."),
-    "hold": ("Not supported by the OS process backend (always fails).",
-             "Holding a job is a batch-system feature this backend does not have."),
-    "release": ("Not supported by the OS process backend (always fails).",
-                "Releasing a job is a batch-system feature this backend does not have."),
+    "hold": ("Hold queued jobs (Slurm backend; the local backend cannot).",
+             "scontrol hold: the job (or an array's queued tasks) stays queued until "
+             "released.  The local backend runs jobs at once and always refuses."),
+    "release": ("Release held jobs (Slurm backend; the local backend cannot).",
+                "scontrol release: a held job is queued again.  The local backend has no "
+                "held jobs and always refuses."),
 }
 
 for _action, (_summary, _paragraph) in _CONTROL_HELP.items():
@@ -523,14 +538,17 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
       ostracker monitor 1234 --json | jq '.[0].extension_list.cpu_usage'
       ostracker monitor --machine
     """
-    from . import monitor as monitoring
-    from .output import machine_lines, process_table, to_json
-
     for pid in pids:
         if pid < 0:
             raise click.BadParameter(f"{pid} is not a process ID", param_hint="[PID]...")
     if interval is not None and interval <= 0:
         raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
+    if backend() == "slurm":
+        monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, pids)
+        return
+    from . import monitor as monitoring
+    from .output import machine_lines, process_table, to_json
+
     session = monitoring.MonitoringSession()
     if machine:
         if pids or user is not None or pattern is not None or jobs_only or interval is not None:
@@ -557,6 +575,37 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
         click.echo(process_table(infos, width=width, with_jobs=jobs_only))
     for pid in missing:
         click.echo(f"ostracker: process not found: {pid}", err=True)
+    if missing:
+        ctx.exit(1)
+
+
+def monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, job_ids):
+    """``monitor`` with the Slurm backend: the cluster's jobs (all users'), or its nodes."""
+    from .output import cluster_job_table, node_table, to_json
+    from .slurm_backend import SlurmMonitoringSession
+
+    for option, given in (("--jobs", jobs_only), ("--interval", interval is not None)):
+        if given:
+            raise click.UsageError(f"{option} is for local processes: not with --backend slurm")
+    session = SlurmMonitoringSession()
+    if machine:
+        if job_ids or user is not None or pattern is not None:
+            raise click.UsageError("--machine takes no job ID or filter")
+        nodes = session.machines()
+        click.echo(to_json(nodes, pretty=True) if as_json else node_table(nodes))
+        return
+    missing = []
+    jobs = session.jobs([str(i) for i in job_ids] or None, user=user, pattern=pattern,
+                        missing=missing)
+    if as_json:
+        click.echo(to_json(jobs))
+    elif jobs:
+        import shutil
+
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        click.echo(cluster_job_table(jobs, width=width))
+    for job_id in missing:
+        click.echo(f"ostracker: no such Slurm job: {job_id}", err=True)
     if missing:
         ctx.exit(1)
 

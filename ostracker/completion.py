@@ -30,38 +30,44 @@ MAX_TASKS = 1000  # task IDs offered at most for one array
 
 # What each command accepts: None for any job, else the states a task must be in.
 _RUNNING, _SUSPENDED, _QUEUED = "Running", "Suspended", "Queued"
+_HELD = {"QueuedHeld", "RequeuedHeld"}  # these and Requeued: the Slurm backend's only
 _FITS = {
     "any": None,
     "suspend": {_RUNNING},
     "resume": {_SUSPENDED},
-    "terminate": {_RUNNING, _SUSPENDED, _QUEUED},
+    "terminate": {_RUNNING, _SUSPENDED, _QUEUED, "Requeued", *_HELD},
+    "hold": {_QUEUED, "Requeued"},
+    "release": _HELD,
 }
 
 
-def job_ids(state_dir: str | None, kind: str, incomplete: str) -> list:
+def job_ids(state_dir: str | None, kind: str, incomplete: str, backend: str | None = None) -> list:
     """CompletionItems for the job IDs that a command of ``kind`` accepts.
 
-    ``kind``: ``any`` (status, info, wait; any other kind, such as hold and
-    release, takes any job too), ``task`` (output: a single job or one task,
-    never a whole array), ``suspend``, ``resume``, ``terminate``, ``ended``
-    (delete: whole jobs that have ended).
+    ``kind``: ``any`` (status, info, wait), ``task`` (output: a single job or one task,
+    never a whole array), ``suspend``, ``resume``, ``terminate``, ``hold``, ``release``, ``ended``
+    (delete: whole jobs that have ended).  ``backend``: whose jobs ("local",
+    the default, or "slurm").
     """
     try:
         from click.shell_completion import CompletionItem
 
         return [CompletionItem(value, help=help_text)
-                for value, help_text in _job_candidates(state_dir, kind, incomplete)]
+                for value, help_text in _job_candidates(state_dir, kind, incomplete, backend)]
     except Exception:  # noqa: BLE001 - a completion must never fail, see the module doc
         return []
 
 
-def _job_candidates(state_dir, kind, incomplete):
+def _job_candidates(state_dir, kind, incomplete, backend):
     from .store import JOBS, default_state_dir
-    from .tracker import JobTracker
 
     if not os.path.isdir(os.path.join(state_dir or default_state_dir(), JOBS)):
         return []  # no DB yet: a TAB must not create one
-    tracker = JobTracker(state_dir)
+    if backend == "slurm":
+        from .slurm_backend import SlurmTracker as Tracker
+    else:
+        from .tracker import JobTracker as Tracker
+    tracker = Tracker(state_dir)
     array_named, _, _ = incomplete.partition(".")
     deadline = time.monotonic() + BUDGET
     found = []

@@ -29,6 +29,14 @@ class UnsupportedOperation(TrackerError):
     """The OS process backend cannot do this (hold, release)."""
 
 
+class SlurmUnavailable(TrackerError):
+    """Slurm's commands are missing, or its controller does not answer."""
+
+
+class PermissionDenied(TrackerError):
+    """Slurm refused an operation to this user (scontrol suspend is for operators)."""
+
+
 class StartError(TrackerError):
     """The job could not be started; the message names the cause."""
 

@@ -143,6 +143,35 @@ def process_table(infos, width: int | None = None, with_jobs: bool = False) -> s
     return "\n".join(line[:width].rstrip() for line in text.split("\n"))
 
 
+def cluster_job_table(jobs: list[dict], width: int | None = None) -> str:
+    """``monitor`` with the Slurm backend: one row per job or array task of the cluster."""
+    from tabulate import tabulate
+
+    from .models import parse_time
+
+    rows = [[job["id"], job["job_owner"] or "-", _printable(job["job_name"] or "-"),
+             job["state"], job["sub_state"] or "-",
+             " ".join(job["allocated_machines"] or []) or "-",
+             local_time(parse_time(job["dispatch_time"])), duration(job["wallclock_time"])]
+            for job in jobs]
+    text = tabulate(rows, headers=["SLURM ID", "USER", "NAME", "STATE", "SLURM STATE", "NODES",
+                                   "STARTED", "WALL"], tablefmt="plain", disable_numparse=True)
+    return text if width is None else "\n".join(line[:width].rstrip() for line in text.split("\n"))
+
+
+def node_table(machines: list[dict]) -> str:
+    """``monitor --machine`` with the Slurm backend: one row per node (``sinfo``)."""
+    from tabulate import tabulate
+
+    rows = [[m["name"], m["extension_list"]["state"], m["extension_list"]["cpus"] or "-",
+             "-" if m["load"] is None else f"{m['load']:.2f}",
+             human_size(m["physical_memory"]) or "-",
+             human_size(m["extension_list"]["free_memory"]) or "-",
+             ",".join(m["extension_list"]["partitions"])] for m in machines]
+    return tabulate(rows, headers=["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE",
+                                   "PARTITIONS"], tablefmt="plain", disable_numparse=True)
+
+
 def machine_lines(machine: dict) -> str:
     """The ``monitor --machine`` view: ``key: value`` lines, sizes and uptime made readable."""
     lines = []

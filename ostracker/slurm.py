@@ -1,0 +1,426 @@
+"""Slurm's own commands, run and read: the only module that knows their spellings.
+
+The Slurm backend drives a cluster through the commands its users know
+(``sbatch``, ``squeue``, ``scontrol``, ``scancel``, ``sacct``, ``sinfo``), not
+through a library: they are on every submit host, they carry the cluster's
+configuration and authentication, and what they print is stable enough to
+read.  This module runs them and turns what they print into plain values; it
+knows nothing of ostracker's records.
+
+Where versions differ it reads both spellings: ``squeue --json`` gives plain
+numbers in Slurm 22.05 (times in epoch seconds, ``exit_code`` a wait status)
+and ``{"set", "number"}`` objects from 23.02 on.  Exit codes come from
+``squeue`` and ``sacct -P``, never from ``sacct --json`` (wrong in 22.05).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from .errors import InvalidState, JobNotFound, PermissionDenied, SlurmUnavailable, TrackerError
+from .models import JobState
+
+# Slurm's base job states, as DRMAA2 states (held and requeued refined in job_state).
+STATE_OF = {
+    "PENDING": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING,
+    "CONFIGURING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.SUSPENDED,
+    "STOPPED": JobState.SUSPENDED,
+    "COMPLETED": JobState.DONE,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.FAILED,
+    "TIMEOUT": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "REQUEUED": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED_HELD,
+    "SPECIAL_EXIT": JobState.REQUEUED_HELD,
+}
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+COMMAND_TIMEOUT = 60.0  # seconds; Slurm's own retries against a dead slurmctld take ~10
+
+
+def run(args: list[str], stdin: bytes | None = None) -> str:
+    """Run one Slurm command and return its stdout; its error as one line otherwise.
+
+    The error is Slurm's own last line on stderr, classified: an unknown job
+    is JobNotFound, a job in the wrong state InvalidState, a missing command
+    or controller SlurmUnavailable.
+    """
+    try:
+        done = subprocess.run(args, input=stdin, capture_output=True, timeout=COMMAND_TIMEOUT,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SlurmUnavailable(f"Slurm is not reachable: {args[0]} not found "
+                               "(is Slurm's client installed and on PATH?)") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"Slurm is not reachable: {args[0]} did not answer "
+                               f"within {COMMAND_TIMEOUT:g} s") from None
+    if done.returncode != 0:
+        raise _classify(args[0], done.stderr.decode(errors="replace"))
+    return done.stdout.decode(errors="surrogateescape")
+
+
+def _classify(command: str, stderr: str) -> TrackerError:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    message = lines[-1] if lines else f"{command} failed"
+    for prefix in (f"{command}: error: ", f"{command}: fatal: ", "error: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    text = f"{command}: {message}"
+    if "Unable to contact slurm controller" in message or "Could not establish a configuration" \
+            in message or "Zero Bytes were transmitted" in message:
+        return SlurmUnavailable(f"Slurm is not reachable: {text}")
+    if "Invalid job id" in message:
+        return JobNotFound(text)
+    if "Access/permission denied" in message:
+        return PermissionDenied(text)
+    if any(words in message for words in (
+            "no longer pending", "is pending execution", "already completing or completed",
+            "can not be altered now", "not suspended", "not running", "Job is not pending",
+            "Requested operation is presently disabled")):
+        return InvalidState(text)
+    return TrackerError(text)
+
+
+# -- squeue --------------------------------------------------------------------------------
+
+def _number(value):
+    """A 22.05 plain number or a 23.02+ ``{"set", "infinite", "number"}`` object."""
+    if isinstance(value, dict):
+        return value.get("number") if value.get("set", True) and not value.get("infinite") \
+            else None
+    return value
+
+
+def _base_state(value) -> str:
+    """``"RUNNING"`` from 22.05's string or 23.02+'s list of state and flags."""
+    if isinstance(value, list):
+        return next((name for name in value if name in STATE_OF), value[0] if value else "")
+    return value or ""
+
+
+def _wait_status(value) -> tuple[int | None, str | None]:
+    """(exit status, signal name) from squeue's exit_code (a wait status, or 23.02+'s object)."""
+    if isinstance(value, dict):
+        code = _number(value.get("return_code"))
+        sig = _number((value.get("signal") or {}).get("id"))
+        if sig:
+            return None, _signal_name(sig)
+        return code, None
+    value = _number(value)
+    if value is None:
+        return None, None
+    if os.WIFSIGNALED(value):
+        return None, _signal_name(os.WTERMSIG(value))
+    return os.WEXITSTATUS(value), None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def iso_time(epoch: int | float | None) -> str | None:
+    """Epoch seconds as ostracker's ISO 8601 (UTC, microseconds); 0 and None are unknown."""
+    if not epoch:
+        return None
+    seconds = int(epoch)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + \
+        f".{int(round((epoch - seconds) * 1e6)):06d}+00:00"
+
+
+class SlurmJob:
+    """One job or array task as Slurm reports it, in DRMAA2's terms."""
+
+    __slots__ = ("slurm_id", "state", "sub_state", "exit_status", "terminating_signal",
+                 "submit_time", "start_time", "end_time", "nodes", "name", "user", "uid",
+                 "extra")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    @property
+    def ended(self) -> bool:
+        return self.state.ended
+
+
+def job_state(slurm_state: str, reason: str | None, held: bool, restarts: int
+              ) -> tuple[JobState, str]:
+    """DRMAA2 state and sub_state (Slurm's own state, and its reason when it gives one)."""
+    state = STATE_OF.get(slurm_state, JobState.UNDETERMINED)
+    if state is JobState.QUEUED and restarts:
+        state = JobState.REQUEUED
+    if held and state is JobState.QUEUED:
+        state = JobState.QUEUED_HELD
+    elif held and state is JobState.REQUEUED:
+        state = JobState.REQUEUED_HELD
+    sub_state = slurm_state if reason in (None, "", "None") else f"{slurm_state} ({reason})"
+    return state, sub_state
+
+
+def _from_squeue(data: dict) -> SlurmJob:
+    slurm_state = _base_state(data.get("job_state"))
+    reason = data.get("state_reason")
+    held = reason in HELD_REASONS or _number(data.get("priority")) == 0
+    state, sub_state = job_state(slurm_state, reason, held, _number(data.get("restart_cnt")) or 0)
+    # A job that ended without ever getting a node (cancelled while pending) has
+    # Slurm's cancel time as start and end, and exit code 0: none of it happened.
+    started = state not in (JobState.QUEUED, JobState.QUEUED_HELD, JobState.REQUEUED,
+                            JobState.REQUEUED_HELD) and bool(data.get("nodes"))
+    if state.ended and not started:
+        sub_state = f"{slurm_state}, before it started"
+    exit_status, sig = _wait_status(data.get("exit_code")) if state.ended and started \
+        else (None, None)
+    task = _number(data.get("array_task_id"))
+    array_job = _number(data.get("array_job_id")) or 0
+    slurm_id = f"{array_job}_{task}" if array_job and task is not None else str(data["job_id"])
+    return SlurmJob(
+        slurm_id=slurm_id, state=state, sub_state=sub_state, exit_status=exit_status,
+        terminating_signal=sig, submit_time=_number(data.get("submit_time")),
+        start_time=_number(data.get("start_time")) if started else None,
+        end_time=_number(data.get("end_time")) if state.ended else None,
+        nodes=data.get("nodes") or None, name=data.get("name"), user=data.get("user_name"),
+        uid=_number(data.get("user_id")),
+        extra={"partition": data.get("partition") or None,
+               "command": data.get("command") or None,
+               "working_directory": data.get("current_working_directory") or None})
+
+
+def squeue(everyone: bool = False) -> dict[str, SlurmJob]:
+    """Every job slurmctld still remembers (this user's, or ``everyone``'s), by Slurm ID.
+
+    Array tasks are keyed ``A_I``; tasks that have not started yet share one
+    record, which is filed under each of their IDs.  Ended jobs stay known for
+    ``MinJobAge`` seconds.  (22.05 ignores squeue's filters with ``--json``:
+    they are given for later versions, which honour them.)
+    """
+    import json
+
+    args = ["squeue", "--json", "--states=all"]
+    if not everyone:
+        args.append("--me")
+    try:
+        data = json.loads(run(args))
+    except ValueError:
+        raise SlurmUnavailable("squeue --json printed something that is not JSON") from None
+    errors = [e for e in data.get("errors") or [] if e.get("error_number", -1) != 0 or
+              e.get("description")]
+    if errors:
+        error = errors[0]
+        raise SlurmUnavailable("Slurm is not reachable: squeue: "
+                               f"{error.get('description') or error.get('error')} "
+                               f"({error.get('source', 'squeue')})")
+    own_uid = None if everyone else os.getuid()
+    jobs: dict[str, SlurmJob] = {}
+    for record in data.get("jobs") or []:
+        if own_uid is not None and _number(record.get("user_id")) not in (None, own_uid):
+            continue
+        job = _from_squeue(record)
+        pending = record.get("array_task_string") or ""
+        array_job = _number(record.get("array_job_id")) or 0
+        if pending and array_job:
+            for index in task_indices(pending):
+                jobs[f"{array_job}_{index}"] = job
+        else:
+            jobs[job.slurm_id] = job
+    return jobs
+
+
+def task_indices(text: str) -> list[int]:
+    """Indices of Slurm's array task string: ``"1,3-9:2%4"`` -> [1, 3, 5, 7, 9]."""
+    indices = []
+    for part in text.split("%")[0].split(","):
+        if not part:
+            continue
+        span, _, step = part.partition(":")
+        first, _, last = span.partition("-")
+        indices.extend(range(int(first), int(last or first) + 1, int(step or 1)))
+    return indices
+
+
+def expand_hostlist(text: str | None) -> list[str] | None:
+    """Slurm's compressed host list as names: ``"n[1-3,7],login"`` -> n1 n2 n3 n7 login."""
+    if not text:
+        return None
+    hosts = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]*)\[([^\]]*)\][^,]*|([^,]+)", text):
+        if plain:
+            hosts.append(plain)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            for number in range(int(first), int(last or first) + 1):
+                hosts.append(f"{prefix}{number:0{len(first)}d}")
+    return hosts
+
+
+# -- sacct ---------------------------------------------------------------------------------
+
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Start", "End", "NodeList", "MaxRSS",
+                "UserCPU", "SystemCPU")
+
+
+def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
+    """Accounting of ended jobs by Slurm ID, or None when the cluster keeps none.
+
+    For each job: state, exit status or signal and times from the job's own
+    line (a cancelled job's signal from its batch step, where the job line
+    says 0:0), MaxRSS (KiB) from its steps, CPU times (ms) summed over them.
+    An array's tasks that never started share one line, ``9_[3-5%1]``.
+    Missing accounting is not an error: the caller leaves those fields null.
+    """
+    if not slurm_ids:
+        return {}
+    try:
+        text = run(["sacct", "-P", "-n", "--format=" + ",".join(SACCT_FIELDS),
+                    "-j", ",".join(slurm_ids)])
+    except TrackerError:
+        return None  # "accounting storage is disabled", or no Slurm at all
+    accounts: dict[str, dict] = {}
+    for line in text.splitlines():
+        fields = dict(zip(SACCT_FIELDS, line.split("|")))
+        if len(fields) != len(SACCT_FIELDS):
+            continue
+        job, _, step = fields["JobID"].partition(".")
+        if step:
+            account = accounts.setdefault(job, {})
+            rss = _kibibytes(fields["MaxRSS"])
+            if rss is not None:
+                account["ru_maxrss"] = max(rss, account.get("ru_maxrss") or 0)
+            if step == "batch" and account.get("exit_status") == 0:
+                signal_name = _sacct_exit(fields["ExitCode"])[1]
+                if signal_name and account.get("state") is JobState.FAILED:
+                    account.update(exit_status=None, terminating_signal=signal_name)
+            continue
+        account = _sacct_job(fields)
+        array, _, pending = job.partition("_[")
+        for slurm_id in ([f"{array}_{i}" for i in task_indices(pending.rstrip("]"))]
+                         if pending else [job]):
+            accounts.setdefault(slurm_id, {}).update(account)
+    return accounts
+
+
+def _sacct_exit(text: str) -> tuple[int | None, str | None]:
+    """sacct's ``CODE:SIGNAL`` as (exit status, signal name)."""
+    code, _, sig = text.partition(":")
+    if sig.isdigit() and sig != "0":
+        return None, _signal_name(int(sig))
+    return (int(code) if code.isdigit() else None), None
+
+
+def _sacct_job(fields: dict) -> dict:
+    slurm_state = fields["State"].split()[0] if fields["State"] else ""  # "CANCELLED by 0"
+    state, sub_state = job_state(slurm_state, None, False, 0)
+    started = fields["NodeList"] not in ("", "None assigned")
+    exit_status, signal_name = _sacct_exit(fields["ExitCode"]) if started else (None, None)
+    if state.ended and not started:
+        sub_state = f"{slurm_state}, before it started"
+    return {"state": state, "sub_state": sub_state, "exit_status": exit_status,
+            "terminating_signal": signal_name,
+            "start": _sacct_time(fields["Start"]) if started else None,
+            "end": _sacct_time(fields["End"]) if state.ended else None,
+            "nodes": fields["NodeList"] if started else None,
+            "user_time_ms": _milliseconds(fields["UserCPU"]),
+            "system_time_ms": _milliseconds(fields["SystemCPU"])}
+
+
+def _sacct_time(text: str) -> float | None:
+    """sacct's local time ``2026-11-24T04:18:55`` as epoch seconds (None if unknown)."""
+    if not text or not text[0].isdigit():
+        return None
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+
+
+def _kibibytes(text: str) -> int | None:
+    """sacct's ``MaxRSS`` (``1234K``, ``5M``, plain bytes) in KiB."""
+    if not text:
+        return None
+    units = {"K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
+    try:
+        if text[-1] in units:
+            return round(float(text[:-1]) * units[text[-1]])
+        return round(float(text) / 1024)
+    except ValueError:
+        return None
+
+
+def _milliseconds(text: str) -> int | None:
+    """sacct's CPU time ``[D-][HH:]MM:SS[.mmm]`` in milliseconds."""
+    if not text:
+        return None
+    days, _, clock = text.rpartition("-")
+    try:
+        seconds = 0.0
+        for part in clock.split(":"):
+            seconds = seconds * 60 + float(part)
+        return round((int(days or 0) * 86400 + seconds) * 1000)
+    except ValueError:
+        return None
+
+
+# -- sinfo ---------------------------------------------------------------------------------
+
+SINFO_FIELDS = ("NodeList", "StateLong", "CPUs", "Sockets", "Cores", "Threads", "Memory",
+                "CPUsLoad", "FreeMem", "Arch", "OS", "Partition")
+
+
+def nodes() -> list[dict]:
+    """The cluster's nodes as DRMAA2 MachineInfos (one per node; sizes in bytes)."""
+    text = run(["sinfo", "-h", "-N", "-O", ",".join(f"{name}:|" for name in SINFO_FIELDS)])
+    machines: dict[str, dict] = {}
+    for line in text.splitlines():
+        values = [value.strip() for value in line.split("|")]
+        fields = dict(zip(SINFO_FIELDS, values))
+        name = fields["NodeList"]
+        if name in machines:  # one line per partition the node is in
+            machines[name]["extension_list"]["partitions"].append(fields["Partition"])
+            continue
+        machines[name] = {
+            "name": name,
+            "available": fields["StateLong"].rstrip("*~#$@+").split("+")[0]
+            in ("idle", "mixed", "allocated", "completing"),
+            "sockets": _int(fields["Sockets"]),
+            "cores_per_socket": _int(fields["Cores"]),
+            "threads_per_core": _int(fields["Threads"]),
+            "load": _float(fields["CPUsLoad"]),
+            "physical_memory": _mebibytes(fields["Memory"]),
+            "machine_arch": fields["Arch"],
+            "machine_os": fields["OS"],
+            "extension_list": {"state": fields["StateLong"], "cpus": _int(fields["CPUs"]),
+                               "free_memory": _mebibytes(fields["FreeMem"]),
+                               "partitions": [fields["Partition"]]},
+        }
+    return list(machines.values())
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _mebibytes(text: str) -> int | None:
+    return int(text) * 1024 * 1024 if text.isdigit() else None
