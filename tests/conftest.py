@@ -2,13 +2,18 @@
 
 Every test gets its own OSTRACKER_STATE_DIR.  At teardown every job process
 still alive in it is killed (by process group, identity checked) and every
-reaper is waited for, so no test leaves a process behind.
+reaper is waited for, so no test leaves a process behind.  Tests of the Slurm
+backend ask ``slurm_problem()`` whether a cluster answers (``SLURM_CONF``, see
+scripts/slurm-cluster) and cancel their jobs with ``cancel_slurm_jobs``.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,3 +144,52 @@ def tracker(state_dir):
     from ostracker import JobTracker
 
     return JobTracker(state_dir)
+
+
+# -- the Slurm backend's tests ------------------------------------------------------------
+
+SLURM_TIMEOUT = 90.0  # seconds a job may take to start or end on a shared 2-CPU test cluster
+USABLE_NODE_STATES = {"idle", "mixed", "allocated", "completing"}
+
+
+@functools.cache
+def slurm_problem() -> str | None:
+    """Why no Slurm cluster can be used here (None when one can); asked once per run."""
+    where = f"SLURM_CONF={os.environ.get('SLURM_CONF', '(unset)')}"
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=15, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return "sinfo is not on PATH"
+    except subprocess.TimeoutExpired:
+        return f"sinfo did not answer within 15 s ({where})"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"sinfo failed ({where}): {last}"
+    states = [state.rstrip("*~#!%$@^-+") for state in done.stdout.split()]
+    if not any(state in USABLE_NODE_STATES for state in states):
+        return f"no usable node ({where}): sinfo says {states or 'nothing'}"
+    return None
+
+
+def cancel_slurm_jobs(state_dir) -> None:
+    """scancel every Slurm job that ``state_dir`` records; wait until none holds a CPU."""
+    ids = []
+    for path in glob.glob(os.path.join(state_dir, "jobs", "*", "job.json")):
+        try:
+            with open(path) as handle:
+                ids.append(str(json.load(handle)["slurm_job_id"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not ids:
+        return
+    subprocess.run(["scancel", *ids], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    def inactive():  # squeue's default states are the active ones
+        done = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        return done.returncode != 0 or not done.stdout.strip()
+    poll(inactive, timeout=SLURM_TIMEOUT, interval=0.2, message="cancelled Slurm jobs to end")

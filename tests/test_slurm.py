@@ -1,0 +1,801 @@
+"""The Slurm backend: its pure helpers, and the real CLI against a real cluster.
+
+The first part needs no cluster and always runs.  The rest drives the cluster
+that ``SLURM_CONF`` names (``scripts/slurm-cluster`` starts a throw-away one)
+through ``ostracker --backend slurm``; it is skipped, with the reason, when
+``sbatch`` is missing or ``sinfo`` does not answer with a usable node.  Every
+Slurm job a test's state directory records is cancelled at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import uuid
+
+import pytest
+
+from conftest import SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
+from ostracker import slurm
+from ostracker.errors import InvalidArgument, InvalidState, JobNotFound, TrackerError
+from ostracker.models import JobState, JobTemplate
+from ostracker.slurm_backend import batch_script, slurm_path
+
+
+# Arguments no shell may touch on their way to the job; the last one is not UTF-8.
+TRICKY_ARGS = [
+    "plain", "two words", "", " ", "it's", 'say "hi"', "line1\nline2", "$HOME", "${PATH}",
+    "`id`", "$(id)", "back\\slash", "*", "?[a]", "-n", "--wait", "%j %a %%", "a;b|c&d>e",
+    "tab\there", "#hash", "~", "!", "é ü", os.fsdecode(b"\xff\xfe raw \x80"),
+]
+TRICKY_ENV = {
+    "OST_COMMA": "a,b,c=d,,e",
+    "OST_QUOTES": "it's \"q\" $HOME `id` $(id) \\",
+    "OST_NEWLINE": "l1\nl2\n",
+    "OST_EMPTY": "",
+    "OST_RAW": os.fsdecode(b"\xff\x80-raw"),
+}
+
+# Writes its argv (after the output path), environment, cwd and stdin, as hex, to argv[1].
+PROBE = r"""
+import json, os, sys
+with open(sys.argv[1], "w") as handle:
+    json.dump({"argv": [os.fsencode(a).hex() for a in sys.argv[2:]],
+               "env": {k.hex(): v.hex() for k, v in os.environb.items()},
+               "cwd": os.getcwd(), "stdin": sys.stdin.buffer.read().hex()}, handle)
+"""
+
+
+def write_probe(directory) -> str:
+    path = os.path.join(str(directory), "probe.py")
+    with open(path, "w") as handle:
+        handle.write(PROBE)
+    return path
+
+
+def read_probe(path) -> dict:
+    """What the probe saw: argv as bytes, env as {bytes: bytes}, cwd, stdin bytes."""
+    with open(path) as handle:
+        data = json.load(handle)
+    return {"argv": [bytes.fromhex(a) for a in data["argv"]],
+            "env": {bytes.fromhex(k): bytes.fromhex(v) for k, v in data["env"].items()},
+            "cwd": data["cwd"], "stdin": bytes.fromhex(data["stdin"])}
+
+
+def one_line(stderr: str) -> str:
+    """The single line of an error; fails on tracebacks and multi-line noise."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr!r}"
+    return lines[0]
+
+
+def job_dirs(state_dir) -> list[str]:
+    jobs = os.path.join(state_dir, "jobs")
+    return sorted(os.listdir(jobs)) if os.path.isdir(jobs) else []
+
+
+# =========================================================================================
+# 1. Pure functions: no cluster needed, never skipped
+# =========================================================================================
+
+@pytest.mark.parametrize("text, indices", [
+    ("1,3-9:2%4", [1, 3, 5, 7, 9]),
+    ("0", [0]),
+    ("0-3", [0, 1, 2, 3]),
+    ("5-9%2", [5, 6, 7, 8, 9]),
+    ("2,4,6", [2, 4, 6]),
+    ("0-10:5", [0, 5, 10]),
+    ("1-2,7,10-14:2%3", [1, 2, 7, 10, 12, 14]),
+    ("", []),
+])
+def test_task_indices(text, indices):
+    assert slurm.task_indices(text) == indices
+
+
+@pytest.mark.parametrize("text, hosts", [
+    ("n[1-3,07-08],login", ["n1", "n2", "n3", "n07", "n08", "login"]),
+    ("vm", ["vm"]),
+    ("a-[01-02],b", ["a-01", "a-02", "b"]),
+    ("x[9-11]", ["x9", "x10", "x11"]),
+    ("gpu[001-002],cpu[5]", ["gpu001", "gpu002", "cpu5"]),
+    ("", None),
+    (None, None),
+])
+def test_expand_hostlist(text, hosts):
+    # (the expected names are what `scontrol show hostnames` prints for each)
+    assert slurm.expand_hostlist(text) == hosts
+
+
+# Every base state Slurm reports, as the DRMAA2 state ostracker documents for it.
+DOCUMENTED_STATES = {
+    "PENDING": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING,
+    "CONFIGURING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SUSPENDED": JobState.SUSPENDED,
+    "STOPPED": JobState.SUSPENDED,
+    "COMPLETED": JobState.DONE,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.FAILED,
+    "TIMEOUT": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "NODE_FAIL": JobState.FAILED,
+    "BOOT_FAIL": JobState.FAILED,
+    "DEADLINE": JobState.FAILED,
+    "PREEMPTED": JobState.FAILED,
+    "REVOKED": JobState.FAILED,
+    "REQUEUED": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED_HELD,
+    "SPECIAL_EXIT": JobState.REQUEUED_HELD,
+}
+
+
+def test_state_table_is_the_documented_one():
+    assert set(slurm.STATE_OF) == set(DOCUMENTED_STATES)
+    for name, state in DOCUMENTED_STATES.items():
+        assert slurm.job_state(name, None, False, 0) == (state, name), name
+
+
+@pytest.mark.parametrize("slurm_state, reason, held, restarts, state, sub_state", [
+    ("PENDING", "Priority", False, 0, JobState.QUEUED, "PENDING (Priority)"),
+    ("PENDING", "JobHeldUser", True, 0, JobState.QUEUED_HELD, "PENDING (JobHeldUser)"),
+    ("PENDING", "JobHeldAdmin", True, 0, JobState.QUEUED_HELD, "PENDING (JobHeldAdmin)"),
+    ("PENDING", "BeginTime", False, 2, JobState.REQUEUED, "PENDING (BeginTime)"),
+    ("PENDING", "JobHeldUser", True, 1, JobState.REQUEUED_HELD, "PENDING (JobHeldUser)"),
+    ("REQUEUED", None, False, 1, JobState.REQUEUED, "REQUEUED"),
+    ("REQUEUED", "JobHeldAdmin", True, 1, JobState.REQUEUED_HELD, "REQUEUED (JobHeldAdmin)"),
+    ("RUNNING", "None", False, 0, JobState.RUNNING, "RUNNING"),
+    ("RUNNING", "", False, 3, JobState.RUNNING, "RUNNING"),
+    ("SUSPENDED", "None", False, 0, JobState.SUSPENDED, "SUSPENDED"),
+    ("FAILED", "NonZeroExitCode", False, 0, JobState.FAILED, "FAILED (NonZeroExitCode)"),
+    ("TIMEOUT", "TimeLimit", False, 0, JobState.FAILED, "TIMEOUT (TimeLimit)"),
+    ("COMPLETED", None, True, 0, JobState.DONE, "COMPLETED"),  # held only refines waiting
+    ("NO_SUCH_STATE", None, False, 0, JobState.UNDETERMINED, "NO_SUCH_STATE"),
+])
+def test_job_state_refinements_and_sub_state(slurm_state, reason, held, restarts, state,
+                                             sub_state):
+    assert slurm.job_state(slurm_state, reason, held, restarts) == (state, sub_state)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, (0, None)),
+    (768, (3, None)),              # 22.05: a wait status, exit 3
+    (256 * 255, (255, None)),
+    (9, (None, "SIGKILL")),        # 22.05: killed by signal 9
+    (15, (None, "SIGTERM")),
+    (None, (None, None)),
+    ({"status": ["EXITED"], "return_code": 3, "signal": {"id": 0, "name": ""}}, (3, None)),
+    ({"status": ["EXITED"], "return_code": {"set": True, "infinite": False, "number": 3},
+      "signal": {"id": {"set": True, "infinite": False, "number": 0}, "name": ""}}, (3, None)),
+    ({"status": ["SUCCESS"], "return_code": {"set": True, "infinite": False, "number": 0},
+      "signal": {"id": {"set": True, "infinite": False, "number": 0}, "name": ""}}, (0, None)),
+    ({"status": ["SIGNALED"], "return_code": {"set": True, "infinite": False, "number": 0},
+      "signal": {"id": {"set": True, "infinite": False, "number": 9}, "name": "KILL"}},
+     (None, "SIGKILL")),
+    ({"status": ["PENDING"], "return_code": {"set": False, "infinite": False, "number": 0},
+      "signal": {"id": {"set": False, "infinite": False, "number": 0}, "name": ""}},
+     (None, None)),
+])
+def test_wait_status(value, expected):
+    assert slurm._wait_status(value) == expected
+
+
+def test_from_squeue_reads_22_05_and_23_02_records():
+    old = {"job_id": 12, "job_state": "PENDING", "state_reason": "JobHeldUser", "priority": 0,
+           "restart_cnt": 0, "array_job_id": 0, "array_task_id": None, "exit_code": 0,
+           "submit_time": 1700000000, "start_time": 0, "end_time": 0, "nodes": "",
+           "name": "n", "user_name": "u", "user_id": 5}
+    job = slurm._from_squeue(old)
+    assert (job.slurm_id, job.state, job.sub_state) == \
+        ("12", JobState.QUEUED_HELD, "PENDING (JobHeldUser)")
+    assert job.start_time is None and job.exit_status is None
+    new = {"job_id": 14, "job_state": ["FAILED"], "state_reason": "NonZeroExitCode",
+           "priority": {"set": True, "infinite": False, "number": 100},
+           "restart_cnt": 0, "array_job_id": {"set": True, "infinite": False, "number": 13},
+           "array_task_id": {"set": True, "infinite": False, "number": 3},
+           "exit_code": {"status": ["EXITED"],
+                         "return_code": {"set": True, "infinite": False, "number": 3},
+                         "signal": {"id": {"set": True, "infinite": False, "number": 0},
+                                    "name": ""}},
+           "submit_time": {"set": True, "infinite": False, "number": 1700000000},
+           "start_time": {"set": True, "infinite": False, "number": 1700000001},
+           "end_time": {"set": True, "infinite": False, "number": 1700000004},
+           "nodes": "n[1-2]", "name": "x", "user_name": "u",
+           "user_id": {"set": True, "infinite": False, "number": 5}}
+    job = slurm._from_squeue(new)
+    assert (job.slurm_id, job.state, job.exit_status, job.terminating_signal) == \
+        ("13_3", JobState.FAILED, 3, None)
+    assert (job.start_time, job.end_time, job.uid) == (1700000001, 1700000004, 5)
+
+
+@pytest.mark.parametrize("stderr, kind", [
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+     "(connect failure)\n", slurm.SlurmUnavailable),
+    ("scontrol: error: Invalid job id specified\n", JobNotFound),
+    ("scontrol: error: Access/permission denied for job 5\n", slurm.PermissionDenied),
+    ("scontrol: error: Job is not pending\n", InvalidState),
+    ("sbatch: error: Batch job submission failed: Invalid job array specification\n",
+     TrackerError),
+])
+def test_classify_errors(stderr, kind):
+    command = stderr.split(":")[0]
+    error = slurm._classify(command, stderr)
+    assert type(error) is kind
+    assert "\n" not in str(error) and f"{command}: " in str(error)
+    assert "error:" not in str(error)  # Slurm's own prefix is dropped
+
+
+@pytest.mark.parametrize("pattern, is_array, expected", [
+    ("out-%j.log", False, "out-7.log"),
+    ("out-%j.log", True, "out-7.%a.log"),
+    ("t%a.out", True, "t%a.out"),
+    ("t%a.out", False, "t.out"),
+    ("100%%.txt", False, "100%%.txt"),        # Slurm's own %% is a literal %
+    ("%x-%u-%N.txt", False, "%%x-%%u-%%N.txt"),  # Slurm's other codes stay literal
+    ("%A_%j.out", True, "%%A_7.%a.out"),
+    ("trailing%", False, "trailing%%"),
+    ("/abs/%j/%a/%%/f", True, "/abs/7.%a/%a/%%/f"),
+    ("no codes", True, "no codes"),
+    # With a backslash Slurm expands nothing, and takes each backslash as escaping the next
+    # character: in a shell, sbatch -o 'a\b' writes the file ab and -o 'a\\b' the file a\b.
+    # So ostracker expands the codes itself, then doubles each backslash.
+    ("dir\\x-%j-%a-%%.out", False, "dir\\\\x-7--%.out"),
+    ("dir\\x-%%.out", True, "dir\\\\x-%.out"),  # the same file for every task: fine
+])
+def test_slurm_path(pattern, is_array, expected):
+    assert slurm_path(pattern, 7, is_array) == expected
+
+
+@pytest.mark.parametrize("pattern", ["dir\\x-%j.out", "dir\\x-%a.out", "a\\b%%%a"])
+def test_slurm_path_refuses_backslash_per_task_in_array(pattern):
+    with pytest.raises(InvalidArgument, match="backslash"):
+        slurm_path(pattern, 7, True)
+    slurm_path(pattern, 7, False)  # a single job names one file: fine
+
+
+def _run_batch_script(tmp_path, shell, job_id, template, is_array, env):
+    script = batch_script(job_id, template, is_array)
+    assert script.startswith(b"#!/bin/sh\n")  # sbatch wants an interpreter line
+    path = tmp_path / "job.sh"
+    path.write_bytes(script)
+    done = subprocess.run([shell, str(path)], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return read_probe(tmp_path / "probe.json")
+
+
+def _shells():
+    return [shell for shell in ("sh", "bash") if shutil.which(shell)]
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_single_job_exact_argv_and_env(tmp_path, shell):
+    probe = write_probe(tmp_path)
+    out = str(tmp_path / "probe.json")
+    template = JobTemplate(sys.executable, [probe, out, *TRICKY_ARGS],
+                           job_environment={**TRICKY_ENV, "OST_OVERRIDE": "new"})
+    env = {"PATH": os.environ["PATH"], "OST_OVERRIDE": "old", "OST_KEPT": "kept",
+           "TASK_ID": "stale", "JOB_ID": "stale", "SLURM_ARRAY_TASK_ID": "3"}
+    seen = _run_batch_script(tmp_path, shell, 7, template, False, env)
+    assert seen["argv"] == [os.fsencode(arg) for arg in TRICKY_ARGS]
+    for key, value in TRICKY_ENV.items():
+        assert seen["env"][key.encode()] == os.fsencode(value), key
+    assert seen["env"][b"OST_OVERRIDE"] == b"new"
+    assert seen["env"][b"OST_KEPT"] == b"kept"
+    assert seen["env"][b"JOB_ID"] == b"7"
+    assert b"TASK_ID" not in seen["env"]
+
+
+@pytest.mark.parametrize("shell", _shells())
+@pytest.mark.parametrize("task", ["0", "12"])
+def test_batch_script_array_task_ids(tmp_path, shell, task):
+    probe = write_probe(tmp_path)
+    out = str(tmp_path / "probe.json")
+    template = JobTemplate(sys.executable, [probe, out, *TRICKY_ARGS],
+                           job_environment={"OST_COMMA": "x,y"})
+    env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_TASK_ID": task, "TASK_ID": "stale"}
+    seen = _run_batch_script(tmp_path, shell, 7, template, True, env)
+    assert seen["argv"] == [os.fsencode(arg) for arg in TRICKY_ARGS]
+    assert seen["env"][b"JOB_ID"] == f"7.{task}".encode()
+    assert seen["env"][b"TASK_ID"] == task.encode()
+    assert seen["env"][b"OST_COMMA"] == b"x,y"
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_command_that_looks_like_an_option(tmp_path, shell):
+    """A command named ``-x`` runs as locally (execvp); bash's ``exec`` takes options."""
+    tool = tmp_path / "bin" / "-x"
+    tool.parent.mkdir()
+    tool.write_text(f"#!/bin/sh\necho ran \"$@\" > '{tmp_path}/ran'\n")
+    tool.chmod(0o755)
+    script = tmp_path / "job.sh"
+    script.write_bytes(batch_script(7, JobTemplate("-x", ["hi"]), False))
+    done = subprocess.run([shell, str(script)], capture_output=True, timeout=30,
+                          env={"PATH": f"{tool.parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ran").read_text() == "ran hi\n"
+
+
+# =========================================================================================
+# The cluster: skipped, with the reason, when there is none
+# =========================================================================================
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(f"no usable Slurm cluster: {problem}")
+
+
+@pytest.fixture
+def cluster(slurm_cluster, state_dir, monkeypatch):
+    """The state dir of a test that uses the cluster; its Slurm jobs cancelled afterwards."""
+    monkeypatch.setenv("OSTRACKER_BACKEND", "slurm")
+    yield state_dir
+    cancel_slurm_jobs(state_dir)
+
+
+def slurm_id(info_of_job) -> str:
+    return info_of_job["extension_list"]["slurm_job_id"]
+
+
+def finish(run, job_id):
+    """``ostracker wait`` for a Slurm job; returns the CompletedProcess."""
+    result = run("wait", "--timeout", SLURM_TIMEOUT, job_id, timeout=SLURM_TIMEOUT + 30)
+    assert result.returncode != 124, f"job {job_id} did not end within {SLURM_TIMEOUT} s"
+    return result
+
+
+def squeue_field(slurm_job, field) -> str:
+    done = subprocess.run(["squeue", "-h", "--states=all", "-j", slurm_job, "-o", field],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# =========================================================================================
+# 2. Submitting through the real CLI
+# =========================================================================================
+
+def test_job_gets_exact_argv_env_and_name(cluster, run, submit, info, tmp_path):
+    probe = write_probe(tmp_path)
+    out = str(tmp_path / "probe.json")
+    name = f"ost probe {uuid.uuid4().hex[:6]}"
+    env_args = [a for key, value in TRICKY_ENV.items() for a in ("-e", f"{key}={value}")]
+    job_id = submit("-n", name, *env_args, "--", sys.executable, probe, out, *TRICKY_ARGS)
+    assert re.fullmatch(r"\d+", job_id)
+    sid = slurm_id(info(job_id))
+    assert squeue_field(sid, "%j") == name
+    assert finish(run, job_id).returncode == 0
+    seen = read_probe(out)
+    assert seen["argv"] == [os.fsencode(arg) for arg in TRICKY_ARGS]
+    for key, value in TRICKY_ENV.items():  # the comma too: not through --export
+        assert seen["env"][key.encode()] == os.fsencode(value), key
+    assert seen["env"][b"JOB_ID"] == job_id.encode()
+    assert b"TASK_ID" not in seen["env"]
+    record = info(job_id)
+    assert record["state"] == "Done" and record["exit_status"] == 0
+    assert record["job_name"] == name
+    assert record["job_template"]["args"][2:] == TRICKY_ARGS
+
+
+def test_working_dir_stdin_and_captured_output(cluster, run, submit, info, tmp_path):
+    probe = write_probe(tmp_path)
+    work = tmp_path / "work dir"
+    work.mkdir()
+    (work / "in.txt").write_bytes(b"line one\n\xff two\n")
+    job_id = submit("-C", work, "--stdin", "in.txt", "--", "sh", "-c",
+                    'echo "hello from $JOB_ID"; echo oops >&2; exec "$0" "$@"',
+                    sys.executable, probe, str(tmp_path / "probe.json"))
+    assert finish(run, job_id).returncode == 0
+    seen = read_probe(tmp_path / "probe.json")
+    assert seen["cwd"] == str(work)
+    assert seen["stdin"] == b"line one\n\xff two\n"
+    assert info(job_id)["job_template"]["working_directory"] == str(work)
+    assert run("output", job_id).stdout == f"hello from {job_id}\n"
+    assert run("output", job_id, "--stderr").stdout == "oops\n"
+
+
+def test_output_paths_of_a_single_job(cluster, run, submit, tmp_path):
+    job_id = submit("-C", tmp_path, "-o", "o-%j-%a-%%.txt", "--stderr", "e-%j-%%-%x.txt",
+                    "--", "sh", "-c", "echo out; echo err >&2")
+    assert finish(run, job_id).returncode == 0
+    assert sorted(p.name for p in tmp_path.glob("[oe]-*")) == \
+        sorted([f"o-{job_id}--%.txt", f"e-{job_id}-%-%x.txt"])
+    assert (tmp_path / f"o-{job_id}--%.txt").read_text() == "out\n"
+    assert (tmp_path / f"e-{job_id}-%-%x.txt").read_text() == "err\n"
+    assert run("output", job_id).stdout == "out\n"
+    assert run("output", job_id, "--stderr").stdout == "err\n"
+
+
+def test_output_paths_of_array_tasks(cluster, run, submit, tmp_path):
+    job_id = submit("-C", tmp_path, "--array", "0-1", "-o", "o-%j-%a.txt",
+                    "--stderr", "%j.err", "--", "sh", "-c",
+                    'echo "$JOB_ID $TASK_ID"; echo "e$TASK_ID" >&2')
+    assert finish(run, job_id).returncode == 0
+    for task in (0, 1):
+        assert (tmp_path / f"o-{job_id}.{task}-{task}.txt").read_text() == \
+            f"{job_id}.{task} {task}\n"
+        assert (tmp_path / f"{job_id}.{task}.err").read_text() == f"e{task}\n"
+        assert run("output", f"{job_id}.{task}").stdout == f"{job_id}.{task} {task}\n"
+
+
+def test_output_path_with_a_backslash_names_that_file(cluster, run, submit, tmp_path):
+    """``-o 'a\\b-%j.txt'`` writes the file ``a\\b-N.txt``, as the local backend does.
+
+    Slurm does not expand a path that holds a backslash, and it takes each
+    backslash as escaping the next character, so ``back\\slash`` becomes
+    ``backslash`` (``back\\\\slash`` would keep it).  ostracker expands the path
+    itself but hands the backslash over unescaped.
+    """
+    job_id = submit("-C", tmp_path, "-o", "back\\slash-%j.txt", "--", "echo", "out")
+    assert finish(run, job_id).returncode == 0
+    created = sorted(p.name for p in tmp_path.glob("back*"))
+    assert created == [f"back\\slash-{job_id}.txt"], created
+    assert run("output", job_id).stdout == "out\n"
+
+
+def test_cancelled_queued_tasks_never_ran(cluster, run, submit):
+    """Tasks cancelled while queued: Failed, no exit status, no dispatch time (as locally).
+
+    Slurm reports such a task CANCELLED with exit code 0 and start = end = the
+    time of the cancel; taken as they are, `wait` on the task exits 0.
+    """
+    job_id = submit("--array", "1-3%1", "--", "sleep", "60")
+    poll(lambda: json.loads(run("status", job_id, "--json").stdout)[0]["state"] == "Running",
+         timeout=SLURM_TIMEOUT, interval=0.2, message=f"task {job_id}.1 to run")
+    result = run("terminate", job_id)
+    assert result.returncode == 0, result.stderr
+    tasks = json.loads(run("status", job_id, "--json").stdout)
+    assert [t["state"] for t in tasks] == ["Failed"] * 3
+    assert tasks[0]["terminating_signal"] is not None and tasks[0]["exit_status"] is None
+    waited = run("wait", f"{job_id}.2")
+    assert waited.returncode != 0, f"wait {job_id}.2 (cancelled, never ran) exited 0"
+    for task in tasks[1:]:
+        never_ran = {key: task[key] for key in ("exit_status", "dispatch_time",
+                                                 "allocated_machines", "wallclock_time")}
+        assert never_ran == dict.fromkeys(never_ran), (task["id"], task["sub_state"], never_ran)
+
+
+# =========================================================================================
+# 3. Slurm unreachable: one clear line, nothing recorded
+# =========================================================================================
+
+def test_sbatch_not_on_path(cluster, run, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(shutil.which("sh"), bin_dir / "sh")
+    result = run("--backend", "slurm", "submit", "--", "echo", "hi",
+                 env={"PATH": str(bin_dir)})
+    assert result.returncode == 1, result.stderr
+    line = one_line(result.stderr)
+    assert "sbatch" in line and "not found" in line, line
+    assert result.stdout == ""
+    listed = run("status", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "[]"
+    assert job_dirs(cluster) == []
+
+
+def test_controller_down(cluster, run, submit, tmp_path):
+    recorded = submit("--", "true")
+    before = job_dirs(cluster)
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    with open(conf) as handle:
+        text = handle.read()
+    with socket_on_free_port() as port:  # bound, never listening: connect is refused
+        down = tmp_path / "down.conf"
+        if re.search(r"(?mi)^\s*SlurmctldPort\s*=", text):
+            text = re.sub(r"(?mi)^(\s*SlurmctldPort\s*=).*$", rf"\g<1>{port}", text)
+        else:
+            text += f"\nSlurmctldPort={port}\n"
+        down.write_text(text)
+        env = {"SLURM_CONF": str(down)}
+        result = run("submit", "--", "true", env=env, timeout=120)
+        assert result.returncode == 1, result.stderr
+        line = one_line(result.stderr)
+        assert "not reachable" in line, line
+        assert job_dirs(cluster) == before
+        result = run("status", recorded, env=env, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "not reachable" in one_line(result.stderr)
+    listed = json.loads(run("status", "--json").stdout)
+    assert [job["id"] for job in listed] == [recorded]
+
+
+class socket_on_free_port:
+    """A TCP port of 127.0.0.1 held (bound, not listening) so that nothing answers on it."""
+
+    def __enter__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+# =========================================================================================
+# 4. monitor: the cluster's jobs and nodes
+# =========================================================================================
+
+@pytest.fixture
+def foreign_job(slurm_cluster, tmp_path):
+    """A job submitted with sbatch directly, not through ostracker."""
+    name = f"ost-foreign-{uuid.uuid4().hex[:6]}"
+    done = subprocess.run(["sbatch", "--parsable", "-J", name, "-o", "/dev/null",
+                           "-D", str(tmp_path), "--wrap", "sleep 30"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    sid = done.stdout.strip().split(";")[0]
+    yield sid, name
+    subprocess.run(["scancel", sid], capture_output=True, timeout=60)
+
+
+def test_monitor_lists_a_job_ostracker_did_not_submit(cluster, run, foreign_job):
+    sid, name = foreign_job
+    result = run("monitor", "--json")
+    assert result.returncode == 0, result.stderr
+    mine = [job for job in json.loads(result.stdout) if job["id"] == sid]
+    assert len(mine) == 1
+    assert mine[0]["state"] in ("Running", "Queued")
+    assert mine[0]["job_name"] == name
+    assert mine[0]["job_owner"] == pwd.getpwuid(os.getuid()).pw_name
+    only = run("monitor", sid, "--json")
+    assert only.returncode == 0, only.stderr
+    assert [job["id"] for job in json.loads(only.stdout)] == [sid]
+    table = run("monitor", sid)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:2] == ["SLURM", "ID"] and "STATE" in header
+    assert len(rows) == 1 and rows[0].split()[0] == sid and name in rows[0]
+
+
+def test_monitor_unknown_slurm_job(cluster, run):
+    result = run("monitor", "999999")
+    assert result.returncode == 1
+    assert "999999" in one_line(result.stderr)
+
+
+def test_monitor_machine(cluster, run):
+    done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    expected = {name: int(cpus) for name, cpus in
+                (line.split() for line in done.stdout.splitlines())}
+    result = run("monitor", "--machine", "--json")
+    assert result.returncode == 0, result.stderr
+    nodes = json.loads(result.stdout)
+    assert {node["name"]: node["extension_list"]["cpus"] for node in nodes} == expected
+    assert any(node["available"] for node in nodes)
+    table = run("monitor", "--machine")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE", "PARTITIONS"]
+    assert sorted(row.split()[0] for row in rows) == sorted(expected)
+
+
+@pytest.mark.parametrize("option", [["--jobs"], ["--interval", "1"]])
+def test_monitor_local_only_options_are_usage_errors(cluster, run, option):
+    result = run("monitor", *option)
+    assert result.returncode == 2
+    assert option[0] in one_line(result.stderr)
+
+
+# =========================================================================================
+# 5-6. Refused submissions: one line, nothing recorded
+# =========================================================================================
+
+def test_environment_name_that_is_no_shell_identifier(cluster, run):
+    result = run("submit", "-e", "A-B=1", "--", "true")
+    assert result.returncode == 2
+    assert "A-B" in one_line(result.stderr)
+    assert job_dirs(cluster) == []
+
+
+def _max_array_size() -> int:
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"(?m)^MaxArraySize\s*=\s*(\d+)", done.stdout)
+    assert found, "scontrol show config has no MaxArraySize"
+    return int(found.group(1))
+
+
+def test_array_larger_than_the_cluster_allows(cluster, run):
+    size = _max_array_size()
+    if size > 1_000_000:
+        pytest.skip(f"MaxArraySize {size} is above what ostracker itself accepts")
+    result = run("submit", "--array", f"0-{size}", "--", "true")
+    assert result.returncode == 1, result.stderr
+    line = one_line(result.stderr)
+    assert "sbatch" in line and "array" in line.lower(), line
+    assert run("status", "--json").stdout.strip() == "[]"
+    assert job_dirs(cluster) == []
+
+
+# =========================================================================================
+# 7. suspend/resume as a user who may not `scontrol suspend`: SIGTSTP/SIGCONT instead
+# =========================================================================================
+
+TEST_USER = "ostracker-test"
+
+
+def _ensure_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run ostracker as another user")
+    for tool in ("useradd", "setpriv"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing")
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        pass
+    done = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                           "--shell", "/usr/sbin/nologin", TEST_USER],
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"useradd {TEST_USER} failed: {done.stderr.strip()}")
+    return pwd.getpwnam(TEST_USER)
+
+
+class AsUser:
+    """Runs commands as an unprivileged user, with SLURM_CONF and OSTRACKER_* set."""
+
+    def __init__(self, user: pwd.struct_passwd, base: str):
+        self.user = user
+        self.base = base
+        self.work = os.path.join(base, "work")
+        self.state = os.path.join(base, "state")
+        for path, mode in ((self.work, 0o755), (self.state, 0o700)):
+            os.mkdir(path)
+            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chmod(path, mode)
+        import ostracker
+
+        project = os.path.dirname(os.path.dirname(os.path.abspath(ostracker.__file__)))
+        paths = sysconfig.get_paths()
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.work,
+                    "LANG": os.environ.get("LANG", "C.UTF-8"), "OSTRACKER_BACKEND": "slurm",
+                    "OSTRACKER_STATE_DIR": self.state,
+                    "SLURM_CONF": os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"),
+                    "PYTHONPATH": os.pathsep.join([project, paths["purelib"], paths["platlib"]]),
+                    "PYTHONDONTWRITEBYTECODE": "1"}
+        self.python = self._python()
+        self._reach_munge()
+
+    def run(self, *args, timeout=120):
+        return subprocess.run(["setpriv", f"--reuid={self.user.pw_uid}",
+                               f"--regid={self.user.pw_gid}", "--init-groups", *map(str, args)],
+                              capture_output=True, text=True, env=self.env, cwd=self.work,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def cli(self, *args, timeout=120):
+        return self.run(self.python, "-m", "ostracker", *args, timeout=timeout)
+
+    def _python(self) -> str:
+        """This interpreter if the user may run it (a venv under /root is not), else a twin."""
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [sys.executable] + [
+            found for found in (shutil.which(version, path="/usr/local/bin:/usr/bin:/bin"),)
+            if found]
+        check = "import ostracker, click, psutil, platformdirs, tabulate"
+        for python in candidates:
+            if self.run(python, "-c", check, timeout=60).returncode == 0:
+                return python
+        pytest.skip(f"no {version} that user {TEST_USER} may run can import ostracker "
+                    f"(tried {candidates})")
+
+    def _reach_munge(self) -> None:
+        """Give the user a path to munged's socket when the cluster keeps it root-only.
+
+        The test cluster's socket lies in a 0700 directory; a hard link to the
+        same socket, named in a copy of slurm.conf, reaches the same munged
+        without changing the cluster.
+        """
+        conf = self.env["SLURM_CONF"]
+        with open(conf) as handle:
+            text = handle.read()
+        found = re.search(r"(?mi)^\s*AuthInfo\s*=.*\bsocket=([^,\s]+)", text)
+        if not found or self.run("test", "-w", found.group(1), timeout=30).returncode == 0:
+            return
+        link = os.path.join(self.base, "munge.socket")
+        try:
+            os.link(found.group(1), link)
+        except OSError as error:
+            pytest.skip(f"user {TEST_USER} cannot reach munge's socket {found.group(1)} "
+                        f"and linking it failed: {error}")
+        copy = os.path.join(self.base, "slurm.conf")
+        with open(copy, "w") as handle:
+            handle.write(text[:found.start(1)] + link + text[found.end(1):])
+        os.chmod(copy, 0o644)
+        self.env["SLURM_CONF"] = copy
+
+
+@pytest.fixture
+def as_user(slurm_cluster):
+    user = _ensure_user()
+    base = tempfile.mkdtemp(prefix="ostracker-nonroot-", dir="/tmp")
+    os.chmod(base, 0o755)
+    try:
+        yield AsUser(user, base)
+    finally:
+        cancel_slurm_jobs(os.path.join(base, "state"))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _state_as(user: AsUser, job_id: str) -> dict:
+    result = user.cli("info", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_suspend_resume_without_scontrol_rights(as_user):
+    user = as_user
+    check = user.run("sinfo", "-h", "-o", "%T", timeout=60)
+    assert check.returncode == 0, f"user {TEST_USER} cannot talk to Slurm: {check.stderr}"
+    pid_file = os.path.join(user.work, "pid")
+    result = user.cli("submit", "--", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 100")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    poll(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(),
+         timeout=SLURM_TIMEOUT, interval=0.2, message="the job to start")
+    pid = int(open(pid_file).read())
+    assert os.stat(f"/proc/{pid}").st_uid == user.user.pw_uid  # the job runs as the user
+    poll(lambda: proc_state(pid) == "S", timeout=30, interval=0.1, message="sleep to sleep")
+
+    result = user.cli("suspend", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    info_of_job = _state_as(user, job_id)
+    assert info_of_job["state"] == "Suspended"
+    assert "SIGTSTP" in info_of_job["sub_state"]  # the scancel --signal path, not scontrol
+    poll(lambda: proc_state(pid) == "T", timeout=30, interval=0.1, message="the job to stop")
+
+    result = user.cli("resume", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert _state_as(user, job_id)["state"] == "Running"
+    poll(lambda: proc_state(pid) in ("S", "R"), timeout=30, interval=0.1,
+         message="the job to run again")
+
+    result = user.cli("terminate", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    poll(lambda: proc_state(pid) is None, timeout=30, interval=0.1, message="the job to go")
+    assert _state_as(user, job_id)["state"] == "Failed"
+
+
+def test_suspend_resume_as_operator(cluster, run, submit, info, tmp_path):
+    """Root may ``scontrol suspend``: Slurm itself shows SUSPENDED."""
+    if os.geteuid() != 0:
+        pytest.skip("scontrol suspend needs an operator; this is not root")
+    pid_file = tmp_path / "pid"
+    job_id = submit("--", "sh", "-c", f"echo $$ > {pid_file}; exec sleep 100")
+    poll(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=SLURM_TIMEOUT,
+         interval=0.2, message="the job to start")
+    pid = int(pid_file.read_text())
+    result = run("suspend", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (info(job_id)["state"], info(job_id)["sub_state"]) == ("Suspended", "SUSPENDED")
+    poll(lambda: proc_state(pid) == "T", timeout=30, interval=0.1, message="the job to stop")
+    result = run("resume", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert info(job_id)["state"] == "Running"
+    poll(lambda: proc_state(pid) in ("S", "R"), timeout=30, interval=0.1,
+         message="the job to run again")
+    result = run("terminate", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    poll(lambda: proc_state(pid) is None, timeout=30, interval=0.1, message="the job to go")
+    assert info(job_id)["state"] == "Failed"
