@@ -236,7 +236,10 @@ class SlurmTracker(TrackerBase):
             self.store.write(job_id, HEADER, header)
         except BaseException:
             # A job that ostracker cannot track must not run behind its back.
-            slurm.run(["scancel", slurm_id])
+            try:
+                slurm.run(["scancel", slurm_id])
+            except TrackerError:
+                pass  # the write's own error, below, is the one to report
             self.store.remove_job_dir(job_id)
             raise
         return str(job_id)

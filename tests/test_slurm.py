@@ -676,7 +676,6 @@ class AsUser:
                     "PYTHONPATH": os.pathsep.join([project, paths["purelib"], paths["platlib"]]),
                     "PYTHONDONTWRITEBYTECODE": "1"}
         self.python = self._python()
-        self._reach_munge()
 
     def run(self, *args, timeout=120):
         return subprocess.run(["setpriv", f"--reuid={self.user.pw_uid}",
@@ -699,31 +698,6 @@ class AsUser:
                 return python
         pytest.skip(f"no {version} that user {TEST_USER} may run can import ostracker "
                     f"(tried {candidates})")
-
-    def _reach_munge(self) -> None:
-        """Give the user a path to munged's socket when the cluster keeps it root-only.
-
-        The test cluster's socket lies in a 0700 directory; a hard link to the
-        same socket, named in a copy of slurm.conf, reaches the same munged
-        without changing the cluster.
-        """
-        conf = self.env["SLURM_CONF"]
-        with open(conf) as handle:
-            text = handle.read()
-        found = re.search(r"(?mi)^\s*AuthInfo\s*=.*\bsocket=([^,\s]+)", text)
-        if not found or self.run("test", "-w", found.group(1), timeout=30).returncode == 0:
-            return
-        link = os.path.join(self.base, "munge.socket")
-        try:
-            os.link(found.group(1), link)
-        except OSError as error:
-            pytest.skip(f"user {TEST_USER} cannot reach munge's socket {found.group(1)} "
-                        f"and linking it failed: {error}")
-        copy = os.path.join(self.base, "slurm.conf")
-        with open(copy, "w") as handle:
-            handle.write(text[:found.start(1)] + link + text[found.end(1):])
-        os.chmod(copy, 0o644)
-        self.env["SLURM_CONF"] = copy
 
 
 @pytest.fixture
