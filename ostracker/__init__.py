@@ -21,6 +21,7 @@ _EXPORTS = {
     "StorageError": "errors",
     "WaitTimeout": "errors",
     "SlurmUnavailable": "errors",
+    "PermissionDenied": "errors",
     "MonitoringSession": "monitor",
     "SlurmTracker": "slurm_backend",
     "SlurmMonitoringSession": "slurm_backend",

@@ -171,7 +171,8 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     """Start a job (or a job array) and print its ID.
 
     Returns once the job (an array's first task) has started; fails with the
-    reason when it cannot start.  Put the command after `--` so that its own
+    reason when it cannot start.  With --backend slurm it returns once Slurm
+    has accepted the job, which may then wait in its queue.  Put the command after `--` so that its own
     options are never taken for ostracker's.  With --wait on an array, a
     terminal shows the tasks' progress on stderr.
 
@@ -369,7 +370,11 @@ def exit_status_of(info) -> int:
     if info.exit_status is not None:
         return info.exit_status
     if info.terminating_signal is not None:
-        return 128 + signal.Signals[info.terminating_signal].value
+        name = info.terminating_signal
+        if name in signal.Signals.__members__:
+            return 128 + signal.Signals[name].value
+        if name[3:].isdigit():  # a number Python has no name for, as SIG40
+            return 128 + int(name[3:])
     return 1
 
 
@@ -428,14 +433,17 @@ def for_each_job(ctx, job_ids, act) -> None:
 _CONTROL_HELP = {
     "suspend": ("Suspend running jobs: SIGTSTP to each job's process group.",
                 "Returns once the job has stopped; fails if it does not stop in time.  "
-                "An array ID suspends every task of the array that runs."),
+                "An array ID suspends every task of the array that runs.  With "
+                "--backend slurm: scontrol suspend, or, for users Slurm does not allow "
+                "that, SIGTSTP through scancel."),
     "resume": ("Resume suspended jobs: SIGCONT to each job's process group.",
                "Returns once the job runs again.  An array ID resumes every suspended "
-               "task of the array."),
+               "task of the array.  With --backend slurm: scontrol resume, or SIGCONT "
+               "through scancel."),
     "terminate": ("Terminate jobs: SIGKILL to each job's process group.",
                   "Returns once every process of the group is gone.  A queued array task "
                   "is cancelled and never starts; an array ID terminates every task of "
-                  "the array that has not ended."),
+                  "the array that has not ended.  With --backend slurm: scancel."),
     "hold": ("Hold queued jobs (Slurm backend; the local backend cannot).",
              "scontrol hold: the job (or an array's queued tasks) stays queued until "
              "released.  The local backend runs jobs at once and always refuses."),
@@ -492,16 +500,29 @@ def output(error_stream, follow, job_id):
     import time
 
     jobs = tracker()
+    # Asking Slurm whether the job ended costs a squeue: once a second is enough.
+    check_every = 1.0 if backend() == "slurm" else 0.1
     path = jobs.output_path(job_id, "stderr" if error_stream else "stdout")
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise TrackerError(f"cannot read output of job {job_id}: {path}: {exc.strerror}") \
-            from None
+    while True:
+        try:
+            handle = open(path, "rb")
+            break
+        except FileNotFoundError:
+            # A job still queued (on Slurm) has written nothing yet: with --follow, wait.
+            if not follow or jobs.has_ended(job_id):
+                raise TrackerError(f"cannot read output of job {job_id}: {path}: "
+                                   "No such file or directory") from None
+            time.sleep(check_every)
+        except OSError as exc:
+            raise TrackerError(f"cannot read output of job {job_id}: {path}: {exc.strerror}") \
+                from None
     out = sys.stdout.buffer
+    checked = 0.0
     with handle:
         while True:
-            ended = follow and jobs.has_ended(job_id)
+            ended = False
+            if follow and time.monotonic() - checked >= check_every:
+                ended, checked = jobs.has_ended(job_id), time.monotonic()
             while chunk := handle.read(1 << 16):
                 out.write(chunk)
             out.flush()

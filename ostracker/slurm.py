@@ -16,7 +16,6 @@ and ``{"set", "number"}`` objects from 23.02 on.  Exit codes come from
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -49,24 +48,40 @@ STATE_OF = {
     "REQUEUE_FED": JobState.REQUEUED,
     "REQUEUE_HOLD": JobState.REQUEUED_HELD,
     "SPECIAL_EXIT": JobState.REQUEUED_HELD,
+    "REQUEUE_CRON": JobState.REQUEUED,
+    "RESV_DEL_HOLD": JobState.QUEUED_HELD,
+    "POWER_UP_NODE": JobState.QUEUED,
 }
+# State flags that say more than the base state, in the order in which 22.05's
+# job_state_string picks one to print instead of it; 23.02+ lists them beside it.
+FLAG_ORDER = ("COMPLETING", "CONFIGURING", "RESIZING", "RESV_DEL_HOLD", "REQUEUE_FED",
+              "REQUEUE_HOLD", "REQUEUED", "SPECIAL_EXIT", "STOPPED", "REVOKED", "SIGNALING",
+              "STAGE_OUT")
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+SIG_OOM = 125  # Slurm's "signal" for a job the out-of-memory killer ended (really SIGKILL)
+# Slurm's commands print what these ask, whatever the user's own settings say:
+# times as ISO 8601, and array task lists whole (by default cut after 64 bytes).
+_ENVIRONMENT = {"SLURM_TIME_FORMAT": "standard", "SLURM_BITSTR_LEN": "0"}
 COMMAND_TIMEOUT = 60.0  # seconds; Slurm's own retries against a dead slurmctld take ~10
 
 
 def run(args: list[str], stdin: bytes | None = None) -> str:
     """Run one Slurm command and return its stdout; its error as one line otherwise.
 
-    The error is Slurm's own last line on stderr, classified: an unknown job
-    is JobNotFound, a job in the wrong state InvalidState, a missing command
-    or controller SlurmUnavailable.
+    The error is Slurm's own line on stderr (its first ``error:`` line, else
+    its last), classified: an unknown job is JobNotFound, a job in the wrong
+    state InvalidState, a missing command or controller SlurmUnavailable.
     """
     try:
         done = subprocess.run(args, input=stdin, capture_output=True, timeout=COMMAND_TIMEOUT,
-                              stdin=None if stdin is not None else subprocess.DEVNULL)
+                              stdin=None if stdin is not None else subprocess.DEVNULL,
+                              env={**os.environ, **_ENVIRONMENT})
     except FileNotFoundError:
         raise SlurmUnavailable(f"Slurm is not reachable: {args[0]} not found "
                                "(is Slurm's client installed and on PATH?)") from None
+    except OSError as exc:
+        raise SlurmUnavailable(f"Slurm is not reachable: cannot run {args[0]}: "
+                               f"{exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise SlurmUnavailable(f"Slurm is not reachable: {args[0]} did not answer "
                                f"within {COMMAND_TIMEOUT:g} s") from None
@@ -77,7 +92,8 @@ def run(args: list[str], stdin: bytes | None = None) -> str:
 
 def _classify(command: str, stderr: str) -> TrackerError:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    message = lines[-1] if lines else f"{command} failed"
+    errors = [line for line in lines if "error:" in line or "fatal:" in line]
+    message = (errors or lines or [f"{command} failed"])[0 if errors else -1]
     for prefix in (f"{command}: error: ", f"{command}: fatal: ", "error: "):
         if message.startswith(prefix):
             message = message[len(prefix):]
@@ -108,9 +124,13 @@ def _number(value):
 
 
 def _base_state(value) -> str:
-    """``"RUNNING"`` from 22.05's string or 23.02+'s list of state and flags."""
+    """The one state name to go by: 22.05's string, or from 23.02+'s list of the
+    base state and its flags, the flag 22.05 would have printed, else the base.
+    """
     if isinstance(value, list):
-        return next((name for name in value if name in STATE_OF), value[0] if value else "")
+        flags = [name for name in FLAG_ORDER if name in value]
+        return flags[0] if flags else next((name for name in value if name in STATE_OF),
+                                           value[0] if value else "")
     return value or ""
 
 
@@ -130,7 +150,14 @@ def _wait_status(value) -> tuple[int | None, str | None]:
     return os.WEXITSTATUS(value), None
 
 
+def _failed_exit(state: JobState, exit_status: int | None) -> int | None:
+    """No exit status 0 for a Failed job (cancelled, node failure): ``wait`` must not say 0."""
+    return None if state is JobState.FAILED and exit_status == 0 else exit_status
+
+
 def _signal_name(number: int) -> str:
+    if number == SIG_OOM:
+        return "SIGKILL"
     try:
         return signal.Signals(number).name
     except ValueError:
@@ -164,8 +191,13 @@ class SlurmJob:
 
 def job_state(slurm_state: str, reason: str | None, held: bool, restarts: int
               ) -> tuple[JobState, str]:
-    """DRMAA2 state and sub_state (Slurm's own state, and its reason when it gives one)."""
-    state = STATE_OF.get(slurm_state, JobState.UNDETERMINED)
+    """DRMAA2 state and sub_state (Slurm's own state, and its reason when it gives one).
+
+    A state this table does not know is taken for Queued, never for an end:
+    Slurm's every end state is known, and a wrong end would let ``wait``
+    return and ``delete`` remove a job that still runs.
+    """
+    state = STATE_OF.get(slurm_state, JobState.QUEUED)
     if state is JobState.QUEUED and restarts:
         state = JobState.REQUEUED
     if held and state is JobState.QUEUED:
@@ -189,6 +221,7 @@ def _from_squeue(data: dict) -> SlurmJob:
         sub_state = f"{slurm_state}, before it started"
     exit_status, sig = _wait_status(data.get("exit_code")) if state.ended and started \
         else (None, None)
+    exit_status = _failed_exit(state, exit_status)
     task = _number(data.get("array_task_id"))
     array_job = _number(data.get("array_job_id")) or 0
     slurm_id = f"{array_job}_{task}" if array_job and task is not None else str(data["job_id"])
@@ -237,7 +270,7 @@ def squeue(everyone: bool = False) -> dict[str, SlurmJob]:
         pending = record.get("array_task_string") or ""
         array_job = _number(record.get("array_job_id")) or 0
         if pending and array_job:
-            for index in task_indices(pending):
+            for index in _indices_of(pending, "squeue"):
                 jobs[f"{array_job}_{index}"] = job
         else:
             jobs[job.slurm_id] = job
@@ -256,20 +289,39 @@ def task_indices(text: str) -> list[int]:
     return indices
 
 
+def _indices_of(text: str, command: str) -> list[int]:
+    try:
+        return task_indices(text)
+    except ValueError:
+        raise TrackerError(f"{command}: cannot read the array task list {text!r}") from None
+
+
 def expand_hostlist(text: str | None) -> list[str] | None:
-    """Slurm's compressed host list as names: ``"n[1-3,7],login"`` -> n1 n2 n3 n7 login."""
+    """Slurm's compressed host list as names: ``"n[1-2]-ib,login"`` -> n1-ib n2-ib login."""
     if not text:
         return None
-    hosts = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]*)\[([^\]]*)\][^,]*|([^,]+)", text):
-        if plain:
-            hosts.append(plain)
-            continue
-        for part in ranges.split(","):
-            first, _, last = part.partition("-")
-            for number in range(int(first), int(last or first) + 1):
-                hosts.append(f"{prefix}{number:0{len(first)}d}")
-    return hosts
+    names, depth, start = [], 0, 0
+    for at, char in enumerate(text + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.extend(_expand_host(text[start:at]))
+            start = at + 1
+    return [name for name in names if name]
+
+
+def _expand_host(pattern: str) -> list[str]:
+    """One host pattern, its bracket groups expanded left to right (``r[1-2]n[1-2]``)."""
+    opening = pattern.find("[")
+    closing = pattern.find("]", opening)
+    if opening < 0 or closing < 0:
+        return [pattern]
+    prefix, ranges, rest = pattern[:opening], pattern[opening + 1:closing], pattern[closing + 1:]
+    names = []
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        for number in range(int(first), int(last or first) + 1):
+            names.extend(_expand_host(f"{prefix}{number:0{len(first)}d}{rest}"))
+    return names
 
 
 # -- sacct ---------------------------------------------------------------------------------
@@ -305,14 +357,15 @@ def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
             rss = _kibibytes(fields["MaxRSS"])
             if rss is not None:
                 account["ru_maxrss"] = max(rss, account.get("ru_maxrss") or 0)
-            if step == "batch" and account.get("exit_status") == 0:
+            if step == "batch" and account.get("state") is JobState.FAILED and \
+                    account.get("terminating_signal") is None:
                 signal_name = _sacct_exit(fields["ExitCode"])[1]
-                if signal_name and account.get("state") is JobState.FAILED:
+                if signal_name:
                     account.update(exit_status=None, terminating_signal=signal_name)
             continue
         account = _sacct_job(fields)
         array, _, pending = job.partition("_[")
-        for slurm_id in ([f"{array}_{i}" for i in task_indices(pending.rstrip("]"))]
+        for slurm_id in ([f"{array}_{i}" for i in _indices_of(pending.rstrip("]"), "sacct")]
                          if pending else [job]):
             accounts.setdefault(slurm_id, {}).update(account)
     return accounts
@@ -331,6 +384,7 @@ def _sacct_job(fields: dict) -> dict:
     state, sub_state = job_state(slurm_state, None, False, 0)
     started = fields["NodeList"] not in ("", "None assigned")
     exit_status, signal_name = _sacct_exit(fields["ExitCode"]) if started else (None, None)
+    exit_status = _failed_exit(state, exit_status)
     if state.ended and not started:
         sub_state = f"{slurm_state}, before it started"
     return {"state": state, "sub_state": sub_state, "exit_status": exit_status,
@@ -344,9 +398,10 @@ def _sacct_job(fields: dict) -> dict:
 
 def _sacct_time(text: str) -> float | None:
     """sacct's local time ``2026-11-24T04:18:55`` as epoch seconds (None if unknown)."""
-    if not text or not text[0].isdigit():
+    try:
+        return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # Unknown, None
         return None
-    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
 
 
 def _kibibytes(text: str) -> int | None:

@@ -85,6 +85,13 @@ def slurm_path(pattern: str, job_id: int, is_array: bool) -> str:
     return "".join(out)
 
 
+def shell_word(word: str) -> str:
+    """``word`` quoted for sh, any character but NUL; a carriage return is spelled
+    ``$(printf '\\r')``, since sbatch refuses a script holding CR LF.
+    """
+    return shlex.quote(word).replace("\r", "'\"$(printf '\\r')\"'")
+
+
 def batch_script(job_id: int, template: JobTemplate, is_array: bool) -> bytes:
     """The job as a shell script: the exact words, quoted, and the job's environment.
 
@@ -92,7 +99,7 @@ def batch_script(job_id: int, template: JobTemplate, is_array: bool) -> bytes:
     cannot carry a comma in a value.  JOB_ID and TASK_ID come last, as locally.
     """
     lines = ["#!/bin/sh", f"# ostracker job {job_id}, written for sbatch"]
-    lines += [f"export {key}={shlex.quote(value)}"
+    lines += [f"export {key}={shell_word(value)}"
               for key, value in template.job_environment.items()]
     if is_array:
         lines.append(f'export TASK_ID="$SLURM_ARRAY_TASK_ID" JOB_ID="{job_id}.'
@@ -102,7 +109,7 @@ def batch_script(job_id: int, template: JobTemplate, is_array: bool) -> bytes:
     words = [template.remote_command, *template.args]
     # bash's exec takes a first word "-x" for an option, dash's knows no "--": env does.
     run = "exec env -- " if template.remote_command.startswith("-") else "exec "
-    lines.append(run + " ".join(shlex.quote(word) for word in words))
+    lines.append(run + " ".join(shell_word(word) for word in words))
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
@@ -157,7 +164,7 @@ class _Submission(SubmissionBase):
 
     def stopped(self) -> set[str]:
         record = self.store.read(self.job_id, STOPPED)
-        return set(record["slurm_ids"]) if record else set()
+        return set(record.get("slurm_ids") or ()) if record else set()
 
     def info(self, index: int | None, job: slurm.SlurmJob | None, account: dict | None,
              stopped: set[str]) -> JobInfo:
@@ -275,8 +282,8 @@ class SlurmTracker(TrackerBase):
         return targets
 
     def _read(self, targets, accounting: bool = True) -> list[list[JobInfo]]:
-        """The JobInfos of each target, from one ``squeue`` and, for the tasks that
-        ended (or that slurmctld forgot), one ``sacct`` unless ``accounting`` is off.
+        """The JobInfos of each target, from one ``squeue`` and one ``sacct``: for
+        the tasks slurmctld forgot, and (unless ``accounting`` is off) those that ended.
         """
         if not targets:
             return []
@@ -345,7 +352,8 @@ class SlurmTracker(TrackerBase):
 
     def has_ended(self, job_id: str) -> bool:
         """Whether the job (every task of an array) has ended."""
-        return all(info.state.ended for info in self.job_infos([job_id]))
+        infos = self._read(self._targets([job_id], None), accounting=False)[0]
+        return all(info.state.ended for info in infos)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -400,8 +408,11 @@ class SlurmTracker(TrackerBase):
         delay = 0.01
         while True:
             infos = self._read([(submission, index)], accounting=False)[0]
+            # A cancelled job is COMPLETING (Running) until its processes are gone,
+            # which Slurm's KillWait may put off by 30 s: terminated all the same.
             late = [info.id for info in infos
-                    if info.id in task_ids and info.state not in _WANTED[action]]
+                    if info.id in task_ids and info.state not in _WANTED[action]
+                    and not (action == "terminate" and info.sub_state.startswith("COMPLETING"))]
             if not late:
                 return
             if time.monotonic() >= deadline:

@@ -135,7 +135,7 @@ class TrackerBase:
     store: Store
 
     def add_job(self, template: JobTemplate) -> str:
-        """Submit one job and return its ID (StartError says why it could not start)."""
+        """Submit one job and return its ID (StartError, or the backend's error, says why not)."""
         return self._submit(template, None)
 
     def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
@@ -617,9 +617,11 @@ _NOUN = {"suspend": "stop", "resume": "continue", "terminate": "end"}
 
 
 def array_state(infos: list[JobInfo]) -> JobState:
-    """An array's own state, derived from its tasks' as SPEC section 2 orders them."""
+    """An array's own state, derived from its tasks' as SPEC section 2 orders them
+    (Slurm's Requeued and held states after Queued)."""
     present = {info.state for info in infos}
-    for state in (JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED, JobState.FAILED):
+    for state in (JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED, JobState.REQUEUED,
+                  JobState.QUEUED_HELD, JobState.REQUEUED_HELD, JobState.FAILED):
         if state in present:
             return state
     if JobState.UNDETERMINED in present:
