@@ -34,11 +34,13 @@ TRICKY_ARGS = [
     "plain", "two words", "", " ", "it's", 'say "hi"', "line1\nline2", "$HOME", "${PATH}",
     "`id`", "$(id)", "back\\slash", "*", "?[a]", "-n", "--wait", "%j %a %%", "a;b|c&d>e",
     "tab\there", "#hash", "~", "!", "é ü", os.fsdecode(b"\xff\xfe raw \x80"),
+    "dos\r\nline", "\r",
 ]
 TRICKY_ENV = {
     "OST_COMMA": "a,b,c=d,,e",
     "OST_QUOTES": "it's \"q\" $HOME `id` $(id) \\",
     "OST_NEWLINE": "l1\nl2\n",
+    "OST_CRLF": "l1\r\nl2\r",
     "OST_EMPTY": "",
     "OST_RAW": os.fsdecode(b"\xff\x80-raw"),
 }
@@ -106,6 +108,8 @@ def test_task_indices(text, indices):
     ("a-[01-02],b", ["a-01", "a-02", "b"]),
     ("x[9-11]", ["x9", "x10", "x11"]),
     ("gpu[001-002],cpu[5]", ["gpu001", "gpu002", "cpu5"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+    ("n[1-2]-ib,x", ["n1-ib", "n2-ib", "x"]),
     ("", None),
     (None, None),
 ])
@@ -139,6 +143,9 @@ DOCUMENTED_STATES = {
     "REQUEUE_FED": JobState.REQUEUED,
     "REQUEUE_HOLD": JobState.REQUEUED_HELD,
     "SPECIAL_EXIT": JobState.REQUEUED_HELD,
+    "REQUEUE_CRON": JobState.REQUEUED,
+    "RESV_DEL_HOLD": JobState.QUEUED_HELD,
+    "POWER_UP_NODE": JobState.QUEUED,
 }
 
 
@@ -162,7 +169,8 @@ def test_state_table_is_the_documented_one():
     ("FAILED", "NonZeroExitCode", False, 0, JobState.FAILED, "FAILED (NonZeroExitCode)"),
     ("TIMEOUT", "TimeLimit", False, 0, JobState.FAILED, "TIMEOUT (TimeLimit)"),
     ("COMPLETED", None, True, 0, JobState.DONE, "COMPLETED"),  # held only refines waiting
-    ("NO_SUCH_STATE", None, False, 0, JobState.UNDETERMINED, "NO_SUCH_STATE"),
+    # never taken for an end: wait would return and delete remove a live job
+    ("NO_SUCH_STATE", None, False, 0, JobState.QUEUED, "NO_SUCH_STATE"),
 ])
 def test_job_state_refinements_and_sub_state(slurm_state, reason, held, restarts, state,
                                              sub_state):
@@ -175,6 +183,7 @@ def test_job_state_refinements_and_sub_state(slurm_state, reason, held, restarts
     (256 * 255, (255, None)),
     (9, (None, "SIGKILL")),        # 22.05: killed by signal 9
     (15, (None, "SIGTERM")),
+    (125, (None, "SIGKILL")),      # Slurm's SIG_OOM: the out-of-memory killer's SIGKILL
     (None, (None, None)),
     ({"status": ["EXITED"], "return_code": 3, "signal": {"id": 0, "name": ""}}, (3, None)),
     ({"status": ["EXITED"], "return_code": {"set": True, "infinite": False, "number": 3},
@@ -773,3 +782,100 @@ def test_suspend_resume_as_operator(cluster, run, submit, info, tmp_path):
     assert (result.returncode, result.stderr) == (0, "")
     poll(lambda: proc_state(pid) is None, timeout=30, interval=0.1, message="the job to go")
     assert info(job_id)["state"] == "Failed"
+
+
+# -- what a review of the backend found -----------------------------------------------------
+
+@pytest.mark.parametrize("states, expected", [
+    (["RUNNING", "STOPPED"], "STOPPED"),          # 23.02+: the flag says more than the base
+    (["COMPLETED", "COMPLETING"], "COMPLETING"),  # as 22.05 prints it: not ended yet
+    (["CANCELLED", "COMPLETING"], "COMPLETING"),
+    (["PENDING", "REQUEUE_HOLD"], "REQUEUE_HOLD"),
+    (["PENDING"], "PENDING"),
+    ("RUNNING", "RUNNING"),
+])
+def test_base_state_reads_flags_as_22_05_prints_them(states, expected):
+    assert slurm._base_state(states) == expected
+
+
+def test_a_failed_job_never_reports_exit_status_0():
+    record = {"job_id": 5, "job_state": "NODE_FAIL", "state_reason": "None", "priority": 1,
+              "restart_cnt": 0, "array_job_id": 0, "array_task_id": None, "exit_code": 0,
+              "submit_time": 1700000000, "start_time": 1700000001, "end_time": 1700000002,
+              "nodes": "vm", "name": "n", "user_name": "u", "user_id": 5}
+    job = slurm._from_squeue(record)
+    assert (job.state, job.exit_status, job.terminating_signal) == (JobState.FAILED, None, None)
+    account = slurm._sacct_job(dict(zip(slurm.SACCT_FIELDS, [
+        "5", "NODE_FAIL", "0:0", "2026-11-24T04:37:48", "2026-11-24T04:37:49", "vm", "",
+        "00:00.001", "00:00:00"])))
+    assert (account["state"], account["exit_status"]) == (JobState.FAILED, None)
+
+
+@pytest.mark.parametrize("name, status", [("SIGKILL", 137), ("SIG40", 168), ("SIGWHAT", 1)])
+def test_wait_exit_status_of_any_signal_name(name, status):
+    from ostracker.cli import exit_status_of
+
+    class Ended:
+        exit_status, terminating_signal = None, name
+    assert exit_status_of(Ended) == status
+
+
+def test_an_array_of_held_tasks_is_held_not_done():
+    from ostracker.tracker import array_state
+
+    class Task:
+        def __init__(self, state):
+            self.state = state
+    assert array_state([Task(JobState.QUEUED_HELD)] * 2) is JobState.QUEUED_HELD
+    assert array_state([Task(JobState.DONE), Task(JobState.REQUEUED)]) is JobState.REQUEUED
+    assert array_state([Task(JobState.QUEUED), Task(JobState.QUEUED_HELD)]) is JobState.QUEUED
+
+
+def test_classify_takes_sbatchs_first_error_line():
+    error = slurm._classify("sbatch", "sbatch: error: Batch script contains DOS line breaks "
+                            "(\\r\\n)\nsbatch: error: instead of expected UNIX line breaks "
+                            "(\\n).\n")
+    assert str(error) == "sbatch: Batch script contains DOS line breaks (\\r\\n)"
+
+
+def test_task_list_that_cannot_be_read_is_one_line_error():
+    with pytest.raises(TrackerError, match="cannot read the array task list"):
+        slurm._indices_of("1-5,7...", "squeue")
+
+
+def test_users_slurm_time_format_and_bitstr_len_are_overridden(tmp_path, monkeypatch):
+    """The commands see SLURM_TIME_FORMAT=standard and SLURM_BITSTR_LEN=0, whatever is set."""
+    fake = tmp_path / "showenv"
+    fake.write_text("#!/bin/sh\necho \"$SLURM_TIME_FORMAT $SLURM_BITSTR_LEN\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("SLURM_TIME_FORMAT", "%s")
+    monkeypatch.setenv("SLURM_BITSTR_LEN", "64")
+    assert slurm.run([str(fake)]) == "standard 0\n"
+
+
+def test_a_command_that_cannot_be_run_is_one_line_error(tmp_path):
+    blocked = tmp_path / "sbatch"
+    blocked.write_text("#!/bin/sh\n")
+    blocked.chmod(0o644)  # not executable
+    with pytest.raises(slurm.SlurmUnavailable, match="cannot run"):
+        slurm.run([str(blocked)])
+
+
+def test_terminate_returns_while_slurm_waits_out_killwait(cluster, run, submit, info, tmp_path):
+    """A job that ignores SIGTERM stays COMPLETING until KillWait (30 s) ends in SIGKILL:
+    terminate has done its part once Slurm is tearing the job down, and says so."""
+    ready = tmp_path / "ready"
+    job_id = submit("--", "sh", "-c",
+                    f"trap '' TERM; touch {ready}; while :; do sleep 0.2; done")
+    poll(ready.exists, timeout=SLURM_TIMEOUT, interval=0.2, message="the job to start")
+    result = run("terminate", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    current = info(job_id)
+    assert current["state"] == "Failed" or current["sub_state"].startswith("COMPLETING"), current
+
+
+def test_output_follow_waits_for_a_queued_task(cluster, run, submit):
+    """``output -f`` of a task still queued waits for its file, then follows it to the end."""
+    job_id = submit("--array", "1-2%1", "--", "sh", "-c", "sleep 1; echo done-$TASK_ID")
+    result = run("output", "-f", f"{job_id}.2", timeout=SLURM_TIMEOUT)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "done-2\n", "")
