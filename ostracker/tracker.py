@@ -51,13 +51,16 @@ def owner_name(uid: int) -> str:
 
 
 def backend_job_ids(store: Store, backend: str) -> list[int]:
-    """IDs of the submissions in ``store`` that ``backend`` ran (its headers say)."""
+    """IDs of the submissions in ``store`` that ``backend`` ran (its headers say).
+
+    A damaged header is listed too, so that whoever reads that job reports it.
+    """
     found = []
     for job_id in store.job_ids():
         try:
             header = store.read(job_id, HEADER)
         except StorageError:
-            continue  # damaged: a listing reports it, this one leaves it out
+            header = {"backend": backend}
         if header is not None and header.get("backend", "local") == backend:
             found.append(job_id)
     return found
