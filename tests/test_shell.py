@@ -399,3 +399,19 @@ def test_the_cli_imports_nothing_for_completion_or_progress():
     for module in ("ostracker.completion", "click.shell_completion", "ostracker.output",
                    "ostracker.tracker", "tabulate", "psutil", "platformdirs"):
         assert module not in loaded, module
+
+
+def test_the_local_backend_never_loads_the_slurm_modules(state_dir, submit):
+    """A local status, info or wait loads neither the Slurm modules nor subprocess."""
+    job_id = submit("--wait", "--", "true")
+    script = ("import sys\nfrom ostracker.cli import cli\n"
+              f"for args in (['status'], ['info', '{job_id}'], ['wait', '{job_id}']):\n"
+              "    try:\n        cli.main(args, standalone_mode=False)\n"
+              "    except SystemExit:\n        pass\n"
+              "print(' '.join(sorted(sys.modules)), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "OSTRACKER_BACKEND": "local"}, timeout=60)
+    loaded = set(result.stderr.split())
+    assert "ostracker.tracker" in loaded  # the commands did run
+    for module in ("ostracker.slurm", "ostracker.slurm_backend", "subprocess"):
+        assert module not in loaded, module
