@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import time
 from collections.abc import Iterable
 
@@ -50,6 +51,7 @@ _WANTED = {  # what the job shows once the action took effect (or it ended meanw
     "hold": {JobState.QUEUED_HELD, JobState.REQUEUED_HELD, JobState.RUNNING, *ENDED_STATES},
     "release": {JobState.QUEUED, JobState.REQUEUED, JobState.RUNNING, *ENDED_STATES},
 }
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 _PAST = {"suspend": "suspended", "resume": "resumed", "terminate": "terminated",
          "hold": "held", "release": "released"}
 
@@ -222,6 +224,18 @@ class SlurmTracker(TrackerBase):
                 raise InvalidArgument(f"environment variable name {key!r} cannot be passed "
                                       "to a Slurm job (letters, digits and _ only)")
         job_id = self.store.allocate_id()
+        # From sbatch to the written record, an interrupt (Ctrl-C, a kill from a
+        # script's timeout) would leave a Slurm job that ostracker knows nothing
+        # of: it is held until the record exists, and sbatch (which inherits the
+        # mask) finishes its submission.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        try:
+            return self._sbatch(job_id, template, array)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _sbatch(self, job_id: int, template: JobTemplate, array: ArraySpec | None) -> str:
+        """Hand the job to sbatch and record it; nothing is left of it if either fails."""
         try:
             args = sbatch_args(self.store, job_id, template, array)
             printed = slurm.run(args, stdin=batch_script(job_id, template, array is not None))

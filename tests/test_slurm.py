@@ -879,3 +879,39 @@ def test_output_follow_waits_for_a_queued_task(cluster, run, submit):
     job_id = submit("--array", "1-2%1", "--", "sh", "-c", "sleep 1; echo done-$TASK_ID")
     result = run("output", "-f", f"{job_id}.2", timeout=SLURM_TIMEOUT)
     assert (result.returncode, result.stdout, result.stderr) == (0, "done-2\n", "")
+
+
+def test_an_interrupt_during_submit_leaves_no_untracked_slurm_job(cluster, tmp_path):
+    """Ctrl-C (SIGINT) while sbatch submits: the job Slurm took is recorded all the same.
+
+    A wrapper around the real sbatch waits after submitting, so that the signal
+    lands between Slurm accepting the job and ostracker recording it.
+    """
+    import signal
+
+    from conftest import CLI
+
+    real = shutil.which("sbatch")
+    wrapper = tmp_path / "bin" / "sbatch"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\n{real} \"$@\"\nstatus=$?\ntouch {tmp_path}/submitted\n"
+                       f"sleep 1\nexit $status\n")
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    submitting = subprocess.Popen([*CLI, "submit", "--", "sleep", "30"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll((tmp_path / "submitted").exists, timeout=SLURM_TIMEOUT, message="sbatch to submit")
+        submitting.send_signal(signal.SIGINT)
+        out, err = submitting.communicate(timeout=60)
+    finally:
+        if submitting.poll() is None:
+            submitting.kill()
+            submitting.wait()
+    assert submitting.returncode == 130, err
+    listed = subprocess.run([*CLI, "status", "--json"], capture_output=True, text=True,
+                            timeout=60)
+    jobs = json.loads(listed.stdout)
+    assert len(jobs) == 1, (jobs, err)
+    assert jobs[0]["extension_list"]["slurm_job_id"]
+    assert jobs[0]["state"] in ("Queued", "Running")
