@@ -542,14 +542,15 @@ def output(error_stream, follow, job_id):
 @click.option("--machine", is_flag=True,
               help="Show this machine (DRMAA2 MachineInfo) instead of processes.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: a list of jobs, or the machine.")
-@click.argument("pids", nargs=-1, type=click.INT, metavar="[PID]...",
-                shell_complete=complete_pids)
+@click.argument("pids", nargs=-1, metavar="[PID]...", shell_complete=complete_pids)
 @click.pass_context
 def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
     """Show OS processes as jobs: all of them, or those named (DRMAA2 monitoring session).
 
     Any process on the machine counts, not only ostracker's.  CPU% is the
-    average since the process started unless --interval is given.  In a
+    average since the process started unless --interval is given.  With
+    --backend slurm: every job of the cluster, named by Slurm's IDs (4711,
+    4711_3), and with --machine its nodes.  In a
     terminal, lines are cut to its width; piped, they are whole.
 
     \b
@@ -559,14 +560,18 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
       ostracker monitor 1234 --json | jq '.[0].extension_list.cpu_usage'
       ostracker monitor --machine
     """
-    for pid in pids:
-        if pid < 0:
-            raise click.BadParameter(f"{pid} is not a process ID", param_hint="[PID]...")
+    slurm = backend() == "slurm"
+    for pid in pids:  # with the Slurm backend, Slurm's job IDs: 4711 or 4711_3
+        number, _, task = pid.partition("_") if slurm else (pid, "", "")
+        if not (number.isascii() and number.isdigit() and (not task or task.isdigit())):
+            what = "a Slurm job ID (N or N_I)" if slurm else "a process ID"
+            raise click.BadParameter(f"{pid!r} is not {what}", param_hint="[PID]...")
     if interval is not None and interval <= 0:
         raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
-    if backend() == "slurm":
+    if slurm:
         monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, pids)
         return
+    pids = [int(pid) for pid in pids]
     from . import monitor as monitoring
     from .output import machine_lines, process_table, to_json
 
@@ -616,8 +621,7 @@ def monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, j
         click.echo(to_json(nodes, pretty=True) if as_json else node_table(nodes))
         return
     missing = []
-    jobs = session.jobs([str(i) for i in job_ids] or None, user=user, pattern=pattern,
-                        missing=missing)
+    jobs = session.jobs(list(job_ids) or None, user=user, pattern=pattern, missing=missing)
     if as_json:
         click.echo(to_json(jobs))
     elif jobs:

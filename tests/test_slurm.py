@@ -574,6 +574,25 @@ def test_monitor_lists_a_job_ostracker_did_not_submit(cluster, run, foreign_job)
     assert len(rows) == 1 and rows[0].split()[0] == sid and name in rows[0]
 
 
+def test_monitor_names_one_array_task_by_slurms_id(cluster, run, tmp_path):
+    done = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "-D", str(tmp_path),
+                           "--array=1-2", "--wrap", "sleep 30"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    array = done.stdout.strip().split(";")[0]
+    try:
+        result = run("monitor", f"{array}_2", "--json")
+        assert result.returncode == 0, result.stderr
+        assert [job["id"] for job in json.loads(result.stdout)] == [f"{array}_2"]
+        whole = run("monitor", array, "--json")
+        assert sorted(job["id"] for job in json.loads(whole.stdout)) == \
+            [f"{array}_1", f"{array}_2"]
+        bad = run("monitor", f"{array}.2")
+        assert bad.returncode == 2 and "not a Slurm job ID" in one_line(bad.stderr)
+    finally:
+        subprocess.run(["scancel", array], capture_output=True, timeout=60)
+
+
 def test_monitor_unknown_slurm_job(cluster, run):
     result = run("monitor", "999999")
     assert result.returncode == 1
