@@ -57,14 +57,19 @@ def captured_output_name(index: int | None, stream: str) -> str:
 
 def expand_path(pattern: str, job_id: str, index: int | None) -> str:
     """Replace ``%j`` (job ID), ``%a`` (task index, empty for a single job) and ``%%``."""
+    return substitute_codes(pattern, {"j": job_id, "a": "" if index is None else str(index),
+                                      "%": "%"})
+
+
+def substitute_codes(pattern: str, codes: dict[str, str], unknown: str = "%") -> str:
+    """Replace each ``%X`` of ``pattern`` by ``codes[X]``; any other ``%X`` by ``unknown + X``."""
     out, chars = [], iter(pattern)
     for char in chars:
         if char != "%":
             out.append(char)
             continue
         code = next(chars, "")
-        out.append({"j": job_id, "a": "" if index is None else str(index), "%": "%"}
-                   .get(code, "%" + code))
+        out.append(codes[code] if code in codes else unknown + code)
     return "".join(out)
 
 

@@ -28,7 +28,8 @@ from .errors import (InvalidArgument, InvalidState, JobNotFound, PermissionDenie
                      TrackerError)
 from .models import (ENDED_STATES, SCHEMA_VERSION, ArraySpec, JobInfo, JobState, JobTemplate,
                      encode_infos, timestamp)
-from .reaper import captured_output_name, expand_path, is_per_task, task_id_string
+from .reaper import (captured_output_name, expand_path, is_per_task, substitute_codes,
+                     task_id_string)
 from .store import HEADER, Store
 from .tracker import (SubmissionBase, TrackerBase, array_state, backend_job_ids, complete_template,
                       owner_name, parse_job_id)
@@ -72,19 +73,8 @@ def slurm_path(pattern: str, job_id: int, is_array: bool) -> str:
             raise InvalidArgument(f"Slurm cannot name each task's file in a path with a "
                                   f"backslash: {pattern}")
         return expand_path(pattern, str(job_id), None).replace("\\", "\\\\")
-    out, chars = [], iter(pattern)
-    for char in chars:
-        if char != "%":
-            out.append(char)
-            continue
-        code = next(chars, "")
-        if code == "j":
-            out.append(f"{job_id}.%a" if is_array else str(job_id))
-        elif code == "a":
-            out.append("%a" if is_array else "")
-        else:
-            out.append("%%" + ("" if code == "%" else code))
-    return "".join(out)
+    return substitute_codes(pattern, {"j": f"{job_id}.%a" if is_array else str(job_id),
+                                      "a": "%a" if is_array else "", "%": "%%"}, unknown="%%")
 
 
 def shell_word(word: str) -> str:
