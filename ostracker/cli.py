@@ -500,8 +500,7 @@ def output(error_stream, follow, job_id):
     import time
 
     jobs = tracker()
-    # Asking Slurm whether the job ended costs a squeue: once a second is enough.
-    check_every = 1.0 if backend() == "slurm" else 0.1
+    check_every = jobs.POLL_INTERVAL
     path = jobs.output_path(job_id, "stderr" if error_stream else "stdout")
     while True:
         try:

@@ -202,6 +202,8 @@ class SlurmTracker(TrackerBase):
     (operators), else SIGTSTP and SIGCONT through ``scancel``.
     """
 
+    POLL_INTERVAL = 1.0  # each has_ended is a squeue
+
     def __init__(self, state_dir: str | None = None):
         self.store = Store(state_dir)
 
@@ -305,6 +307,9 @@ class SlurmTracker(TrackerBase):
 
     def _task_info(self, submission: _Submission, index: int | None) -> JobInfo:
         return self._read([(submission, index)])[0][0]
+
+    def _infos_of(self, submission: _Submission) -> list[JobInfo]:
+        return self._read([(submission, None)])[0]
 
     def job_state(self, job_id: str) -> tuple[JobState, str | None]:
         """(state, sub_state) of a job or task; of an array, its state derived from its tasks."""
@@ -426,20 +431,6 @@ class SlurmTracker(TrackerBase):
             delay = min(delay * 1.5, 0.2)
 
     # -- deleting ------------------------------------------------------------------------
-
-    def delete_job(self, job_id: str) -> None:
-        """Remove an ended job (or a whole ended array) and the output ostracker captured."""
-        number = self._whole_job(job_id)
-        with self.store.job_lock(number):
-            submission = self._submission(number)
-            self._remove_if_ended(submission, self._read([(submission, None)])[0])
-
-    def _remove_if_ended(self, submission: _Submission, infos: list[JobInfo]) -> None:
-        for info in infos:
-            if not info.state.ended:
-                raise InvalidState(f"job {info.id} is {info.state.value}: "
-                                   "only ended jobs can be deleted")
-        self.store.remove_job_dir(submission.job_id)
 
     def delete_finished(self) -> list[str]:
         """Delete every Slurm job whose tasks have all ended; return their IDs."""

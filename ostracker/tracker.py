@@ -132,10 +132,14 @@ class TrackerBase:
 
     Every method that names a job takes its ID as a string: ``"7"`` for a single
     job or a whole array, ``"7.3"`` for task 3 of array 7.  A backend provides
-    ``_submit``, ``_submission`` and ``_task_info``, and the methods that differ.
+    ``_submit``, ``_submission``, ``_task_info`` and ``_infos_of`` (every task of a
+    submission), and the methods that differ.
     """
 
     store: Store
+    # Seconds between two ``has_ended`` calls of a follower (``output -f``): what
+    # asking costs decides, a lock probe here, a query to a cluster elsewhere.
+    POLL_INTERVAL = 0.1
 
     def add_job(self, template: JobTemplate) -> str:
         """Submit one job and return its ID (StartError, or the backend's error, says why not)."""
@@ -185,14 +189,23 @@ class TrackerBase:
         path = expand_path(pattern, task_id_string(submission.job_id, index), index)
         return os.path.join(template.working_directory, path)
 
-    @staticmethod
-    def _whole_job(job_id: str) -> int:
-        """The number of a job to delete: one task of an array cannot be."""
+    def delete_job(self, job_id: str) -> None:
+        """Remove an ended job (or a whole ended array) and the output ostracker captured."""
         number, index = parse_job_id(job_id)
         if index is not None:
             raise UnsupportedOperation(
                 f"cannot delete one task ({job_id}): delete the array {number} as a whole")
-        return number
+        with self.store.job_lock(number):
+            submission = self._submission(number)
+            self._remove_if_ended(submission, self._infos_of(submission))
+
+    def _remove_if_ended(self, submission, infos: list[JobInfo]) -> None:
+        """Remove the submission's directory unless one of its tasks has not ended."""
+        for info in infos:
+            if not info.state.ended:
+                raise InvalidState(f"job {info.id} is {info.state.value}: "
+                                   "only ended jobs can be deleted")
+        self.store.remove_job_dir(submission.job_id)
 
 
 class _Submission(SubmissionBase):
@@ -374,6 +387,9 @@ class JobTracker(TrackerBase):
 
     def _task_info(self, submission: _Submission, index: int | None) -> JobInfo:
         return submission.infos([index])[0]
+
+    def _infos_of(self, submission: _Submission) -> list[JobInfo]:
+        return submission.infos()
 
     def job_state(self, job_id: str) -> tuple[JobState, str | None]:
         """(state, sub_state) of a job or task; of an array, its state derived from its tasks."""
@@ -585,18 +601,6 @@ class JobTracker(TrackerBase):
             delay = min(delay * 1.5, 0.025)
 
     # -- deleting ----------------------------------------------------------------------
-
-    def delete_job(self, job_id: str) -> None:
-        """Remove an ended job (or a whole ended array) and the output ostracker captured."""
-        number = self._whole_job(job_id)
-        with self.store.job_lock(number):
-            submission = self._submission(number)
-            for task_index, record in submission.records():
-                if not JobState(record["state"]).ended:
-                    raise InvalidState(
-                        f"job {task_id_string(number, task_index)} is {record['state']}: "
-                        "only ended jobs can be deleted")
-            self.store.remove_job_dir(number)
 
     def delete_finished(self) -> list[str]:
         """Delete every job whose tasks have all ended; return their IDs."""
