@@ -268,24 +268,7 @@ class SlurmTracker(TrackerBase):
 
     def _targets(self, job_ids: Iterable[str] | None, errors: list | None):
         """(submission, index) pairs named (an array: index None), or all of this backend."""
-        if job_ids is not None:
-            named = [parse_job_id(text) for text in job_ids]
-        else:
-            named = [(job_id, None) for job_id in self.store.job_ids()]
-        targets = []
-        for number, index in named:
-            try:
-                submission = self._submission(number)
-                submission.check_index(index)
-                targets.append((submission, index))
-            except JobNotFound:
-                if job_ids is not None:
-                    raise
-            except StorageError as error:
-                if errors is None:
-                    raise
-                errors.append(error)
-        return targets
+        return list(self._named(job_ids, errors))
 
     def _read(self, targets, accounting: bool = True) -> list[list[JobInfo]]:
         """The JobInfos of each target, from one ``squeue`` and one ``sacct``: for

@@ -158,6 +158,30 @@ class TrackerBase:
             raise InvalidArgument(f"job {array_id} is not an array")
         return [task_id_string(job_id, i) for i in submission.array.indices()]
 
+    def _named(self, job_ids: Iterable[str] | None, errors: list | None):
+        """(submission, index) of each job named (an array: index None), or of all.
+
+        Listing all, a job deleted meanwhile or run by the other backend is left
+        out; a damaged one goes to ``errors`` (without it, it raises), so that it
+        does not hide the others.
+        """
+        named = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
+            [(job_id, None) for job_id in self.store.job_ids()]
+        for number, index in named:
+            try:
+                submission = self._submission(number)
+                submission.check_index(index)
+            except JobNotFound:
+                if job_ids is not None:
+                    raise
+                continue
+            except StorageError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
+                continue
+            yield submission, index
+
     def _one_task(self, job_id: str):
         """(submission, index) of a single job or one task; a whole array is refused."""
         number, index = parse_job_id(job_id)
@@ -423,18 +447,10 @@ class JobTracker(TrackerBase):
 
     def _each(self, job_ids, errors, read):
         """``read(submission, indices)`` for each job named (all tasks: None), or for all."""
-        targets = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
-            [(job_id, None) for job_id in self.store.job_ids()]
-        for number, index in targets:
+        for submission, index in self._named(job_ids, errors):
             try:
-                submission = self._submission(number)
-                submission.check_index(index)
                 yield read(submission, None if index is None else [index])
-            except JobNotFound:
-                if job_ids is not None:
-                    raise
-                # created or deleted while we list: not there for this listing
-            except StorageError as error:
+            except StorageError as error:  # a damaged task record
                 if errors is None:
                     raise
                 errors.append(error)
