@@ -11,7 +11,7 @@
 
 Reapers are found the way ostracker itself does it: a job's reaper holds an flock on
 ``jobs/N/reaper.lock`` for as long as it lives.  For cleanup, a reaper is recognised by
-its command line: ``python -I -S -c '...ostracker.reaper...' SITE STATE_DIR ...``.
+its command line: ``python -I -S -c '...ostracker.local.reaper...' SITE STATE_DIR ...``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -107,7 +106,7 @@ def reapers_under(base: str) -> list[int]:
         if not name.isdigit() or int(name) == os.getpid():
             continue
         argv = cmdline(int(name))
-        if any("ostracker.reaper" in a for a in argv) and \
+        if any("ostracker.local.reaper" in a for a in argv) and \
                 any(a.startswith(base) and "site-packages" not in a for a in argv):
             found.append(int(name))
     return found

@@ -155,11 +155,11 @@ if JOB_ID=$(OSTRACKER_STATE_DIR=$S4 "$OST" submit -- sleep 30); then
     # submit returns once the job started, possibly before the reaper has exec'd its
     # lean interpreter: wait for that, then let it finish its imports.
     for _ in $(seq 100); do
-        grep -qa ostracker.reaper "/proc/$REAPER/cmdline" 2>/dev/null && break
+        grep -qa ostracker.local.reaper "/proc/$REAPER/cmdline" 2>/dev/null && break
         sleep 0.05
     done
     sleep 0.5
-    if grep -qa ostracker.reaper "/proc/$REAPER/cmdline" 2>/dev/null; then
+    if grep -qa ostracker.local.reaper "/proc/$REAPER/cmdline" 2>/dev/null; then
         reaper_mem=$("$SYSPY" "$HELPER" mem "$REAPER")
     else
         mem_error="process $REAPER (parent of job PID $MEM_JOB_PID) does not look like a reaper"

@@ -1,8 +1,9 @@
 """The ``ostracker`` command line: parse, call the JobTracker, render, map errors to exits.
 
-Nothing here knows how jobs are run or stored.  Errors leave as one line on
-stderr: usage errors with exit status 2, failed operations with 1, a ``wait``
-that timed out with 124 (see SPEC section 5).
+Nothing here knows how jobs are run or stored, nor which backends exist: it
+opens trackers and monitoring sessions through the registry.  Errors leave as
+one line on stderr: usage errors with exit status 2, failed operations with 1,
+a ``wait`` that timed out with 124 (README, "Exit statuses").
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 import click
 
 from . import __version__
-from .errors import InvalidArgument, TrackerError
-from .models import JobState
+from .core import registry
+from .core.errors import InvalidArgument, TrackerError
+from .core.models import JobState
 
 STATE_NAMES = [state.value for state in JobState]
 
@@ -34,20 +36,10 @@ class Seconds(click.ParamType):
         return seconds
 
 
-def tracker():
+def open_tracker():
     """The JobTracker of the backend and state directory chosen on the command line."""
     params = click.get_current_context().find_root().params
-    if params.get("backend") == "slurm":
-        from .slurm_backend import SlurmTracker
-
-        return SlurmTracker(params.get("state_dir"))
-    from .tracker import JobTracker
-
-    return JobTracker(params.get("state_dir"))
-
-
-def backend() -> str:
-    return click.get_current_context().find_root().params.get("backend") or "local"
+    return registry.open_tracker(params.get("backend"), params.get("state_dir"))
 
 
 class SectionedGroup(click.Group):
@@ -112,12 +104,11 @@ def complete_pids(ctx, param, incomplete):
     return process_ids(incomplete)
 
 
-# The states this backend produces; --state takes every DRMAA2 name, TAB offers these.
-PRODUCED_STATES = ["Queued", "Running", "Suspended", "Done", "Failed", "Undetermined"]
-
-
 def complete_states(ctx, param, incomplete):
-    return [name for name in PRODUCED_STATES if name.lower().startswith(incomplete.lower())]
+    """--state takes every DRMAA2 name; TAB offers those that the chosen backend produces."""
+    produced = registry.tracker_class(ctx.find_root().params.get("backend")).STATES
+    return [state.value for state in produced
+            if state.value.lower().startswith(incomplete.lower())]
 
 
 @click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -126,7 +117,7 @@ def complete_states(ctx, param, incomplete):
 @click.option("--state-dir", metavar="DIR", shell_complete=complete_path("dir"),
               help="Job DB directory [default: $OSTRACKER_STATE_DIR, else the per-user "
               "state dir].")
-@click.option("--backend", type=click.Choice(["local", "slurm"]), envvar="OSTRACKER_BACKEND",
+@click.option("--backend", type=click.Choice(registry.names()), envvar="OSTRACKER_BACKEND",
               help="Who runs the jobs: this machine (local), or a Slurm cluster through "
               "sbatch, squeue, scontrol, scancel and sacct [default: $OSTRACKER_BACKEND, "
               "else local].")
@@ -181,7 +172,7 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
       ostracker submit -n nightly -o /tmp/%j.log -- ./backup.sh --full
       ostracker submit --array 1-10:2 --max-parallel 3 -- ./run.sh
     """
-    from .models import JobTemplate, parse_array_spec
+    from .core.models import JobTemplate, parse_array_spec
 
     if max_parallel is not None and array_spec is None:
         raise click.BadParameter("only an array (--array) can have --max-parallel",
@@ -190,24 +181,24 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     template = JobTemplate(remote_command=command[0], args=list(command[1:]), job_name=name,
                            working_directory=cwd, job_environment=environment,
                            input_path=stdin, output_path=stdout, error_path=stderr)
-    jobs = tracker()
+    tracker = open_tracker()
     if spec is None:
-        job_id = jobs.add_job(template)
+        job_id = tracker.add_job(template)
     else:
-        job_id = jobs.add_array_job(template, spec.begin, spec.end, spec.step, spec.max_parallel)
+        job_id = tracker.add_array_job(template, spec.begin, spec.end, spec.step, spec.max_parallel)
     if not as_json:
         click.echo(job_id)
     if wait_for_end:
         sys.stdout.flush()
-        wait_exit([job_id], None, False, jobs, as_json)
+        wait_exit([job_id], None, False, tracker, as_json)
     elif as_json:
-        _print_infos(jobs, [job_id], single=spec is None)
+        _print_infos(tracker, [job_id], single=spec is None)
 
 
-def _print_infos(jobs, job_ids, single):
+def _print_infos(tracker, job_ids, single):
     from .output import to_json
 
-    infos = jobs.job_infos(job_ids)
+    infos = tracker.job_infos(job_ids)
     click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
                        pretty=True))
 
@@ -235,13 +226,13 @@ def status(ctx, states, as_json, quiet, job_ids):
     """
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
-    jobs = tracker()
+    tracker = open_tracker()
     errors = []
     if as_json and not states:
-        click.echo(jobs.job_infos_json(job_ids or None, errors=errors))
+        click.echo(tracker.job_infos_json(job_ids or None, errors=errors))
         infos = []
     else:
-        infos = jobs.job_infos(job_ids or None, errors=errors)
+        infos = tracker.job_infos(job_ids or None, errors=errors)
     for error in errors:
         click.echo(f"ostracker: {error}", err=True)
     if states:
@@ -277,11 +268,11 @@ def info(as_json, job_id):
       ostracker info 7.3
       ostracker info 7 --json
     """
+    from .core.models import parse_job_id
     from .output import key_values, to_json
-    from .tracker import parse_job_id
 
-    jobs = tracker()
-    infos = jobs.job_infos([job_id])
+    tracker = open_tracker()
+    infos = tracker.job_infos([job_id])
     single = parse_job_id(job_id)[1] is not None or infos[0].array_id is None
     if as_json:
         click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
@@ -290,17 +281,17 @@ def info(as_json, job_id):
         click.echo("\n\n".join(key_values(i) for i in infos))
 
 
-def wait_exit(job_ids, timeout, any_job, jobs, as_json=False):
-    """Wait, then exit as SPEC section 5 says ``wait`` does.
+def wait_exit(job_ids, timeout, any_job, tracker, as_json=False):
+    """Wait, then exit as README, "Commands and exit statuses" says ``wait`` does.
 
     With --json, the records of the jobs that ended: an object for one single
     job or task, else a list (as ``info`` prints them).
     """
-    from .tracker import parse_job_id
+    from .core.models import parse_job_id
 
     if sys.stderr.isatty():
-        timeout = show_progress(jobs, job_ids, timeout, any_job)
-    infos = jobs.wait_jobs(job_ids, timeout=timeout, any_job=any_job)
+        timeout = show_progress(tracker, job_ids, timeout, any_job)
+    infos = tracker.wait_jobs(job_ids, timeout=timeout, any_job=any_job)
     single = len(job_ids) == 1 and (parse_job_id(job_ids[0])[1] is not None
                                     or infos[0].array_id is None)
     if as_json:
@@ -316,7 +307,7 @@ def wait_exit(job_ids, timeout, any_job, jobs, as_json=False):
 PROGRESS_INTERVAL = 0.2  # seconds between two redraws of the progress line
 
 
-def show_progress(jobs, job_ids, timeout, any_job):
+def show_progress(tracker, job_ids, timeout, any_job):
     """Draw the tasks' progress on stderr (a terminal) until the wait would end.
 
     Only for more than one task (an array, several IDs): a single job shows
@@ -336,7 +327,7 @@ def show_progress(jobs, job_ids, timeout, any_job):
     try:
         while True:
             started = time.monotonic()
-            groups = [jobs.job_infos([job_id]) for job_id in job_ids]
+            groups = [tracker.job_infos([job_id]) for job_id in job_ids]
             infos = [info for group in groups for info in group]
             ended = [all(info.state.ended for info in group) for group in groups]
             if len(infos) < 2 or (any(ended) if any_job else all(ended)):
@@ -398,7 +389,7 @@ def wait(timeout, any_job, as_json, job_ids):
       ostracker wait 7 --timeout 600 && echo "job 7 succeeded"
       ostracker wait 8 --json | jq -r '.[] | select(.state != "Done") | .id'
     """
-    wait_exit(list(job_ids), timeout, any_job, tracker(), as_json)
+    wait_exit(list(job_ids), timeout, any_job, open_tracker(), as_json)
 
 
 def _control(action: str):
@@ -406,8 +397,8 @@ def _control(action: str):
                     shell_complete=complete_jobs(action))
     @click.pass_context
     def command(ctx, job_ids):
-        jobs = tracker()
-        for_each_job(ctx, job_ids, lambda job_id: jobs.job_control(job_id, action))
+        tracker = open_tracker()
+        for_each_job(ctx, job_ids, lambda job_id: tracker.job_control(job_id, action))
     command.__name__ = action
     return command
 
@@ -475,10 +466,10 @@ def delete(ctx, finished, job_ids):
     """
     if not finished and not job_ids:
         raise click.UsageError("name the jobs to delete, or give --finished")
-    jobs = tracker()
+    tracker = open_tracker()
     if finished:
-        jobs.delete_finished()
-    for_each_job(ctx, job_ids, jobs.delete_job)
+        tracker.delete_finished()
+    for_each_job(ctx, job_ids, tracker.delete_job)
 
 
 @cli.command()
@@ -499,16 +490,16 @@ def output(error_stream, follow, job_id):
     """
     import time
 
-    jobs = tracker()
-    check_every = jobs.POLL_INTERVAL
-    path = jobs.output_path(job_id, "stderr" if error_stream else "stdout")
+    tracker = open_tracker()
+    check_every = tracker.POLL_INTERVAL
+    path = tracker.output_path(job_id, "stderr" if error_stream else "stdout")
     while True:
         try:
             handle = open(path, "rb")
             break
         except FileNotFoundError:
             # A job still queued (on Slurm) has written nothing yet: with --follow, wait.
-            if not follow or jobs.has_ended(job_id):
+            if not follow or tracker.has_ended(job_id):
                 raise TrackerError(f"cannot read output of job {job_id}: {path}: "
                                    "No such file or directory") from None
             time.sleep(check_every)
@@ -521,7 +512,7 @@ def output(error_stream, follow, job_id):
         while True:
             ended = False
             if follow and time.monotonic() - checked >= check_every:
-                ended, checked = jobs.has_ended(job_id), time.monotonic()
+                ended, checked = tracker.has_ended(job_id), time.monotonic()
             while chunk := handle.read(1 << 16):
                 out.write(chunk)
             out.flush()
@@ -559,77 +550,48 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
       ostracker monitor 1234 --json | jq '.[0].extension_list.cpu_usage'
       ostracker monitor --machine
     """
-    slurm = backend() == "slurm"
-    for pid in pids:  # with the Slurm backend, Slurm's job IDs: 4711 or 4711_3
-        number, _, task = pid.partition("_") if slurm else (pid, "", "")
-        if not (number.isascii() and number.isdigit() and (not task or task.isdigit())):
-            what = "a Slurm job ID (N or N_I)" if slurm else "a process ID"
-            raise click.BadParameter(f"{pid!r} is not {what}", param_hint="[PID]...")
+    session = registry.monitoring_session(ctx.find_root().params.get("backend"))
+    try:
+        ids = [session.parse_id(pid) for pid in pids]
+    except InvalidArgument as error:
+        raise click.BadParameter(str(error), param_hint="[PID]...") from None
     if interval is not None and interval <= 0:
         raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
-    if slurm:
-        monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, pids)
-        return
-    pids = [int(pid) for pid in pids]
-    from . import monitor as monitoring
-    from .output import machine_lines, process_table, to_json
+    options = {}
+    if interval is not None:
+        options["interval"] = interval
+    if jobs_only:
+        options["of_jobs"] = []  # filled below, once the options are known to be fine
+    for option, name in (("--jobs", "of_jobs"), ("--interval", "interval")):
+        if name in options and name not in session.OPTIONS:
+            raise click.UsageError(f"{option} is for local processes: not with --backend "
+                                   f"{ctx.find_root().params.get('backend')}")
+    from .output import machine_view, monitor_table, to_json
 
-    session = monitoring.MonitoringSession()
     if machine:
-        if pids or user is not None or pattern is not None or jobs_only or interval is not None:
-            raise click.UsageError("--machine takes no PID, filter or --interval")
-        info_of_machine = session.machines()[0]
-        click.echo(to_json(info_of_machine, pretty=True) if as_json
-                   else machine_lines(info_of_machine))
+        if ids or user is not None or pattern is not None or options:
+            raise click.UsageError("--machine takes no ID, filter, --jobs or --interval")
+        machines = session.machines()
+        click.echo(to_json(machines, pretty=True) if as_json
+                   else machine_view(session.TABLE, machines))
         return
-    groups = None
     if jobs_only:
         errors = []
-        groups = monitoring.job_groups(tracker().job_infos(errors=errors))
+        options["of_jobs"] = open_tracker().job_infos(errors=errors)
         for error in errors:
             click.echo(f"ostracker: {error}", err=True)
     missing = []
-    infos = session.processes(pids or None, user=user, pattern=pattern, job_groups=groups,
-                              interval=interval, missing=missing)
+    infos = session.jobs(ids or None, user=user, pattern=pattern, missing=missing, **options)
     if as_json:
-        click.echo(to_json([info.to_dict() for info in infos]))
+        click.echo(to_json([info if isinstance(info, dict) else info.to_dict()
+                            for info in infos]))
     elif infos:
         import shutil
 
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        click.echo(process_table(infos, width=width, with_jobs=jobs_only))
-    for pid in missing:
-        click.echo(f"ostracker: process not found: {pid}", err=True)
-    if missing:
-        ctx.exit(1)
-
-
-def monitor_cluster(ctx, user, pattern, jobs_only, interval, machine, as_json, job_ids):
-    """``monitor`` with the Slurm backend: the cluster's jobs (all users'), or its nodes."""
-    from .output import cluster_job_table, node_table, to_json
-    from .slurm_backend import SlurmMonitoringSession
-
-    for option, given in (("--jobs", jobs_only), ("--interval", interval is not None)):
-        if given:
-            raise click.UsageError(f"{option} is for local processes: not with --backend slurm")
-    session = SlurmMonitoringSession()
-    if machine:
-        if job_ids or user is not None or pattern is not None:
-            raise click.UsageError("--machine takes no job ID or filter")
-        nodes = session.machines()
-        click.echo(to_json(nodes, pretty=True) if as_json else node_table(nodes))
-        return
-    missing = []
-    jobs = session.jobs(list(job_ids) or None, user=user, pattern=pattern, missing=missing)
-    if as_json:
-        click.echo(to_json(jobs))
-    elif jobs:
-        import shutil
-
-        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        click.echo(cluster_job_table(jobs, width=width))
+        click.echo(monitor_table(session.TABLE, infos, width=width, with_jobs=jobs_only))
     for job_id in missing:
-        click.echo(f"ostracker: no such Slurm job: {job_id}", err=True)
+        click.echo(f"ostracker: {session.NOT_FOUND}: {job_id}", err=True)
     if missing:
         ctx.exit(1)
 

@@ -28,17 +28,6 @@ import time
 BUDGET = 0.5  # seconds of reading, at most, before answering with what was found
 MAX_TASKS = 1000  # task IDs offered at most for one array
 
-# What each command accepts: None for any job, else the states a task must be in.
-_RUNNING, _SUSPENDED, _QUEUED = "Running", "Suspended", "Queued"
-_HELD = {"QueuedHeld", "RequeuedHeld"}  # these and Requeued: the Slurm backend's only
-_FITS = {
-    "any": None,
-    "suspend": {_RUNNING},
-    "resume": {_SUSPENDED},
-    "terminate": {_RUNNING, _SUSPENDED, _QUEUED, "Requeued", *_HELD},
-    "hold": {_QUEUED, "Requeued"},
-    "release": _HELD,
-}
 
 
 def job_ids(state_dir: str | None, kind: str, incomplete: str, backend: str | None = None) -> list:
@@ -59,15 +48,12 @@ def job_ids(state_dir: str | None, kind: str, incomplete: str, backend: str | No
 
 
 def _job_candidates(state_dir, kind, incomplete, backend):
-    from .store import JOBS, default_state_dir
+    from .core import registry
+    from .core.store import JOBS, default_state_dir
 
     if not os.path.isdir(os.path.join(state_dir or default_state_dir(), JOBS)):
         return []  # no DB yet: a TAB must not create one
-    if backend == "slurm":
-        from .slurm_backend import SlurmTracker as Tracker
-    else:
-        from .tracker import JobTracker as Tracker
-    tracker = Tracker(state_dir)
+    tracker = registry.open_tracker(backend, state_dir)
     array_named, _, _ = incomplete.partition(".")
     deadline = time.monotonic() + BUDGET
     found = []
@@ -89,8 +75,7 @@ def _candidates_of(tracker, job_id, kind, incomplete, expand):
     """(ID, description) pairs for one job: itself, and its tasks when ``expand``."""
     if kind == "ended":
         return [(job_id, None)] if tracker.has_ended(job_id) else []
-    wanted = _FITS.get(kind)
-    if wanted is None:  # any job: no state to read, the IDs alone
+    if kind in ("any", "task"):  # no state to read, the IDs alone
         tasks = _task_ids(tracker, job_id, incomplete) if expand else None
         if tasks is None:
             return [(job_id, None)]
@@ -99,7 +84,7 @@ def _candidates_of(tracker, job_id, kind, incomplete, expand):
     if tracker.has_ended(job_id):  # cheap while the reaper lives: one lock probe
         return []
     infos = tracker.job_infos([job_id])
-    fitting = [info for info in infos if info.state.value in wanted]
+    fitting = [info for info in infos if info.state in tracker.ALLOWED.get(kind, ())]
     if not fitting:
         return []
     if infos[0].array_id is None:
@@ -116,7 +101,7 @@ def _task_ids(tracker, job_id, incomplete):
 
     From the array's spec alone: no task record is read.
     """
-    from .errors import TrackerError
+    from .core.errors import TrackerError
 
     try:
         tasks = tracker.list_array_jobs(job_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .models import JobInfo
+from .core.models import JobInfo, human_size
 
 
 def duration(seconds: float | None) -> str:
@@ -25,20 +25,6 @@ def duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s"
-
-
-def human_size(size: int | None) -> str | None:
-    """``512 B``, ``12.3 MiB``, ``1.5 GiB``: a byte count as people read it."""
-    if size is None:
-        return None
-    if size < 1024:
-        return f"{size} B"
-    value, unit = size / 1024, "KiB"
-    for larger in ("MiB", "GiB", "TiB", "PiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, larger
-    return f"{value:.1f} {unit}"
 
 
 def local_time(moment) -> str:
@@ -90,7 +76,7 @@ def jobs_json(infos: list[JobInfo]) -> str:
     """A JSON list of job records; each submission's template is encoded once."""
     from itertools import groupby
 
-    from .models import encode_infos
+    from .core.records import encode_infos
 
     parts = [encode_infos(list(group)) for _, group in groupby(infos, lambda i: id(i.job_template))]
     return "[" + ", ".join(parts) + "]"
@@ -143,11 +129,26 @@ def process_table(infos, width: int | None = None, with_jobs: bool = False) -> s
     return "\n".join(line[:width].rstrip() for line in text.split("\n"))
 
 
+def monitor_table(kind: str, infos: list, width: int | None = None,
+                  with_jobs: bool = False) -> str:
+    """The ``monitor`` table of a monitoring session whose ``TABLE`` is ``kind``."""
+    if kind == "cluster":
+        return cluster_job_table(infos, width)
+    return process_table(infos, width, with_jobs)
+
+
+def machine_view(kind: str, machines: list[dict]) -> str:
+    """``monitor --machine``: this machine's ``key: value`` lines, or a cluster's node table."""
+    if kind == "cluster":
+        return node_table(machines)
+    return "\n\n".join(machine_lines(machine) for machine in machines)
+
+
 def cluster_job_table(jobs: list[dict], width: int | None = None) -> str:
     """``monitor`` with the Slurm backend: one row per job or array task of the cluster."""
     from tabulate import tabulate
 
-    from .models import parse_time
+    from .core.models import parse_time
 
     rows = [[job["id"], job["job_owner"] or "-", _printable(job["job_name"] or "-"),
              job["state"], job["sub_state"] or "-",
@@ -165,7 +166,7 @@ def node_table(machines: list[dict]) -> str:
 
     rows = [[m["name"], m["extension_list"]["state"], m["extension_list"]["cpus"] or "-",
              "-" if m["load"] is None else f"{m['load']:.2f}",
-             human_size(m["physical_memory"]) or "-",
+             human_size(m["phys_memory"]) or "-",
              human_size(m["extension_list"]["free_memory"]) or "-",
              ",".join(m["extension_list"]["partitions"])] for m in machines]
     return tabulate(rows, headers=["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE",

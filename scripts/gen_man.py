@@ -7,9 +7,9 @@
 The COMMANDS section is the Click app itself: every command in the order of
 ``ostracker --help``, its usage line, its help text (paragraphs, and the
 ``\\b`` example blocks kept as they are) and every option with its help.  The
-FILES section is the layout in ``ostracker/store.py``'s docstring.  The rest
+FILES section is the layout in ``ostracker/core/records.py``'s docstring.  The rest
 (DESCRIPTION, ENVIRONMENT, EXIT STATUS, EXAMPLES, SEE ALSO) is written below,
-from SPEC sections 1-5.  tests/test_shell.py checks that the committed page
+from the README.  tests/test_shell.py checks that the committed page
 is what this script writes and that groff renders it without a warning.
 
 Plain man(7) macros only (TH SH SS PP TP RS RE nf fi B I BR), so that any
@@ -126,10 +126,10 @@ def commands_section(cli, root) -> list[str]:
 
 
 def state_dir_layout() -> list[str]:
-    """The layout block of ostracker/store.py's docstring, line for line."""
-    from ostracker import store
+    """The layout block of ostracker/core/records.py's docstring, line for line."""
+    from ostracker.core import records
 
-    doc = inspect.getdoc(store)
+    doc = inspect.getdoc(records)
     block = doc.split("::\n", 1)[1]
     lines = []
     for text in block.split("\n")[1:]:

@@ -21,8 +21,8 @@ import time
 
 import pytest
 
-from ostracker import proc
-from ostracker.store import REAPER_LOCK
+from ostracker.local import proc
+from ostracker.core.records import REAPER_LOCK
 
 CLI = [sys.executable, "-m", "ostracker"]
 

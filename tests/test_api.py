@@ -1,4 +1,4 @@
-"""SPEC section 8: the Python API (JobTracker, JobTemplate, JobState, TrackerError), real processes."""
+"""README, "A tour": Python: the Python API (JobTracker, JobTemplate, JobState, TrackerError), real processes."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_job_state_of_ended_jobs_and_its_sub_state(tracker):
 
 
 def test_job_info_has_every_field_with_datetimes_for_the_times(tracker, tmp_path):
-    """job_info returns a JobInfo with the SPEC section 6 fields; the times are aware datetimes."""
+    """job_info returns a JobInfo with the README "JobInfo" fields; the times are aware datetimes."""
     job = tracker.add_job(shell("echo hi", job_name="greeter", working_directory=str(tmp_path),
                                 job_environment={"API_VAR": "1"}))
     tracker.wait(job, timeout=10)

@@ -1,4 +1,4 @@
-"""Job arrays (SPEC section 4): indices, TASK_ID/JOB_ID, max-parallel, derived state, bad specs."""
+"""Job arrays (README, "Job arrays"): indices, TASK_ID/JOB_ID, max-parallel, derived state, bad specs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import poll
-from ostracker import JobState, proc
+from ostracker import JobState
+from ostracker.local import proc
 
 # Each task writes a file named after its TASK_ID, holding its JOB_ID.
 WRITE_TASK_FILE = 'printf "%s" "$JOB_ID" > "task-${TASK_ID-unset}"'

@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+from ostracker.core import registry
+
 from conftest import CLI, SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
 
 LOCAL_TIMEOUT = 10.0
@@ -76,14 +78,17 @@ class Backend:
              message=message or f"states {expected} (last: {self.states(*ids)})")
 
 
-@pytest.fixture(params=["local", "slurm"])
+# Why a backend cannot be used here (None: it can), for each backend of the registry.
+REACHABLE = {"local": lambda: None, "slurm": slurm_problem}
+
+
+@pytest.fixture(params=registry.names())
 def backend(request, monkeypatch, state_dir, run):
     """The CLI with OSTRACKER_BACKEND set; Slurm jobs cancelled at teardown."""
     name = request.param
-    if name == "slurm":
-        reason = slurm_problem()
-        if reason:
-            pytest.skip(f"Slurm not reachable: {reason}")
+    reason = REACHABLE[name]()
+    if reason:
+        pytest.skip(f"{name} not reachable: {reason}")
     monkeypatch.setenv("OSTRACKER_BACKEND", name)
     yield Backend(name, run, state_dir)
     cancel_slurm_jobs(state_dir)

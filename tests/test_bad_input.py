@@ -1,7 +1,7 @@
-"""Bad input through the real command (issue 6): refused clearly, nothing changed.
+"""Bad input through the real command: refused clearly, nothing changed.
 
 Every case runs ``ostracker`` against one shared DB that holds a Done job, a
-Running job and an ended array, and checks SPEC section 5: the exact exit
+Running job and an ended array, and checks README, "Commands and exit statuses": the exact exit
 status (2 usage error, 1 operation failed), exactly one line on stderr, nothing
 on stdout, no traceback, and the DB unchanged byte for byte (every path, its
 kind, mode and content).  A job that cannot start is kept by design as a Failed
@@ -202,7 +202,7 @@ def _case_id(case):
 
 @pytest.mark.parametrize("kind,argv", CASES, ids=[_case_id(c) for c in CASES])
 def test_bad_input_is_refused_with_one_line_and_nothing_changed(world, kind, argv):
-    """Exit 2 or 1 as SPEC section 5 says, one line on stderr, empty stdout, DB unchanged."""
+    """Exit 2 or 1 as README, "Commands and exit statuses" says, one line on stderr, empty stdout, DB unchanged."""
     args = [arg.format(**world) for arg in argv]
     state = world["state"]
     before = snapshot(state)

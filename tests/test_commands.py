@@ -1,4 +1,4 @@
-"""The commands of SPEC section 5 (other than submit and job control), through the real CLI.
+"""The commands of README, "Commands and exit statuses" (other than submit and job control), through the real CLI.
 
 Real processes throughout: jobs are started with ``ostracker submit``, signalled
 from outside with kill(2), and their reapers found in /proc.
@@ -23,7 +23,7 @@ import pytest
 from conftest import CLI, cleanup, poll, proc_state
 import ostracker
 
-SPEC_FIELDS = ["id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
+INFO_FIELDS = ["id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
                "terminating_signal", "pid", "allocated_machines", "submission_machine",
                "job_owner", "uid", "submission_time", "dispatch_time", "finish_time",
                "wallclock_time", "extension_list", "job_template"]
@@ -135,7 +135,7 @@ def test_status_table_shows_spec_columns_for_all_jobs_and_for_named_ids(run, sub
 
 
 def test_status_json_is_a_list_of_records_one_per_job_and_array_task(run, submit):
-    """status --json: a JSON list with one SPEC section 6 record per single job and array task."""
+    """status --json: a JSON list with one README "JobInfo" record per single job and array task."""
     single = ended_job(submit, run, "true")
     array = ended_job(submit, run, "true", options=("--array", "1-3"))
     everything = records(run)
@@ -143,7 +143,7 @@ def test_status_json_is_a_list_of_records_one_per_job_and_array_task(run, submit
     assert sorted(r["id"] for r in everything) == sorted(
         [single, f"{array}.1", f"{array}.2", f"{array}.3"])
     for item in everything:
-        assert set(SPEC_FIELDS) <= set(item), set(SPEC_FIELDS) - set(item)
+        assert set(INFO_FIELDS) <= set(item), set(INFO_FIELDS) - set(item)
         assert item["state"] == "Done"
     assert [r["id"] for r in records(run, single)] == [single]
     assert [r["task_id"] for r in records(run, array)] == [1, 2, 3]
@@ -196,7 +196,7 @@ def test_status_malformed_job_id_is_a_usage_error(run, submit, bad_id):
 # -- info -----------------------------------------------------------------------------------
 
 def test_info_prints_every_jobinfo_field_as_key_value_lines(run, submit):
-    """info ID: `key: value` lines naming every SPEC section 6 field."""
+    """info ID: `key: value` lines naming every README "JobInfo" field."""
     job = ended_job(submit, run, "sh", "-c", "exit 4")
     result = run("info", job)
     assert result.returncode == 0, result.stderr
@@ -204,7 +204,7 @@ def test_info_prints_every_jobinfo_field_as_key_value_lines(run, submit):
     lines = result.stdout.splitlines()
     assert all(": " in line or line.endswith(":") for line in lines if line.strip()), lines
     keys = {line.split(":", 1)[0].strip() for line in lines if line.strip()}
-    for field in SPEC_FIELDS:
+    for field in INFO_FIELDS:
         assert any(key == field or key.startswith(field + ".") for key in keys), \
             f"{field} missing from info output"
     values = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
@@ -215,12 +215,12 @@ def test_info_prints_every_jobinfo_field_as_key_value_lines(run, submit):
 
 
 def test_info_json_is_an_object_with_every_field_correctly_typed(run, submit, info, tmp_path):
-    """info ID --json: one object, SPEC section 6 keys, types, times in ISO 8601 with µs."""
+    """info ID --json: one object, README "JobInfo" keys, types, times in ISO 8601 with µs."""
     job = ended_job(submit, run, "sh", "-c", "echo hi", options=("-e", "SECRET_KEY=v1",
                                                               "-C", str(tmp_path)))
     data = info(job)
     assert isinstance(data, dict)
-    assert set(SPEC_FIELDS) <= set(data), set(SPEC_FIELDS) - set(data)
+    assert set(INFO_FIELDS) <= set(data), set(INFO_FIELDS) - set(data)
     assert data["id"] == job and data["array_id"] is None and data["task_id"] is None
     assert data["state"] == "Done" and data["exit_status"] == 0
     assert data["terminating_signal"] is None

@@ -1,4 +1,4 @@
-"""Job control (SPEC section 5, issue 3): real signals to real process groups."""
+"""Job control (README, "Job control"): real signals to real process groups."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import CLI, poll, proc_state
-from ostracker import proc
+from ostracker.local import proc
 
 THREE_PROCESSES = ["sh", "-c", "sleep 100 & sleep 100 & wait"]
 

@@ -1,4 +1,4 @@
-"""Faults (issue 6): concurrency, crashes, reboots, damage, a full disk, hostile state.
+"""Faults: concurrency, crashes, reboots, damage, a full disk, hostile state.
 
 Real processes throughout: the real CLI, real reapers, kill -9, a real small
 tmpfs, real rlimits.  Nothing sleeps to decide pass or fail; sleeps only place
@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 from conftest import CLI, cleanup, poll, proc_state
-from ostracker import proc
+from ostracker.local import proc
 
 NOBODY = 65534
 OTHER_BOOT = "00000000-0000-4000-8000-000000000000"

@@ -1,4 +1,4 @@
-"""The monitoring session (SPEC section 7): OS processes as jobs, through the real CLI.
+"""The monitoring session (README, "Monitoring"): OS processes as jobs, through the real CLI.
 
 Real processes throughout: each test starts the ``sleep`` (or busy loop) it
 looks at, in a working directory of its own, and reaps it at the end.
@@ -183,7 +183,7 @@ def as_nobody(function):
 
 
 def test_a_field_the_os_will_not_show_is_null(run, sleeper):
-    from ostracker.monitor import MonitoringSession
+    from ostracker.local.monitor import MonitoringSession
 
     if os.getuid() == 0:
         # another user may not read our process's working directory
@@ -351,7 +351,7 @@ def test_default_cpu_usage_is_the_average_since_start(run, busy):
 def test_machine_as_json(run):
     result = run("monitor", "--machine", "--json")
     assert result.returncode == 0, result.stderr
-    machine = json.loads(result.stdout)
+    machine, = json.loads(result.stdout)  # a list of machines, as on a cluster
     assert machine["name"] == os.uname().nodename
     assert machine["available"] is True
     assert machine["sockets"] >= 1 and machine["cores_per_socket"] >= 1

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import CLI, poll, proc_state
-from ostracker import proc
+from ostracker.local import proc
 
 
 def field(pid: int, name: str) -> str:
@@ -50,8 +50,8 @@ def test_job_leads_its_own_group_inside_the_reapers_detached_session(run, submit
 
 def test_reaper_imports_neither_click_nor_tabulate_nor_psutil():
     """The reaper module loads light: no click, tabulate or psutil."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(proc.__file__)))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ostracker.reaper; "
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(proc.__file__))))
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ostracker.local.reaper; "
             "print(sorted(m for m in ('click', 'tabulate', 'psutil', 'platformdirs') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_parent],

@@ -397,7 +397,7 @@ def test_the_cli_imports_nothing_for_completion_or_progress():
                             capture_output=True, text=True, check=True)
     loaded = set(result.stdout.split())
     for module in ("ostracker.completion", "click.shell_completion", "ostracker.output",
-                   "ostracker.tracker", "tabulate", "psutil", "platformdirs"):
+                   "ostracker.local", "ostracker.slurm", "tabulate", "psutil", "platformdirs"):
         assert module not in loaded, module
 
 
@@ -412,6 +412,6 @@ def test_the_local_backend_never_loads_the_slurm_modules(state_dir, submit):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, "OSTRACKER_BACKEND": "local"}, timeout=60)
     loaded = set(result.stderr.split())
-    assert "ostracker.tracker" in loaded  # the commands did run
-    for module in ("ostracker.slurm", "ostracker.slurm_backend", "subprocess"):
+    assert "ostracker.local.tracker" in loaded  # the commands did run
+    for module in ("ostracker.slurm", "ostracker.slurm.tracker", "subprocess"):
         assert module not in loaded, module

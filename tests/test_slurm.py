@@ -23,10 +23,10 @@ import uuid
 import pytest
 
 from conftest import SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
-from ostracker import slurm
-from ostracker.errors import InvalidArgument, InvalidState, JobNotFound, TrackerError
-from ostracker.models import JobState, JobTemplate
-from ostracker.slurm_backend import batch_script, slurm_path
+from ostracker.slurm import commands as slurm
+from ostracker.core.errors import InvalidArgument, InvalidState, JobNotFound, TrackerError
+from ostracker.core.models import JobState, JobTemplate
+from ostracker.slurm.script import batch_script, slurm_path
 
 
 # Arguments no shell may touch on their way to the job; the last one is not UTF-8.
@@ -840,7 +840,7 @@ def test_wait_exit_status_of_any_signal_name(name, status):
 
 
 def test_an_array_of_held_tasks_is_held_not_done():
-    from ostracker.tracker import array_state
+    from ostracker.core.base import array_state
 
     class Task:
         def __init__(self, state):

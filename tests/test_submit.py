@@ -1,4 +1,4 @@
-"""How a job is started (SPEC sections 3 and 6): the real CLI, real processes, real effects.
+"""How a job is started (README, "Submitting" and "JobInfo"): the real CLI, real processes, real effects.
 
 Every test has the job itself report what it saw (its argv, environment, working
 directory, stdin) into a file, and checks that file, not only ostracker's records.
@@ -20,7 +20,7 @@ import pytest
 
 from conftest import proc_state
 
-SPEC_KEYS = {"id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
+INFO_KEYS = {"id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
              "terminating_signal", "pid", "allocated_machines", "submission_machine",
              "job_owner", "uid", "submission_time", "dispatch_time", "finish_time",
              "wallclock_time", "extension_list", "job_template"}
@@ -376,12 +376,12 @@ def test_submit_prints_the_id_alone_and_returns_once_started(run):
 
 
 def test_submit_json_prints_every_jobinfo_key(run, tmp_path):
-    """submit --json prints the job record (every SPEC section 6 key), not the bare ID."""
+    """submit --json prints the job record (every README "JobInfo" key), not the bare ID."""
     result = run("submit", "--json", "-n", "js", "--", "sleep", "30")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert isinstance(record, dict)
-    assert SPEC_KEYS <= set(record), SPEC_KEYS - set(record)
+    assert INFO_KEYS <= set(record), INFO_KEYS - set(record)
     assert TEMPLATE_KEYS <= set(record["job_template"])
     assert (record["job_name"], record["state"]) == ("js", "Running")
     assert isinstance(record["pid"], int) and record["dispatch_time"] is not None
@@ -429,14 +429,14 @@ def _parse_time(text):
 
 
 def test_jobinfo_fields_of_a_finished_job(submit, run, info, tmp_path):
-    """Every SPEC section 6 field of an ended job: type, format and value."""
+    """Every README "JobInfo" field of an ended job: type, format and value."""
     before = datetime.now(timezone.utc)
     job = submit("-n", "fields", "-C", tmp_path, "-e", "K=V", "-o", "o.txt", "--stderr", "e.txt",
                  "--", "sh", "-c", "sleep 0.3; exit 3")
     wait_ok(run, job, expected=3)
     after = datetime.now(timezone.utc)
     record = info(job)
-    assert set(record) == SPEC_KEYS
+    assert set(record) == INFO_KEYS
     assert record["id"] == job and isinstance(record["id"], str)
     assert (record["array_id"], record["task_id"]) == (None, None)
     assert (record["job_name"], record["state"]) == ("fields", "Failed")

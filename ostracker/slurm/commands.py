@@ -20,8 +20,9 @@ import signal
 import subprocess
 import time
 
-from .errors import InvalidState, JobNotFound, PermissionDenied, SlurmUnavailable, TrackerError
-from .models import JobState
+from ..core.errors import (InvalidState, JobNotFound, PermissionDenied, SlurmUnavailable,
+                           TrackerError)
+from ..core.models import JobState
 
 # Slurm's base job states, as DRMAA2 states (held and requeued refined in job_state).
 STATE_OF = {
@@ -438,7 +439,8 @@ SINFO_FIELDS = ("NodeList", "StateLong", "CPUs", "Sockets", "Cores", "Threads", 
 
 
 def nodes() -> list[dict]:
-    """The cluster's nodes as DRMAA2 MachineInfos (one per node; sizes in bytes)."""
+    """The cluster's nodes as DRMAA2 MachineInfos (one per node; sizes in bytes), in the
+    shape of the local backend's: a key that Slurm does not report is null."""
     text = run(["sinfo", "-h", "-N", "-O", ",".join(f"{name}:|" for name in SINFO_FIELDS)])
     machines: dict[str, dict] = {}
     for line in text.splitlines():
@@ -448,7 +450,8 @@ def nodes() -> list[dict]:
         if name in machines:  # one line per partition the node is in
             machines[name]["extension_list"]["partitions"].append(fields["Partition"])
             continue
-        machines[name] = {
+        system, _, release = fields["OS"].partition(" ")
+        machines[name] = {  # the keys and order of the local backend's machine_info
             "name": name,
             "available": fields["StateLong"].rstrip("*~#$@+").split("+")[0]
             in ("idle", "mixed", "allocated", "completing"),
@@ -456,9 +459,11 @@ def nodes() -> list[dict]:
             "cores_per_socket": _int(fields["Cores"]),
             "threads_per_core": _int(fields["Threads"]),
             "load": _float(fields["CPUsLoad"]),
-            "physical_memory": _mebibytes(fields["Memory"]),
+            "phys_memory": _mebibytes(fields["Memory"]),
+            "virt_memory": None,  # sinfo does not tell a node's swap
+            "machine_os": system or None,
+            "machine_os_version": release.split(" ")[0] or None,
             "machine_arch": fields["Arch"],
-            "machine_os": fields["OS"],
             "extension_list": {"state": fields["StateLong"], "cpus": _int(fields["CPUs"]),
                                "free_memory": _mebibytes(fields["FreeMem"]),
                                "partitions": [fields["Partition"]]},

@@ -26,7 +26,7 @@ class InvalidState(TrackerError):
 
 
 class UnsupportedOperation(TrackerError):
-    """The OS process backend cannot do this (hold, release)."""
+    """The backend cannot do this (the local backend: hold and release; one task: delete)."""
 
 
 class SlurmUnavailable(TrackerError):

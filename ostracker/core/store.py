@@ -1,17 +1,6 @@
 """The job DB: JSON files in a private state directory, safe for many writers.
 
-Layout of the state directory (mode 0700, every file 0600)::
-
-    lock             flock(2) taken to hand out the next ID
-    last-id          the highest ID ever given (IDs are never reused)
-    jobs/N/          one directory per submission
-        job.json     the submission: template, array spec, who/where/when (written once)
-        state.json   a single job's state record
-        I.json       an array task's state record, written when task I starts or is cancelled
-        cancel.json  "every task of this array that has not started is cancelled"
-        summary.json the JobInfo of every task of an ended array, for fast listing
-        reaper.lock  held (flock) by the job's reaper for as long as it lives
-        stdout, stderr, I.stdout, I.stderr   output captured by default
+Its files and formats are described in ``records``.
 
 Why this shape: one event (a task starting or ending) writes one small file, so
 its cost does not grow with the array; a record is replaced by writing a
@@ -32,14 +21,9 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 
 from .errors import JobNotFound, StorageError
+from .records import HEADER, REAPER_LOCK
 
 JOBS = "jobs"
-HEADER = "job.json"
-SINGLE_STATE = "state.json"
-CANCEL = "cancel.json"
-SUMMARY = "summary.json"
-SUMMARY_PREFIX = b'{"schema": 1, "infos": '  # then a JSON list, then "}"
-REAPER_LOCK = "reaper.lock"
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -107,9 +91,6 @@ class Store:
             raise StorageError(f"cannot list {self.jobs}: {_describe(exc)}") from None
         return sorted(int(name) for name in names if name.isdigit() and name.isascii())
 
-    def exists(self, job_id: int) -> bool:
-        return os.path.exists(os.path.join(self.job_dir(job_id), HEADER))
-
     # -- records -----------------------------------------------------------
 
     def path(self, job_id: int, name: str) -> str:
@@ -126,7 +107,7 @@ class Store:
             return None
         try:
             record = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             record = None
         if not isinstance(record, dict):
             raise StorageError(f"damaged record {self.path(job_id, name)}")

@@ -1,9 +1,9 @@
-"""The DRMAA2 data types of ostracker and how they are spelled on disk.
+"""The DRMAA2 data types of ostracker, every backend's: checked once, where they enter.
 
-Records are plain JSON objects carrying ``SCHEMA_VERSION`` so that a later
-ostracker can read what an earlier one wrote.  Lifecycle (``JobState``) and the
-description of what to run (``JobTemplate``) are separate types, as in DRMAA2;
-``JobInfo`` is what a reader gets back, assembled from the records.
+Lifecycle (``JobState``) and the description of what to run (``JobTemplate``)
+are separate types, as in DRMAA2; ``JobInfo`` is what a reader gets back.  Job
+IDs (``7``, ``7.3``), array specs and output path patterns (``%j``, ``%a``)
+are parsed here too.  How these are spelled on disk is ``records``' business.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import enum
 import time
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, StartError
 
-SCHEMA_VERSION = 1
 MAX_ARRAY_TASKS = 1_000_000
 
 
@@ -147,6 +146,20 @@ def parse_array_spec(text: str, max_parallel: int | None = None) -> ArraySpec:
                      step=int(step or 1), max_parallel=None if limit is None else int(limit))
 
 
+def human_size(size: int | None) -> str | None:
+    """``512 B``, ``12.3 MiB``, ``1.5 GiB``: a byte count as people read it."""
+    if size is None:
+        return None
+    if size < 1024:
+        return f"{size} B"
+    value, unit = size / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
+
+
 def timestamp() -> str:
     """Now, as ISO 8601 in UTC with microseconds (``2026-11-24T02:03:04.123456+00:00``).
 
@@ -227,55 +240,11 @@ class JobInfo:
         end = self.finish_time_text or timestamp()
         return (parse_time(end) - self.dispatch_time).total_seconds()
 
-    @classmethod
-    def from_record(cls, job_id: int, index: int | None, header: dict, template: "JobTemplate",
-                    record: dict) -> "JobInfo":
-        """The JobInfo of a task, from its submission's header and its state record."""
-        dispatched = record.get("dispatch_time")
-        machine = header["submission_machine"]
-        return cls(
-            id=str(job_id) if index is None else f"{job_id}.{index}",
-            array_id=None if header["array"] is None else str(job_id),
-            task_id=index,
-            job_name=template.job_name,
-            state=STATE_BY_NAME[record["state"]],
-            sub_state=record.get("sub_state"),
-            exit_status=record.get("exit_status"),
-            terminating_signal=record.get("terminating_signal"),
-            pid=record.get("pid"),
-            allocated_machines=[machine] if dispatched else None,
-            submission_machine=machine,
-            job_owner=header["job_owner"],
-            uid=header["uid"],
-            submission_time_text=header["submission_time"],
-            dispatch_time_text=dispatched,
-            finish_time_text=record.get("finish_time"),
-            wallclock_seconds=record.get("wallclock_time"),
-            extension_list=record.get("rusage"),
-            job_template=template,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict, template: "JobTemplate") -> "JobInfo":
-        """The JobInfo that ``to_dict`` gave ``data`` of (the template given apart)."""
-        return cls(
-            id=data["id"], array_id=data["array_id"], task_id=data["task_id"],
-            job_name=data["job_name"], state=STATE_BY_NAME[data["state"]],
-            sub_state=data["sub_state"], exit_status=data["exit_status"],
-            terminating_signal=data["terminating_signal"], pid=data["pid"],
-            allocated_machines=data["allocated_machines"],
-            submission_machine=data["submission_machine"], job_owner=data["job_owner"],
-            uid=data["uid"], submission_time_text=data["submission_time"],
-            dispatch_time_text=data["dispatch_time"], finish_time_text=data["finish_time"],
-            wallclock_seconds=data["wallclock_time"], extension_list=data["extension_list"],
-            job_template=template,
-        )
-
     def to_dict(self, with_template: bool = True) -> dict:
-        """The JSON object of SPEC section 6, keys in the order the SPEC lists them.
+        """The JSON object of ``info --json`` (README, "JobInfo"), keys in that order.
 
-        Without the template, ``job_template`` is null: the listing code puts
-        the one template of a submission in place of each ``TEMPLATE_SLOT``.
+        Without the template, ``job_template`` is null: ``records.encode_infos``
+        puts the one template of a submission in each such slot.
         """
         fields = {
             "id": self.id,
@@ -301,28 +270,87 @@ class JobInfo:
         return fields
 
 
-# How "job_template": null ends each record of an encoded listing.  Inside a JSON
-# string a quote is escaped, so these bytes can only be that key and its value.
-TEMPLATE_SLOT = '"job_template": null}'
 
 
-def encode_infos(infos: list[JobInfo]) -> str:
-    """Infos of one submission as JSON objects, comma-separated (a list's inside).
+# -- job IDs ---------------------------------------------------------------------------
 
-    The list is encoded in one call with the template slot left null, and the
-    template, encoded once, is put in each slot: a third of the work of
-    encoding each record whole, for a large array.
-    """
-    if not infos:
-        return ""
-    import json
-
-    text = json.dumps([info.to_dict(with_template=False) for info in infos])[1:-1]
-    return fill_template(text, infos[0].job_template)
+def parse_job_id(text: str) -> tuple[int, int | None]:
+    """``"7"`` -> (7, None); ``"7.3"`` -> (7, 3).  Anything else is a usage error."""
+    job, dot, task = text.partition(".")
+    if not (job.isascii() and job.isdigit() and int(job) > 0) or \
+            (dot and not (task.isascii() and task.isdigit())):
+        raise InvalidArgument(f"bad job ID {text!r}: expected N or N.I")
+    return int(job), int(task) if dot else None
 
 
-def fill_template(text: str, template: JobTemplate) -> str:
-    """Put ``template``, encoded once, in every template slot of encoded JobInfos."""
-    import json
+def task_id_string(job_id: int, index: int | None) -> str:
+    """The ID of a single job (``7``) or of task ``index`` of array ``job_id`` (``7.3``)."""
+    return str(job_id) if index is None else f"{job_id}.{index}"
 
-    return text.replace(TEMPLATE_SLOT, f'"job_template": {json.dumps(template.to_dict())}}}')
+
+# -- path patterns -------------------------------------------------------------------------
+
+def substitute_codes(pattern: str, codes: dict[str, str], unknown: str = "%") -> str:
+    """Replace each ``%X`` of ``pattern`` by ``codes[X]``; any other ``%X`` by ``unknown + X``."""
+    out, chars = [], iter(pattern)
+    for char in chars:
+        if char != "%":
+            out.append(char)
+            continue
+        code = next(chars, "")
+        out.append(codes[code] if code in codes else unknown + code)
+    return "".join(out)
+
+
+def expand_path(pattern: str, job_id: str, index: int | None) -> str:
+    """Replace ``%j`` (job ID), ``%a`` (task index, empty for a single job) and ``%%``."""
+    return substitute_codes(pattern, {"j": job_id, "a": "" if index is None else str(index),
+                                      "%": "%"})
+
+
+def is_per_task(pattern: str | None) -> bool:
+    """Whether a path pattern names a different file for each task."""
+    return pattern is not None and ("%a" in pattern.replace("%%", "") or
+                                    "%j" in pattern.replace("%%", ""))
+
+
+def complete_template(template: JobTemplate, is_array: bool) -> JobTemplate:
+    """Check a template and fill in its defaults; bad values are usage errors."""
+    import os
+
+    if not template.remote_command:
+        raise InvalidArgument("no command given")
+    words = [template.remote_command, *template.args,
+             *template.job_environment.keys(), *template.job_environment.values()]
+    if any("\0" in word for word in words):
+        raise InvalidArgument("command, arguments and environment cannot hold NUL bytes")
+    for key in template.job_environment:
+        if not key or "=" in key:
+            raise InvalidArgument(f"bad environment variable name {key!r}")
+    if template.job_name is not None and not template.job_name.strip():
+        raise InvalidArgument("job name cannot be empty")
+    try:
+        cwd = os.path.abspath(template.working_directory or os.getcwd())
+    except FileNotFoundError:
+        raise StartError("the current directory no longer exists: give -C/--cwd") from None
+    if template.input_path is not None:
+        # Expanded with stand-ins for the ID and index that no real path holds:
+        # equal here means the same file for every task.  (The reaper checks
+        # the real paths too, for the coincidences this cannot see.)
+        def where(path):
+            expanded = expand_path(path, "\0J", "\0A" if is_array else None)
+            return os.path.normpath(os.path.join(cwd, expanded))
+        for other, option in ((template.output_path, "stdout"),
+                              (template.error_path, "stderr")):
+            if other is not None and where(other) == where(template.input_path):
+                raise InvalidArgument(f"stdin and {option} are the same file: {other}")
+    return JobTemplate(
+        remote_command=template.remote_command,
+        args=list(template.args),
+        job_name=template.job_name or os.path.basename(template.remote_command),
+        working_directory=cwd,
+        job_environment=dict(template.job_environment),
+        input_path=template.input_path,
+        output_path=template.output_path,
+        error_path=template.error_path,
+    )

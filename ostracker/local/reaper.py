@@ -27,60 +27,24 @@ whose own bookkeeping would be fooled by our ``wait4``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
 import sys
 import time
 
+from ..core.errors import StartError
+from ..core.models import expand_path, is_per_task, task_id_string, timestamp
+from ..core.records import (CANCEL, HEADER, SCHEMA_VERSION, SUMMARY, Header, cancelled_record,
+                            captured_output_name, info_from_record, new_record, summary_chunks,
+                            task_record_name)
+from ..core.store import Flusher, Store
 from . import proc
-from .errors import StartError
-from .models import SCHEMA_VERSION, ArraySpec, JobInfo, JobTemplate, timestamp
-from .store import CANCEL, HEADER, SINGLE_STATE, SUMMARY, SUMMARY_PREFIX, Flusher, Store
 
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 # Run by the fresh interpreter: -I and -S keep it from loading user and site
 # packages; the package's own directory is put on sys.path by hand instead.
-_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from ostracker.reaper import main; main(sys.argv[2:])"
-
-
-def task_record_name(index: int | None) -> str:
-    """File name of the state record of a single job (None) or of array task ``index``."""
-    return SINGLE_STATE if index is None else f"{index}.json"
-
-
-def captured_output_name(index: int | None, stream: str) -> str:
-    """File name, in the job directory, of the output captured when no path was given."""
-    return stream if index is None else f"{index}.{stream}"
-
-
-def expand_path(pattern: str, job_id: str, index: int | None) -> str:
-    """Replace ``%j`` (job ID), ``%a`` (task index, empty for a single job) and ``%%``."""
-    return substitute_codes(pattern, {"j": job_id, "a": "" if index is None else str(index),
-                                      "%": "%"})
-
-
-def substitute_codes(pattern: str, codes: dict[str, str], unknown: str = "%") -> str:
-    """Replace each ``%X`` of ``pattern`` by ``codes[X]``; any other ``%X`` by ``unknown + X``."""
-    out, chars = [], iter(pattern)
-    for char in chars:
-        if char != "%":
-            out.append(char)
-            continue
-        code = next(chars, "")
-        out.append(codes[code] if code in codes else unknown + code)
-    return "".join(out)
-
-
-def is_per_task(pattern: str | None) -> bool:
-    """Whether a path pattern names a different file for each task."""
-    return pattern is not None and ("%a" in pattern.replace("%%", "") or
-                                    "%j" in pattern.replace("%%", ""))
-
-
-def task_id_string(job_id: int, index: int | None) -> str:
-    return str(job_id) if index is None else f"{job_id}.{index}"
+_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from ostracker.local.reaper import main; main(sys.argv[2:])"
 
 
 def rusage_fields(usage) -> dict:
@@ -95,28 +59,16 @@ def rusage_fields(usage) -> dict:
     }
 
 
-def new_record(state: str, sub_state: str | None = None) -> dict:
-    return {"schema": SCHEMA_VERSION, "state": state, "sub_state": sub_state, "pid": None,
-            "start_ticks": None, "boot_id": None, "dispatch_time": None,
-            "dispatch_monotonic": None, "finish_time": None, "wallclock_time": None,
-            "exit_status": None, "terminating_signal": None, "rusage": None}
-
-
-def cancelled_record(marker: dict | None) -> dict:
-    """The record of an array task that never started because ``marker`` cancelled it."""
-    return new_record("Failed", (marker or {}).get("reason") or "cancelled")
-
-
 class Reaper:
     """Starts the tasks of one submission and turns their wait statuses into records."""
 
-    def __init__(self, store: Store, job_id: int, header: dict):
+    def __init__(self, store: Store, header: Header):
         self.store = store
-        self.job_id = job_id
+        self.job_id = header.job_id
         self.header = header
-        self.template = JobTemplate.from_dict(header["template"])
-        self.array = ArraySpec.from_dict(header["array"]) if header["array"] else None
-        self.boot_id = header["boot_id"]
+        self.template = header.template
+        self.array = header.array
+        self.boot_id = header.boot_id
         self.environment = dict(os.environ, **self.template.job_environment)
         self.running: dict[int, tuple[int | None, dict]] = {}  # pid -> (index, record)
         self._executable: str | None = None
@@ -295,17 +247,14 @@ class Reaper:
         """The JobInfo of every task in one file, so that listing an ended array reads one.
 
         The one step whose cost grows with the array; it runs once, at the end.
-        Each JobInfo leaves its template slot null (SUMMARY_PREFIX, TEMPLATE_SLOT):
-        the template is in the header, and readers put it in.
+        Each JobInfo leaves its template out: it is in the header, and readers put it in.
         """
         cancelled = cancelled_record(self.store.read(self.job_id, CANCEL))
-        infos = []
-        for index in self.array.indices():
-            record = self.store.read(self.job_id, task_record_name(index)) or cancelled
-            infos.append(JobInfo.from_record(self.job_id, index, self.header, self.template,
-                                             record).to_dict(with_template=False))
-        self.store.write_chunks(self.job_id, SUMMARY,
-                                [SUMMARY_PREFIX, json.dumps(infos).encode(), b"}"])
+        infos = [info_from_record(self.header, index,
+                                  self.store.read(self.job_id, task_record_name(index))
+                                  or cancelled)
+                 for index in self.array.indices()]
+        self.store.write_chunks(self.job_id, SUMMARY, summary_chunks(infos))
 
 
 def _detach_descriptors(keep: set[int]) -> None:
@@ -331,13 +280,14 @@ def _report(ready_fd: int, word: str) -> None:
     os.close(ready_fd)
 
 
-def begin(store: Store, job_id: int, header: dict, ready_fd: int, lock_fd: int) -> None:
+def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
     """First act of the reaper, in the freshly forked and detached child: see module doc.
 
     Never returns: it execs the lean reaper, or exits when nothing is left to watch.
     """
     _detach_descriptors({ready_fd, lock_fd})
-    reaper = Reaper(store, job_id, header)
+    reaper = Reaper(store, header)
+    job_id = header.job_id
     first = reaper.array.begin if reaper.array else None
     try:
         try:
@@ -355,7 +305,7 @@ def begin(store: Store, job_id: int, header: dict, ready_fd: int, lock_fd: int) 
         os._exit(0)
     _report(ready_fd, f"started {record['pid']}")
     os.set_inheritable(lock_fd, True)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args = [store.root, str(job_id), str(lock_fd), str(record["pid"]),
             "" if first is None else str(first)]
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
@@ -368,7 +318,8 @@ def main(argv: list[str]) -> None:
     os.set_inheritable(lock_fd, False)
     store = Store(root, Flusher())
     store.flusher.add(store.path(job_id, HEADER))  # written by submit without an fsync
-    reaper = Reaper(store, job_id, store.read(job_id, HEADER))
+    reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
+                                            store.path(job_id, HEADER)))
     index = int(first_index) if first_index else None
     reaper.running[first_pid] = (index, store.read(job_id, task_record_name(index)))
     reaper.run()

@@ -1,7 +1,7 @@
 """The DRMAA2 MonitoringSession of the OS process backend: every process as a job.
 
 Any process on the machine, not only ostracker's, is shown as a DRMAA2 job
-(SPEC section 7): its PID is the job ID, its start time the submission and
+(README, "Monitoring"): its PID is the job ID, its start time the submission and
 dispatch time, and what the OS knows of it (name, command line, working
 directory, CPU, affinity, memory) goes in the ``extension_list``.
 
@@ -30,8 +30,8 @@ from datetime import datetime, timezone
 
 import psutil
 
-from .errors import InvalidArgument, JobNotFound
-from .output import human_size
+from ..core.errors import InvalidArgument, JobNotFound
+from ..core.models import human_size
 
 # What one snapshot reads of each process; the owner is looked up from the real
 # UID, as psutil's own username() does, but through a cache (see _owner_name).
@@ -50,7 +50,7 @@ def iso_time(epoch: float) -> str:
 class ProcessInfo:
     """DRMAA2 JobInfo of one OS process, with the OS's own view kept for the table.
 
-    ``to_dict`` gives the JSON object of SPEC section 7; the attributes
+    ``to_dict`` gives the JSON object of README, "Monitoring"; the attributes
     ``os_status`` (``running``, ``sleeping``, ``stopped``, ``zombie`` ...) and
     ``create_time`` (POSIX seconds) are what a table shows beside it.
     """
@@ -104,7 +104,7 @@ class ProcessInfo:
         return human_size(self.rss)
 
     def to_dict(self) -> dict:
-        """The JSON object of SPEC section 7 (``job_id`` only for a process of a job)."""
+        """The JSON object of README, "Monitoring" (``job_id`` only for a process of a job)."""
         started = self.dispatch_time
         extension = {
             "name": self.name,
@@ -138,9 +138,18 @@ class MonitoringSession:
     reads the process table afresh.
     """
 
+    TABLE = "processes"  # how ``output`` draws its jobs and machines
+    NOT_FOUND = "process not found"
+    OPTIONS = frozenset({"of_jobs", "interval"})  # what ``jobs`` takes beyond the filters
+
     def __init__(self):
         self.machine = os.uname().nodename
         self._owners: dict[int, str] = {}
+
+    @staticmethod
+    def parse_id(text: str) -> int:
+        """A PID given on the command line; anything else is a usage error."""
+        return parse_pid(text)
 
     # -- the DRMAA2 methods ----------------------------------------------------------
 
@@ -150,7 +159,7 @@ class MonitoringSession:
 
     def job_info(self, pid: int | str) -> ProcessInfo:
         """The process ``pid`` as a job; JobNotFound when there is no such process."""
-        return self.processes([pid])[0]
+        return self.jobs([pid])[0]
 
     def machines(self) -> list[dict]:
         """This machine as DRMAA2 MachineInfo: the one machine of this backend."""
@@ -158,23 +167,24 @@ class MonitoringSession:
 
     # -- listing -----------------------------------------------------------------------
 
-    def processes(self, pids: Iterable[int | str] | None = None, *, user: str | None = None,
-                  pattern: str | None = None, job_groups: dict[int, str] | None = None,
-                  interval: float | None = None, missing: list[int] | None = None
-                  ) -> list[ProcessInfo]:
+    def jobs(self, pids: Iterable[int | str] | None = None, *, user: str | None = None,
+             pattern: str | None = None, missing: list | None = None,
+             of_jobs: list | None = None, interval: float | None = None
+             ) -> list[ProcessInfo]:
         """The processes ``pids`` (all, sorted by PID, when None), filtered.
 
         ``user``: only processes of that user (a name, or a UID without a name).
         ``pattern``: only those whose name or command line holds it, or matches
-        it as a glob when it has ``*``, ``?`` or ``[``.  ``job_groups``: only
-        processes whose process group is a key (the PID of a live ostracker job,
-        see ``job_groups``), their ``job_id`` set to its value.  ``interval``:
-        CPU usage over that many seconds from now, instead of since start.
+        it as a glob when it has ``*``, ``?`` or ``[``.  ``of_jobs``: only the
+        processes of these ostracker jobs (JobInfos), their ``job_id`` set (see
+        ``job_groups``).  ``interval``: CPU usage over that many seconds from
+        now, instead of since start.
 
         A named PID that is not there raises JobNotFound, or, with ``missing``,
         is added to that list and skipped.
         """
         wanted_uid = None if user is None else user_id(user)
+        groups = None if of_jobs is None else job_groups(of_jobs)
         wanted = None if pids is None else list(dict.fromkeys(parse_pid(pid) for pid in pids))
         sampled = None if interval is None else self._first_cpu_reading(wanted, interval)
         attrs = _ATTRS if sampled is None else [*_ATTRS, "cpu_percent"]
@@ -186,9 +196,9 @@ class MonitoringSession:
             if pattern is not None and not _matches(pattern, fields["name"], fields["cmdline"]):
                 continue
             job_id = None
-            if job_groups is not None:
+            if groups is not None:
                 try:
-                    job_id = job_groups.get(os.getpgid(process.pid))
+                    job_id = groups.get(os.getpgid(process.pid))
                 except ProcessLookupError:  # it ended since the snapshot read it
                     continue
                 if job_id is None:
@@ -329,7 +339,7 @@ def _matches(pattern: str, name: str | None, argv: list[str] | None) -> bool:
 def job_groups(job_infos) -> dict[int, str]:
     """Process group → job ID of the ostracker jobs among ``job_infos`` that can have processes.
 
-    Each job leads a process group whose ID is the job's PID (SPEC section 3),
+    Each job leads a process group whose ID is the job's PID (README, "How a job is started"),
     so a process belongs to a job when its group ID is that PID.  Only Running
     and Suspended jobs count: an ended job's PID may name an unrelated process by now.
     """

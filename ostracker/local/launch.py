@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 
+from ..core.errors import StartError
+from ..core.records import Header
+from ..core.store import Store
 from . import reaper
-from .errors import StartError
-from .store import Store
 
 
-def launch(store: Store, job_id: int, header: dict, lock_fd: int) -> int:
-    """Start the reaper of job ``job_id``; return the PID of its first task.
+def launch(store: Store, header: Header, lock_fd: int) -> int:
+    """Start the reaper of the submission ``header``; return the PID of its first task.
 
     ``lock_fd`` is the reaper lock, already taken by the caller so that no reader
     takes the job for reaper-less before the reaper exists; the reaper inherits it.
@@ -31,7 +32,7 @@ def launch(store: Store, job_id: int, header: dict, lock_fd: int) -> int:
         os.close(write_end)
         raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
     if child == 0:
-        _become_reaper(store, job_id, header, read_end, write_end, lock_fd)
+        _become_reaper(store, header, read_end, write_end, lock_fd)
     os.close(write_end)
     os.waitpid(child, 0)  # the middle process exits at once
     try:
@@ -47,14 +48,14 @@ def launch(store: Store, job_id: int, header: dict, lock_fd: int) -> int:
     raise StartError("the reaper ended before the job started")
 
 
-def _become_reaper(store, job_id, header, read_end, write_end, lock_fd) -> None:
+def _become_reaper(store, header, read_end, write_end, lock_fd) -> None:
     """In the forked child: detach twice and run the reaper; never return."""
     status = 1
     try:
         os.close(read_end)
         os.setsid()
         if os.fork() == 0:
-            reaper.begin(store, job_id, header, write_end, lock_fd)
+            reaper.begin(store, header, write_end, lock_fd)
         status = 0
     except BaseException as exc:  # never let an error climb back into the submitter's code
         try:

@@ -1,0 +1,432 @@
+"""The JobTracker contract, and every algorithm that all backends share.
+
+A backend (``ostracker.local``, ``ostracker.slurm``) is a subclass of
+``TrackerBase`` that supplies three things and nothing more:
+
+- **submit**: ``_submit(template, array)`` starts the job, records its header
+  and returns its ID;
+- **read**: ``_read(targets)`` turns (submission, task index) pairs into
+  JobInfos, as cheaply as the backend can read many at once;
+- **act**: ``_act(submission, index, infos, action)`` sends one control action to the
+  tasks that can take it (``index`` None: the whole array).
+
+Everything else is written once, here: naming jobs and arrays, the one wait
+loop (drmaa2os's ``WaitForState``), control and waiting for its effect,
+delete, ``delete --finished``, output paths.  The tables of which state allows
+which action, and which states show that it took effect, are class
+attributes that a backend narrows.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterable
+
+from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, TrackerError,
+                     UnsupportedOperation, WaitTimeout)
+from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, expand_path,
+                     parse_job_id, task_id_string)
+from .records import HEADER, Header, captured_output_name, encode_infos
+from .store import Store
+
+# What each job control action needs the job to be in (a backend may narrow it) ...
+ALLOWED = {
+    "suspend": frozenset({JobState.RUNNING}),
+    "resume": frozenset({JobState.SUSPENDED}),
+    "terminate": frozenset({JobState.QUEUED, JobState.QUEUED_HELD, JobState.RUNNING,
+                            JobState.SUSPENDED, JobState.REQUEUED, JobState.REQUEUED_HELD}),
+    "hold": frozenset({JobState.QUEUED, JobState.REQUEUED}),
+    "release": frozenset({JobState.QUEUED_HELD, JobState.REQUEUED_HELD}),
+}
+# ... and the states that show it took effect.  A job that ends while it is
+# being resumed, held or released is fine; one that ends while it is being
+# suspended did not stop: that is reported.
+WANTED = {
+    "suspend": frozenset({JobState.SUSPENDED}),
+    "resume": frozenset({JobState.RUNNING, *ENDED_STATES}),
+    "terminate": ENDED_STATES,
+    "hold": frozenset({JobState.QUEUED_HELD, JobState.REQUEUED_HELD, JobState.RUNNING,
+                       *ENDED_STATES}),
+    "release": frozenset({JobState.QUEUED, JobState.REQUEUED, JobState.RUNNING, *ENDED_STATES}),
+}
+PAST = {"suspend": "suspended", "resume": "resumed", "terminate": "terminated",
+        "hold": "held", "release": "released"}
+_VERB = {"suspend": "stop", "resume": "continue", "terminate": "end", "hold": "be held",
+         "release": "be released"}
+
+
+class Submission:
+    """One submission (a single job or an array) as its header describes it."""
+
+    def __init__(self, tracker: "TrackerBase", header: Header):
+        self.tracker = tracker
+        self.store = tracker.store
+        self.header = header
+        self.job_id = header.job_id
+        self.array: ArraySpec | None = header.array
+        self.template: JobTemplate = header.template
+
+    @property
+    def is_array(self) -> bool:
+        return self.array is not None
+
+    def indices(self) -> Iterable[int | None]:
+        return self.array.indices() if self.is_array else [None]
+
+    def check_index(self, index: int | None) -> None:
+        task_id = task_id_string(self.job_id, index)
+        if index is not None and not self.is_array:
+            raise JobNotFound(f"no such job: {task_id} (job {self.job_id} is not an array)")
+        if index is not None and index not in self.array:
+            raise JobNotFound(f"no such job: {task_id} (not a task of array {self.job_id})")
+
+
+Target = tuple[Submission, "int | None"]  # a submission and one task index (None: every task)
+
+
+class TrackerBase(abc.ABC):
+    """The DRMAA2 JobTracker: the same methods, IDs and errors whichever backend runs the jobs.
+
+    Every method that names a job takes its ID as a string: ``"7"`` for a single
+    job or a whole array, ``"7.3"`` for task 3 of array 7.
+    """
+
+    BACKEND: str  # the name the registry knows it by, recorded in each header
+    DESCRIPTION: str  # what it is, in messages: "the Slurm backend (--backend slurm)"
+    SUBMISSION = Submission  # the class that a backend's submissions are read into
+    STATES = tuple(JobState)  # the states its jobs can be in (TAB offers them for --state)
+    ALLOWED = ALLOWED
+    CONTROL_TIMEOUT = 5.0  # seconds a job may take to show a control action's effect
+    # Seconds between two reads of a wait: it backs off from the first to the second.
+    # ``output -f`` asks ``has_ended`` every ``POLL_INTERVAL`` seconds.
+    WAIT_BACKOFF = (0.001, 0.025)
+    POLL_INTERVAL = 0.1
+
+    def __init__(self, state_dir: str | None = None):
+        self.store = Store(state_dir)
+
+    # -- what a backend supplies ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
+        """Start (or hand over) the job, record it, and return its ID."""
+
+    @abc.abstractmethod
+    def _read(self, targets: Iterable[Target], errors: list | None = None,
+              final: bool = True) -> list[tuple[Target, list[JobInfo]]]:
+        """The JobInfos of each target (every task of an array when its index is None).
+
+        A target that cannot be read goes to ``errors`` and is left out (without
+        ``errors``, its StorageError is raised).  ``final=False`` asks for a
+        cheaper read, for polling: fields that cost more (accounting) may be null.
+        """
+
+    @abc.abstractmethod
+    def _act(self, submission: Submission, index: int | None, infos: list[JobInfo],
+             action: str) -> list:
+        """Apply ``action`` to the tasks ``infos`` (each in a state that allows it) of the
+        job named by ``index`` (None: the single job, or the whole array).
+
+        Returns the indices of the tasks it acted on (None for a single job);
+        a task that ended by itself meanwhile is left out.
+        """
+
+    def _control_candidates(self, submission: Submission, index: int | None) -> list[JobInfo]:
+        """The tasks that a control action on (submission, index) may apply to: all of them,
+        unless the backend knows a cheaper answer."""
+        return self._read([(submission, index)])[0][1]
+
+    def _late(self, infos: list[JobInfo], action: str) -> list[JobInfo]:
+        """Of the tasks acted on, those that do not show the action's effect yet."""
+        return [info for info in infos if info.state not in WANTED[action]]
+
+    def _may_have_reached(self, target: Target, states: frozenset) -> bool:
+        """False when the target cannot be in ``states`` yet, known without reading it."""
+        return True
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def add_job(self, template: JobTemplate) -> str:
+        """Submit one job and return its ID (StartError, or the backend's error, says why not)."""
+        return self._submit(template, None)
+
+    def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
+                      max_parallel: int | None = None) -> str:
+        """Submit an array of tasks BEGIN..END by STEP, at most MAX_PARALLEL at once."""
+        return self._submit(template, ArraySpec(begin, end, step, max_parallel))
+
+    # -- naming jobs ----------------------------------------------------------------------
+
+    def _header(self, job_id: int) -> Header:
+        data = self.store.read(job_id, HEADER)
+        if data is None:
+            raise JobNotFound(f"no such job: {job_id}")
+        return Header.from_dict(job_id, data, self.store.path(job_id, HEADER))
+
+    def _submission(self, job_id: int) -> Submission:
+        """Submission ``job_id`` of this backend; JobNotFound names the other's."""
+        header = self._header(job_id)
+        if header.backend != self.BACKEND:
+            raise JobNotFound(f"no such job: {job_id} with the {self.BACKEND} backend (it is "
+                              f"a {header.backend} job: give --backend {header.backend})")
+        return self.SUBMISSION(self, header)
+
+    def list_jobs(self) -> list[str]:
+        """IDs of every job of this backend in the DB: single jobs and arrays (not their tasks).
+
+        A damaged header is listed too, so that whoever reads that job reports it.
+        """
+        found = []
+        for job_id in self.store.job_ids():
+            try:
+                backend = self._header(job_id).backend
+            except JobNotFound:
+                continue  # deleted meanwhile
+            except StorageError:
+                backend = self.BACKEND
+            if backend == self.BACKEND:
+                found.append(str(job_id))
+        return found
+
+    def list_array_jobs(self, array_id: str) -> list[str]:
+        """Task IDs (``N.I``) of array ``array_id``."""
+        job_id, index = parse_job_id(array_id)
+        submission = self._submission(job_id)
+        if index is not None or not submission.is_array:
+            raise InvalidArgument(f"job {array_id} is not an array")
+        return [task_id_string(job_id, i) for i in submission.array.indices()]
+
+    def _targets_of(self, job_ids: Iterable[str] | None, errors: list | None
+                    ) -> Iterable[Target]:
+        """The targets named (an array: index None), or every job of this backend.
+
+        Listing all, a job deleted meanwhile or run by the other backend is left
+        out; a damaged one goes to ``errors`` (without it, it raises), so that it
+        does not hide the others.  A generator: a listing reports each damaged
+        job in its turn, header or task record.
+        """
+        named = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
+            [(job_id, None) for job_id in self.store.job_ids()]
+        for job_number, index in named:
+            try:
+                submission = self._submission(job_number)
+                submission.check_index(index)
+            except JobNotFound:
+                if job_ids is not None:
+                    raise
+                continue
+            except StorageError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
+                continue
+            yield submission, index
+
+    def _fresh(self, target: Target) -> Target:
+        """The target again, with nothing cached of what a read learned (a poll reads anew)."""
+        return self.SUBMISSION(self, target[0].header), target[1]
+
+    def _one_task(self, job_id: str) -> Target:
+        """The target of a single job or one task; a whole array is refused."""
+        job_number, index = parse_job_id(job_id)
+        submission = self._submission(job_number)
+        if index is None and submission.is_array:
+            raise InvalidArgument(f"job {job_id} is an array: name one task, {job_id}.I")
+        submission.check_index(index)
+        return submission, index
+
+    # -- reading --------------------------------------------------------------------------
+
+    def job_info(self, job_id: str) -> JobInfo:
+        """JobInfo of one single job or array task (an array ID is refused: use job_infos)."""
+        return self._read([self._one_task(job_id)])[0][1][0]
+
+    def job_infos(self, job_ids: Iterable[str] | None = None,
+                  errors: list[TrackerError] | None = None) -> list[JobInfo]:
+        """JobInfo of the named jobs (an array stands for its tasks), or of all jobs.
+
+        With ``errors``, a job that cannot be read is reported there and skipped,
+        so one damaged record does not hide the others; without it, it raises.
+        """
+        return [info for _, infos in self._read(self._targets_of(job_ids, errors), errors)
+                for info in infos]
+
+    def job_infos_json(self, job_ids: Iterable[str] | None = None,
+                       errors: list[TrackerError] | None = None) -> str:
+        """``job_infos`` as a JSON list, the way ``status --json`` prints it."""
+        parts = self._encoded(self._targets_of(job_ids, errors), errors)
+        return "[" + ", ".join(part for part in parts if part) + "]"
+
+    def _encoded(self, targets: list[Target], errors: list | None) -> Iterable[str]:
+        """Each target's JobInfos as JSON objects, comma-separated (a list's inside)."""
+        return [encode_infos(infos) for _, infos in self._read(targets, errors)]
+
+    def job_state(self, job_id: str) -> tuple[JobState, str | None]:
+        """(state, sub_state) of a job or task; of an array, its state derived from its tasks."""
+        infos = self.job_infos([job_id])
+        if len(infos) == 1 and (infos[0].array_id is None or "." in job_id):
+            return infos[0].state, infos[0].sub_state
+        return array_state(infos), None
+
+    def has_ended(self, job_id: str) -> bool:
+        """Whether the job (every task of an array) has ended."""
+        target, = self._targets_of([job_id], None)
+        if not self._may_have_reached(target, ENDED_STATES):
+            return False
+        return all(info.state.ended for info in self._read([target], final=False)[0][1])
+
+    def output_path(self, job_id: str, stream: str = "stdout") -> str:
+        """Where the job's stdout (or stderr) went: its own path or the captured file."""
+        import os
+
+        submission, index = self._one_task(job_id)
+        template = submission.template
+        pattern = template.output_path if stream == "stdout" else template.error_path
+        if pattern is None:
+            return self.store.path(submission.job_id, captured_output_name(index, stream))
+        path = expand_path(pattern, task_id_string(submission.job_id, index), index)
+        return os.path.join(template.working_directory, path)
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
+        """Block until the job (every task of an array) is in one of ``states``.
+
+        Returns the JobInfos (one for a single job or task); raises WaitTimeout.
+        """
+        return self.wait_jobs([job_id], timeout=timeout, states=states)
+
+    def wait_jobs(self, job_ids: list[str], timeout: float | None = None, any_job: bool = False,
+                  states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
+        """Block until all (or with ``any_job``, one) of the jobs reach ``states``.
+
+        Returns the JobInfos of the jobs that got there, read once more in full.
+        Each round reads the pending jobs in one ``_read``, skipping those that
+        the backend knows cannot have got there; rounds back off from the first
+        to the second of ``WAIT_BACKOFF`` seconds apart.
+        """
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout cannot be negative")
+        states = frozenset(states)
+        pending = dict(zip(job_ids, self._targets_of(job_ids, None)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reached: dict[str, Target] = {}
+        delay, longest = self.WAIT_BACKOFF
+        while True:
+            pending = {text: self._fresh(target) for text, target in pending.items()}
+            asked = {text: target for text, target in pending.items()
+                     if self._may_have_reached(target, states)}
+            targets = list(asked.values())
+            for text, (_, infos) in zip(asked, self._read(targets, final=False)):
+                if all(info.state in states for info in infos):
+                    reached[text] = pending.pop(text)
+            if not pending or (any_job and reached):
+                done = [(text, reached[text]) for text in job_ids if text in reached]
+                return [info for _, infos in self._read([target for _, target in done])
+                        for info in infos]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g} s waiting for "
+                                  + ", ".join(pending))
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 1.5, longest)
+
+    # -- control --------------------------------------------------------------------------
+
+    def job_control(self, job_id: str, action: str) -> None:
+        """DRMAA2 job control: suspend, resume, terminate, hold, release.
+
+        An array ID acts on every task that can take the action, and fails only
+        if none could.  Returns once the job shows the effect (bounded by
+        ``CONTROL_TIMEOUT``).
+        """
+        if action not in ALLOWED:
+            raise InvalidArgument(f"unknown job control action {action!r}")
+        if action not in self.ALLOWED:
+            raise UnsupportedOperation(f"{action} is not supported by {self.DESCRIPTION}")
+        job_number, index = parse_job_id(job_id)
+        submission = self._submission(job_number)
+        submission.check_index(index)
+        infos = self._control_candidates(submission, index)
+        fitting = [info for info in infos if info.state in self.ALLOWED[action]]
+        if not fitting:
+            if index is not None or not submission.is_array:
+                raise InvalidState(f"job {job_id} is {infos[0].state.value}: cannot {action} it")
+            raise InvalidState(f"array {job_number} has no task that can be {PAST[action]}")
+        acted = self._act(submission, index, fitting, action)
+        self._await_effect(submission, acted, action)
+
+    def _await_effect(self, submission: Submission, indices: list, action: str) -> None:
+        """Wait (bounded) until each task acted on shows what the action did."""
+        deadline = time.monotonic() + self.CONTROL_TIMEOUT
+        remaining = list(indices)
+        delay, longest = self.WAIT_BACKOFF
+        while remaining:
+            infos = [info for _, group in
+                     self._read([self._fresh((submission, i)) for i in remaining], final=False)
+                     for info in group]
+            late = self._late(infos, action)
+            for info in late:
+                if info.state.ended and info.state not in WANTED[action]:
+                    raise InvalidState(f"job {info.id} ended ({info.state.value}) before it "
+                                       f"could {_VERB[action]}")
+            remaining = [info.task_id for info in late]
+            if not remaining:
+                return
+            if time.monotonic() >= deadline:
+                ids = ", ".join(info.id for info in late)
+                raise InvalidState(f"job {ids} did not {_VERB[action]} within "
+                                   f"{self.CONTROL_TIMEOUT:g} s{self._hint(action)}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, longest)
+
+    def _hint(self, action: str) -> str:
+        """What to add to "did not stop in time" (a backend knows the likely cause)."""
+        return ""
+
+    # -- deleting -------------------------------------------------------------------------
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove an ended job (or a whole ended array) and the output ostracker captured."""
+        job_number, index = parse_job_id(job_id)
+        if index is not None:
+            raise UnsupportedOperation(
+                f"cannot delete one task ({job_id}): delete the array {job_number} as a whole")
+        with self.store.job_lock(job_number):
+            submission = self._submission(job_number)
+            self._remove_if_ended(submission, self._read([(submission, None)])[0][1])
+
+    def delete_finished(self) -> list[str]:
+        """Delete every job of this backend whose tasks have all ended; return their IDs."""
+        deleted = []
+        for (submission, _), infos in self._read(self._targets_of(None, []), []):
+            try:
+                with self.store.job_lock(submission.job_id):
+                    self._remove_if_ended(submission, infos)
+                deleted.append(str(submission.job_id))
+            except (InvalidState, JobNotFound):
+                pass
+        return deleted
+
+    def _remove_if_ended(self, submission: Submission, infos: list[JobInfo]) -> None:
+        """Remove the submission's directory unless one of its tasks has not ended."""
+        for info in infos:
+            if not info.state.ended:
+                raise InvalidState(f"job {info.id} is {info.state.value}: "
+                                   "only ended jobs can be deleted")
+        self.store.remove_job_dir(submission.job_id)
+
+
+def array_state(infos: list[JobInfo]) -> JobState:
+    """An array's own state, derived from its tasks' (README, "Jobs, IDs and states"):
+    the first of this order that any task is in."""
+    present = {info.state for info in infos}
+    for state in (JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED, JobState.REQUEUED,
+                  JobState.QUEUED_HELD, JobState.REQUEUED_HELD, JobState.FAILED):
+        if state in present:
+            return state
+    if JobState.UNDETERMINED in present:
+        return JobState.UNDETERMINED
+    return JobState.DONE

@@ -1,0 +1,54 @@
+"""Backends by name: the one place that knows which package runs which backend.
+
+The CLI, completion and the Python API open trackers and monitoring sessions
+only through here, and import a backend's package only when it is asked for:
+a local command never loads the Slurm backend, nor Slurm's ``subprocess``.
+
+Adding a backend is one package (``ostracker/NAME/`` with a tracker, a
+subclass of ``core.base.TrackerBase``, and a monitoring session) and one line
+in ``BACKENDS`` (README, "How to add a backend").
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .errors import InvalidArgument
+
+# name -> (module, JobTracker class, module, MonitoringSession class)
+BACKENDS = {
+    "local": ("ostracker.local.tracker", "JobTracker",
+              "ostracker.local.monitor", "MonitoringSession"),
+    "slurm": ("ostracker.slurm.tracker", "SlurmTracker",
+              "ostracker.slurm.monitor", "SlurmMonitoringSession"),
+}
+DEFAULT = "local"
+
+
+def names() -> list[str]:
+    return list(BACKENDS)
+
+
+def _entry(backend: str | None) -> tuple[str, str, str, str]:
+    try:
+        return BACKENDS[backend or DEFAULT]
+    except KeyError:
+        raise InvalidArgument(f"unknown backend {backend!r} (choose from "
+                              f"{', '.join(BACKENDS)})") from None
+
+
+def tracker_class(backend: str | None = None) -> type:
+    """The JobTracker class of ``backend`` (default: local)."""
+    module, name, _, _ = _entry(backend)
+    return getattr(import_module(module), name)
+
+
+def open_tracker(backend: str | None = None, state_dir: str | None = None):
+    """A JobTracker of ``backend`` over the state directory ``state_dir``."""
+    return tracker_class(backend)(state_dir)
+
+
+def monitoring_session(backend: str | None = None):
+    """A DRMAA2 MonitoringSession of ``backend``: every process, or every job of the cluster."""
+    _, _, module, name = _entry(backend)
+    return getattr(import_module(module), name)()

@@ -1,0 +1,1 @@
+"""The Slurm backend: jobs run by a Slurm cluster, driven through its own commands."""
