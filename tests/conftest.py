@@ -56,7 +56,7 @@ def _live_records(state_dir):
                 try:
                     with open(os.path.join(folder, name)) as handle:
                         record = json.load(handle)
-                except (OSError, ValueError):
+                except (OSError, ValueError, RecursionError):  # a damaged record
                     continue
                 if isinstance(record, dict):
                     yield folder, record
