@@ -11,15 +11,28 @@ Layout of a state directory (mode 0700, every file 0600)::
         cancel.json  "every task of this array that has not started is cancelled"
         summary.json the JobInfo of every task of an ended array, for fast listing
         stopped.json Slurm IDs this user stopped with SIGTSTP (Slurm backend)
+        dropped.json array tasks cancelled alone while queued: Slurm forgets them (Slurm backend)
         reaper.lock  held (flock) by the job's reaper for as long as it lives
+        control      a Unix socket: what commands tell the job's reaper ("terminated I"),
+                     while it lives
         stdout, stderr, I.stdout, I.stderr   output captured by default
 
 Every record is a JSON object with ``"schema": SCHEMA_VERSION``.  A reader
-never trusts one: ``Header.from_dict`` and ``check_task_record`` check every
-key they use, so that a damaged or hand-edited record becomes a StorageError
-naming its file (one job reports it, the others are listed as before), never a
-KeyError or TypeError that escapes and hides every job.  A key that a later
-version adds is optional to readers: an older record without it reads as null.
+never trusts one: ``Header.from_dict``, ``check_task_record``,
+``check_cancel_marker`` and ``infos_from_summary`` check every key they use —
+its type, and its range where a later step needs one (a time that
+``datetime`` takes, an exit status a process can have, a finite number that
+JSON can carry, text that can be printed) — so that a damaged, hand-edited or
+copied-in record becomes a StorageError naming its file (one job reports it,
+the others are listed as before), never an exception that escapes and hides
+every job.  A key that a later version adds is kept and ignored; an older
+record without a key reads it as null.
+
+The summary is a cache of its array's task records, and carries a check
+(``SUMMARY_CHECK``): a listing copies its JobInfos into ``status --json``
+unparsed only when the check holds; a summary that fails it is ignored and the
+task records are read instead; one without a check (the first release's) is
+parsed and checked before it is used.
 """
 
 from __future__ import annotations
@@ -37,10 +50,24 @@ SINGLE_STATE = "state.json"
 CANCEL = "cancel.json"
 SUMMARY = "summary.json"
 STOPPED = "stopped.json"
+DROPPED = "dropped.json"
 REAPER_LOCK = "reaper.lock"
+# A task record "Queued" with this sub_state and a "token": its reaper is starting it,
+# and the process, if it got as far, has OSTRACKER_TOKEN=token in its environment.
+STARTING = "starting"
+TOKEN_VARIABLE = "OSTRACKER_TOKEN"
+CONTROL = "control"  # the socket on which a reaper hears commands, while it lives
 
-# The summary file: this prefix, a JSON list of JobInfo objects, then "}".
+# The summary file: this prefix, a JSON list of JobInfo objects, then its check
+# (``SUMMARY_CHECK``: the array's ID, the list's inside's length and CRC-32), then "}".
+# A summary of the first release ends right after the list: ``...]}``.
 SUMMARY_PREFIX = b'{"schema": %d, "infos": ' % SCHEMA_VERSION
+SUMMARY_CHECK = b'], "array_id": "%d", "length": %d, "crc32": %d}'
+# The largest integer a record may hold (a signed 64-bit one); a PID is a C int.
+_LIMIT = 1 << 63
+_PID_LIMIT = 1 << 31
+# The task states the local backend records (the others are Slurm's).
+RECORD_STATES = frozenset({"Queued", "Running", "Suspended", "Done", "Failed", "Undetermined"})
 # Where a listing's JobInfos leave their template out (``JobInfo.to_dict(False)``).
 # Inside a JSON string a quote is escaped, so these bytes can only be that key and
 # its value, wherever the key stands in the object.
@@ -128,21 +155,26 @@ class Header:
         """The header that ``data`` (parsed JSON) holds; StorageError if it is damaged.
 
         A header without ``backend`` was written before there was a second
-        backend: it is a local job's.
+        backend: it is a local job's.  A key this version does not know is
+        ignored (a later version may add keys); a header that names another
+        job (``id``, where it has one) is damaged: it was copied in.
         """
         try:
-            backend = data.get("backend", "local")
+            if data.get("id", str(job_id)) != str(job_id):
+                raise ValueError("another job's header")
+            backend = _text(data.get("backend", "local"))
             array = data["array"]
             if array is not None:
                 array = ArraySpec(**{key: _integer(array[key], key == "max_parallel")
                                      for key in ArraySpec.__slots__})
-            header = cls(job_id=job_id, backend=_text(backend),
+            header = cls(job_id=job_id, backend=backend,
                          array=array, template=_template(data["template"]),
                          submission_time=_time(data["submission_time"]),
                          submission_machine=_text(data["submission_machine"]),
-                         job_owner=_text(data["job_owner"]), uid=_integer(data["uid"]),
+                         job_owner=_text(data["job_owner"]),
+                         uid=_integer(data["uid"], high=1 << 32),
                          boot_id=_text(data["boot_id"]) if backend == "local" else None,
-                         slurm_job_id=str(_integer(int(data["slurm_job_id"])))
+                         slurm_job_id=_slurm_id(data["slurm_job_id"])
                          if backend == "slurm" else None)
         except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument):
             raise damaged(path) from None
@@ -150,61 +182,134 @@ class Header:
 
 
 def _text(value, optional: bool = False):
-    if isinstance(value, str) or (optional and value is None):
+    """``value`` if it is a string that can be printed: no surrogate but those that
+    stand for undecodable bytes (``surrogateescape``, as in arguments from argv)."""
+    if isinstance(value, str):
+        if not value.isascii():
+            value.encode("utf-8", "surrogateescape")  # UnicodeEncodeError: a ValueError
+        return value
+    if optional and value is None:
         return value
     raise TypeError("not a string")
 
 
-def _integer(value, optional: bool = False):
-    if (isinstance(value, int) and not isinstance(value, bool)) or (optional and value is None):
+def _path(value, optional: bool = False):
+    """A string that the OS can take: a path, a command, an argument (no NUL)."""
+    if _text(value, optional) is not None and "\0" in value:
+        raise ValueError("NUL")
+    return value
+
+
+def _integer(value, optional: bool = False, low: int = 0, high: int = _LIMIT):
+    """``value`` if it is an integer in [low, high) (never a bool)."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value < high:
         return value
-    raise TypeError("not an integer")
+    if optional and value is None:
+        return value
+    raise TypeError("not an integer in range")
+
+
+def _number(value, optional: bool = True):
+    """``value`` if it is a finite number, 0 or more (json.loads takes NaN and Infinity,
+    which ``json.dumps`` would write back as no JSON)."""
+    if optional and value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0 <= value < _LIMIT:  # False for NaN
+        raise TypeError("not a finite number")
+    return value
+
+
+def _slurm_id(value) -> str:
+    """Slurm's job ID as a header keeps it: digits (a number in older headers)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return value
+    return str(_integer(value))
+
+
+# The last day of each month, as records spell it (February 29 is checked apart).
+_LAST_DAY = {"01": "31", "02": "28", "03": "31", "04": "30", "05": "31", "06": "30",
+             "07": "31", "08": "31", "09": "30", "10": "31", "11": "30", "12": "31"}
+# Dates and UTC offsets found good ("2026-11-24T", "+00:00"): a listing's times share few.
+_GOOD_PARTS: set[str] = set()
 
 
 def _time(value, optional: bool = False):
     """``value`` if it is a time as records spell it (``2026-11-24T02:03:04.123456+00:00``).
 
-    Checked by hand, not with ``re`` or ``datetime``, which the reaper need not load.
+    Checked by hand, not with ``re`` or ``datetime``, which the reaper need not load;
+    every field in its range, so that ``datetime.fromisoformat`` and ``astimezone``
+    take what passed (years 1900-9998: a year 1 or 9999 overflows in another zone).
+    The fields are compared as text: equal widths of ASCII digits sort as numbers.
     """
     if optional and value is None:
         return value
-    if isinstance(value, str) and value.isascii() and len(value) in (25, 32):
-        digits = value[0:4] + value[5:7] + value[8:10] + value[11:13] + value[14:16] + \
-            value[17:19] + value[-5:-3] + value[-2:]
-        fraction = value[19:-6]
-        if digits.isdigit() and value[4] + value[7] + value[10] + value[13] + value[16] + \
-                value[-3] == "--T:::" and value[-6] in "+-" and \
+    if isinstance(value, str) and len(value) in (25, 32) and value.isascii():
+        date, offset, fraction = value[:11], value[-6:], value[19:-6]
+        if (date in _GOOD_PARTS or _good_date(date)) and \
+                (offset in _GOOD_PARTS or _good_offset(offset)) and \
+                value[13] + value[16] == "::" and \
+                (value[11:13] + value[14:16] + value[17:19]).isdigit() and \
+                value[11:13] < "24" and value[14:16] < "60" and value[17:19] < "60" and \
                 (not fraction or (fraction[0] == "." and fraction[1:].isdigit())):
             return value
     raise ValueError("not a time")
+
+
+def _good_date(date: str) -> bool:
+    """``YYYY-MM-DDT``, a day that exists, in years 1900-9998."""
+    year, month, day = date[0:4], date[5:7], date[8:10]
+    last = _LAST_DAY.get(month)
+    if date[4] + date[7] + date[10] == "--T" and last is not None and \
+            (year + day).isdigit() and "1900" <= year <= "9998" and "01" <= day and \
+            (day <= last or (day == "29" and month == "02" and int(year) % 4 == 0 and
+                             (int(year) % 100 != 0 or int(year) % 400 == 0))):
+        _GOOD_PARTS.add(date)
+        return True
+    return False
+
+
+def _good_offset(offset: str) -> bool:
+    """``+HH:MM`` or ``-HH:MM``, less than a day."""
+    if offset[0] in "+-" and offset[3] == ":" and (offset[1:3] + offset[4:]).isdigit() and \
+            offset[1:3] < "24" and offset[4:] < "60":
+        _GOOD_PARTS.add(offset)
+        return True
+    return False
 
 
 def _template(data) -> JobTemplate:
     """The JobTemplate of a header, every field of the type it must have."""
     args = data["args"]
     environment = data["job_environment"]
-    if not isinstance(args, list) or not all(isinstance(arg, str) for arg in args):
-        raise TypeError("args")
-    if not isinstance(environment, dict) or \
-            not all(isinstance(value, str) for value in environment.values()):
-        raise TypeError("job_environment")
-    return JobTemplate(remote_command=_text(data["remote_command"]), args=args,
+    if not isinstance(args, list) or not isinstance(environment, dict):
+        raise TypeError("args, job_environment")
+    for word in (*args, *environment, *environment.values()):
+        _path(word)
+    return JobTemplate(remote_command=_path(data["remote_command"]), args=args,
                        job_name=_text(data.get("job_name"), True),
-                       working_directory=_text(data["working_directory"]),
+                       working_directory=_path(data["working_directory"]),
                        job_environment=environment,
-                       input_path=_text(data.get("input_path"), True),
-                       output_path=_text(data.get("output_path"), True),
-                       error_path=_text(data.get("error_path"), True))
+                       input_path=_path(data.get("input_path"), True),
+                       output_path=_path(data.get("output_path"), True),
+                       error_path=_path(data.get("error_path"), True))
 
 
 # -- task records (state.json, I.json) ------------------------------------------------------
 
-def new_record(state: str, sub_state: str | None = None) -> dict:
-    """A task record in ``state``, every other field not known yet."""
-    return {"schema": SCHEMA_VERSION, "state": state, "sub_state": sub_state, "pid": None,
-            "start_ticks": None, "boot_id": None, "dispatch_time": None,
-            "dispatch_monotonic": None, "finish_time": None, "wallclock_time": None,
-            "exit_status": None, "terminating_signal": None, "rusage": None}
+def new_record(state: str, sub_state: str | None = None, task_id: str | None = None) -> dict:
+    """A task record in ``state``, every other field not known yet.
+
+    ``task_id`` (``7``, ``7.3``), when given, is written as ``id``: a reader then
+    knows a record copied in from another job for what it is.
+    """
+    record = {"schema": SCHEMA_VERSION, "state": state, "sub_state": sub_state, "pid": None,
+              "start_ticks": None, "boot_id": None, "dispatch_time": None,
+              "dispatch_monotonic": None, "finish_time": None, "wallclock_time": None,
+              "exit_status": None, "terminating_signal": None, "rusage": None}
+    if task_id is not None:
+        record["id"] = task_id
+    return record
 
 
 def cancelled_record(marker: dict | None) -> dict:
@@ -213,35 +318,60 @@ def cancelled_record(marker: dict | None) -> dict:
     return new_record("Failed", reason if isinstance(reason, str) and reason else "cancelled")
 
 
-def check_task_record(record: dict, path: str) -> dict:
-    """``record`` itself if every field a reader uses has its type; else StorageError.
+def check_cancel_marker(marker, path: str) -> dict | None:
+    """``marker`` (cancel.json, parsed) if it is one: an object whose reason, if any, is text."""
+    if marker is not None:
+        try:
+            _text(marker.get("reason"), True)
+        except (TypeError, ValueError):
+            raise damaged(path) from None
+    return marker
+
+
+def check_task_record(record: dict, path: str, task_id: str | None = None) -> dict:
+    """The record with every key a reader uses, each of its type; else StorageError.
 
     A task that runs (or ran) names its process: Running and Suspended need a PID.
+    A record that names another task (``id``, where it has one) was copied in.
+    Keys a later version adds are kept; keys an older one did not write read as null.
     """
     try:
         state = record["state"]
-        if state not in STATE_BY_NAME:
+        if state not in RECORD_STATES:
             raise ValueError("state")
         get = record.get
+        if task_id is not None and get("id", task_id) != task_id:
+            raise ValueError("another task's record")
         _text(get("sub_state"), True)
-        _integer(get("exit_status"), True)
+        _integer(get("exit_status"), True, high=256)
         _text(get("terminating_signal"), True)
         _text(get("boot_id"), True)
         _time(get("dispatch_time"), True)
         _time(get("finish_time"), True)
-        for key in ("wallclock_time", "dispatch_monotonic"):
-            value = get(key)
-            if value is not None and (isinstance(value, bool) or
-                                      not isinstance(value, (int, float))):
-                raise TypeError(key)
-        rusage = get("rusage")
-        if rusage is not None and not isinstance(rusage, dict):
-            raise TypeError("rusage")
+        _number(get("wallclock_time"))
+        _number(get("dispatch_monotonic"))
+        _extension(get("rusage"))
         _integer(get("start_ticks"), True)
-        _integer(get("pid"), state not in ("Running", "Suspended"))
+        _integer(get("reaper_pid"), True, 1, _PID_LIMIT)
+        _integer(get("pid"), state not in ("Running", "Suspended"), 1, _PID_LIMIT)
     except (KeyError, TypeError, ValueError):
         raise damaged(path) from None
-    return record
+    complete = new_record(state)
+    complete.update(record)
+    return complete
+
+
+def _extension(value):
+    """An extension_list as records keep it (rusage): names to numbers (or null)."""
+    if value is not None:
+        if not isinstance(value, dict):
+            raise TypeError("extension_list")
+        for key, item in value.items():
+            if not key.isascii():  # a JSON object's keys are strings
+                _text(key)
+            if not (type(item) is int and 0 <= item < _LIMIT):  # the usual, in short
+                _number(item)
+    return value
 
 
 def info_from_record(header: Header, index: int | None, record: dict) -> JobInfo:
@@ -293,40 +423,97 @@ def fill_template(text: str, template: JobTemplate) -> str:
 
 
 def summary_chunks(infos: list[JobInfo]) -> list[bytes]:
-    """The summary file of an ended array: its tasks' JobInfos, templates left out."""
-    body = json.dumps([info.to_dict(with_template=False) for info in infos]).encode()
-    return [SUMMARY_PREFIX, body, b"}"]
+    """The summary file of an ended array: its tasks' JobInfos, templates left out, and
+    the check (``SUMMARY_CHECK``) by which a reader knows the list whole and this array's.
 
+    The check vouches for the JobInfos: a reader copies them unparsed.  So they are
+    checked here, as a reader would (a task record damaged before the reaper summed it
+    up, a task that had not ended): when one fails, the summary goes without a check,
+    readers find the same fault, and read the task records instead, which say it.
+    """
+    import zlib
 
-def summary_body(data: bytes | None) -> str | None:
-    """The inside of a summary's JSON list (JobInfos, templates null), or None if damaged."""
-    if data is None or not data.startswith(SUMMARY_PREFIX) or not data.endswith(b"]}"):
-        return None
+    dicts = [info.to_dict(with_template=False) for info in infos]
     try:
-        return data[len(SUMMARY_PREFIX) + 1:-2].decode()
-    except UnicodeDecodeError:
+        for data in dicts:
+            _summary_info(data, None)
+        inside = json.dumps(dicts, allow_nan=False)[1:-1].encode()
+    except (ValueError, TypeError, KeyError):
+        return [SUMMARY_PREFIX, json.dumps(dicts).encode(), b"}"]
+    check = SUMMARY_CHECK % (int(infos[0].array_id), len(inside), zlib.crc32(inside))
+    return [SUMMARY_PREFIX, b"[", inside, check]
+
+
+def summary_body(data: bytes | None, array_id: int) -> tuple[str, bool] | None:
+    """The inside of a summary's JSON list (JobInfos, templates null), and whether it is
+    known intact: ``(text, True)`` when its check holds for array ``array_id`` (the
+    JobInfos may be copied as they are); ``(text, False)`` for a summary of the first
+    release, which has no check (parse it, ``infos_from_summary``, before using it);
+    None when it is neither: damaged, or another array's.
+    """
+    start = len(SUMMARY_PREFIX) + 1
+    if data is None or not data.startswith(SUMMARY_PREFIX + b"["):
         return None
+    end = data.rfind(b'], "array_id": ', start)
+    try:
+        if end >= 0:
+            import zlib
+
+            inside = data[start:end]
+            if data[end:] != SUMMARY_CHECK % (array_id, len(inside), zlib.crc32(inside)):
+                return None
+            return inside.decode(), True
+        if data.endswith(b"]}"):
+            return data[start:-2].decode(), False
+    except UnicodeDecodeError:
+        pass
+    return None
 
 
-def infos_from_summary(body: str, template: JobTemplate) -> list[JobInfo] | None:
-    """The JobInfos of a summary's body, or None if it does not parse as JobInfos.
+def infos_from_summary(body: str, template: JobTemplate, array_id: int,
+                       indices: range) -> list[JobInfo] | None:
+    """The JobInfos of a summary's body, or None unless it holds exactly the JobInfos of
+    array ``array_id``'s tasks ``indices``, in order, every field of its type.
 
     A key missing (a summary from before it existed) reads as null.
     """
     try:
         items = json.loads(f"[{body}]")
-        return [JobInfo(
-            id=data["id"], array_id=data.get("array_id"), task_id=data.get("task_id"),
-            job_name=data.get("job_name"), state=STATE_BY_NAME[data["state"]],
-            sub_state=data.get("sub_state"), exit_status=data.get("exit_status"),
-            terminating_signal=data.get("terminating_signal"), pid=data.get("pid"),
-            allocated_machines=data.get("allocated_machines"),
-            submission_machine=data.get("submission_machine"), job_owner=data.get("job_owner"),
-            uid=data.get("uid"), submission_time_text=data.get("submission_time"),
-            dispatch_time_text=data.get("dispatch_time"),
-            finish_time_text=data.get("finish_time"),
-            wallclock_seconds=data.get("wallclock_time"),
-            extension_list=data.get("extension_list"), job_template=template)
-            for data in items]
+        infos = [_summary_info(data, template) for data in items]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
+    expected = str(array_id)
+    wanted = [(f"{expected}.{index}", expected, index) for index in indices]
+    if [(info.id, info.array_id, info.task_id) for info in infos] != wanted:
+        return None
+    return infos
+
+
+def _summary_info(data: dict, template: JobTemplate | None) -> JobInfo:
+    """One JobInfo of a summary, each field checked as its record's was; a summary sums
+    up an ended array, so the task has ended."""
+    get = data.get
+    machines = get("allocated_machines")
+    if machines is not None and (not isinstance(machines, list) or
+                                 not all(isinstance(_text(name), str) for name in machines)):
+        raise TypeError("allocated_machines")
+    return JobInfo(
+        id=_text(data["id"]), array_id=_text(get("array_id")), task_id=_integer(get("task_id")),
+        job_name=_text(get("job_name"), True), state=STATE_BY_NAME[_ended(data["state"])],
+        sub_state=_text(get("sub_state"), True),
+        exit_status=_integer(get("exit_status"), True, high=256),
+        terminating_signal=_text(get("terminating_signal"), True),
+        pid=_integer(get("pid"), True, 1, _PID_LIMIT), allocated_machines=machines,
+        submission_machine=_text(get("submission_machine"), True),
+        job_owner=_text(get("job_owner"), True), uid=_integer(get("uid"), True, high=1 << 32),
+        submission_time_text=_time(get("submission_time"), True),
+        dispatch_time_text=_time(get("dispatch_time"), True),
+        finish_time_text=_time(get("finish_time"), True),
+        wallclock_seconds=_number(get("wallclock_time")),
+        extension_list=_extension(get("extension_list")), job_template=template)
+
+
+def _ended(name):
+    if name not in ("Done", "Failed", "Undetermined"):
+        raise ValueError("not an end")
+    return name
