@@ -8,38 +8,136 @@ a ``wait`` that timed out with 124 (README, "Exit statuses").
 
 from __future__ import annotations
 
-import math
 import sys
+from contextlib import contextmanager
 
 import click
 
 from . import __version__
 from .core import registry
-from .core.errors import InvalidArgument, TrackerError
-from .core.models import JobState
+from .core.errors import InvalidArgument, JobNotFound, TrackerError
+from .core.models import JobState, brief
 
 STATE_NAMES = [state.value for state in JobState]
 
+MAX_SECONDS = 1_000_000_000  # about 31 years: more is a mistake (and overflows time.sleep)
+
 
 class Seconds(click.ParamType):
-    """A duration in seconds: a finite number, 0 or more."""
+    """A duration in seconds: a decimal number from 0 to MAX_SECONDS (``1.5``, ``2e3``).
+
+    No sign, ``inf``, ``nan``, hex or ``_``: what float() takes beyond plain
+    decimals is a mistake here.  1e309 is refused as too long, not taken as inf.
+    """
 
     name = "SEC"
 
     def convert(self, value, param, ctx):
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if math.isnan(seconds) or seconds < 0:
-            self.fail(f"{value!r} is not a number of seconds, 0 or more", param, ctx)
+        import re
+
+        text = str(value)
+        if not re.fullmatch(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", text):
+            self.fail(f"{brief(text)!r} is not a number of seconds, 0 or more", param, ctx)
+        seconds = float(text)
+        if not seconds <= MAX_SECONDS:
+            self.fail(f"{brief(text)!r} seconds is too long (at most {MAX_SECONDS:,})",
+                      param, ctx)
         return seconds
+
+
+class Count(click.ParamType):
+    """A whole number of 1 or more, in decimal digits (``--max-parallel``)."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        from .core.models import parse_count
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(str(value))
+        except InvalidArgument as error:
+            self.fail(str(error), param, ctx)
+
+
+def not_empty(ctx, param, value):
+    """A path option given as ``''``: a usage error, not the current directory or a default."""
+    if value == "":
+        raise click.BadParameter("cannot be empty", ctx, param)
+    return value
 
 
 def open_tracker():
     """The JobTracker of the backend and state directory chosen on the command line."""
     params = click.get_current_context().find_root().params
     return registry.open_tracker(params.get("backend"), params.get("state_dir"))
+
+
+# -- writing: stdout may be full, closed or gone; what a command did stands --------------
+
+class OutputError(click.ClickException):
+    """stdout cannot be written (a full disk, a closed descriptor): one line, exit 1."""
+
+
+class BrokenOutput(Exception):
+    """The reader of stdout went away (EPIPE): exit 141, as if killed by SIGPIPE, silently."""
+
+
+@contextmanager
+def writing():
+    """Around a write to stdout: its failure as OutputError or BrokenOutput.
+
+    Not OSError: click would turn an EPIPE inside a command into its own exit 1,
+    and anything else into a traceback.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise BrokenOutput() from None
+    except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+        raise OutputError(f"cannot write output: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+
+
+def write_out(data: bytes) -> None:
+    """``data`` on stdout, all of it, now; OutputError or BrokenOutput if it cannot be.
+
+    Straight to the descriptor, in a loop: Python's buffered stdout takes a
+    write that the pipe's reader cut short (65,536 bytes of 200,000 written,
+    then the reader left) as done, drops the rest and reports no error, so a
+    broken pipe went unnoticed and the command exited 0.
+    """
+    import os
+
+    with writing():
+        stream = sys.stdout
+        try:
+            fd = stream.fileno()
+        except (AttributeError, ValueError, OSError):  # not a file (a test's stand-in)
+            stream.buffer.write(data)
+            stream.flush()
+            return
+        stream.flush()  # whatever was written before, first
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def echo(text: str) -> None:
+    """``text`` and a newline on stdout (see ``write_out``), in stdout's encoding."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    write_out(f"{text}\n".encode(encoding, "backslashreplace"))
+
+
+def warn(message: str) -> None:
+    """``ostracker: message`` on stderr as one line, whatever the message holds."""
+    from .output import one_line
+
+    try:
+        click.echo(f"ostracker: {one_line(message)}", err=True)
+    except (OSError, ValueError):
+        pass  # nowhere left to say it: the exit status tells
 
 
 class SectionedGroup(click.Group):
@@ -115,8 +213,8 @@ def complete_states(ctx, param, incomplete):
              epilog="'ostracker COMMAND --help' tells more; so does 'man ostracker'.")
 @click.version_option(__version__, prog_name="ostracker")
 @click.option("--state-dir", metavar="DIR", shell_complete=complete_path("dir"),
-              help="Job DB directory [default: $OSTRACKER_STATE_DIR, else the per-user "
-              "state dir].")
+              callback=not_empty, help="Job DB directory [default: $OSTRACKER_STATE_DIR, "
+              "else the per-user state dir].")
 @click.option("--backend", type=click.Choice(registry.names()), envvar="OSTRACKER_BACKEND",
               help="Who runs the jobs: this machine (local), or a Slurm cluster through "
               "sbatch, squeue, scontrol, scancel and sacct [default: $OSTRACKER_BACKEND, "
@@ -126,11 +224,21 @@ def cli(state_dir, backend):
 
 
 def parse_environment(ctx, param, values):
+    """``KEY=VALUE``; ``KEY`` alone takes its value from this environment (as Slurm's
+    ``--export=KEY`` and docker's ``-e KEY``), so that a secret need not stand on a
+    command line, where ps shows it.  A KEY that is not set there is a usage error."""
+    import os
+
     environment = {}
     for item in values:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx, param)
+        if not key:
+            raise click.BadParameter(f"{brief(item)!r} is not KEY=VALUE or KEY", ctx, param)
+        if not sep:
+            value = os.environ.get(key)
+            if value is None:
+                raise click.BadParameter(f"{brief(key)!r} is not set in this environment "
+                                         "(give KEY=VALUE, or export KEY)", ctx, param)
         environment[key] = value
     return environment
 
@@ -138,19 +246,21 @@ def parse_environment(ctx, param, values):
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("-n", "--name", help="Job name [default: the command's base name].")
 @click.option("-C", "--cwd", metavar="DIR", shell_complete=complete_path("dir"),
-              help="Working directory [default: here].")
-@click.option("-e", "--env", "environment", multiple=True, metavar="KEY=VALUE",
-              callback=parse_environment, help="Add to the job's environment (repeatable).")
+              callback=not_empty, help="Working directory [default: here].")
+@click.option("-e", "--env", "environment", multiple=True, metavar="KEY[=VALUE]",
+              callback=parse_environment, help="Add KEY=VALUE to the job's environment; "
+              "KEY alone takes the value KEY has here, so that it need not stand on the "
+              "command line (repeatable).")
 @click.option("--stdin", metavar="PATH", shell_complete=complete_path("file"),
-              help="Read stdin from PATH [default: /dev/null].")
+              callback=not_empty, help="Read stdin from PATH [default: /dev/null].")
 @click.option("-o", "--stdout", metavar="PATH", shell_complete=complete_path("file"),
-              help="Write stdout to PATH (%j job ID, %a task index) [default: captured, "
-              "see 'output'].")
+              callback=not_empty, help="Write stdout to PATH (%j job ID, %a task index) "
+              "[default: captured, see 'output'].")
 @click.option("--stderr", metavar="PATH", shell_complete=complete_path("file"),
-              help="Write stderr to PATH [default: captured].")
+              callback=not_empty, help="Write stderr to PATH [default: captured].")
 @click.option("--array", "array_spec", metavar="SPEC",
               help="Job array BEGIN-END[:STEP][%MAX] or INDEX.")
-@click.option("--max-parallel", type=click.IntRange(min=1), metavar="N",
+@click.option("--max-parallel", type=Count(), metavar="N",
               help="Run at most N array tasks at once.")
 @click.option("-w", "--wait", "wait_for_end", is_flag=True,
               help="Wait for the job to end and exit like 'wait'.")
@@ -187,9 +297,12 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     else:
         job_id = tracker.add_array_job(template, spec.begin, spec.end, spec.step, spec.max_parallel)
     if not as_json:
-        click.echo(job_id)
+        try:
+            echo(job_id)
+        except OutputError as error:  # the job stands: say which it is, where it can be seen
+            error.message += f" (job {job_id} was submitted)"
+            raise
     if wait_for_end:
-        sys.stdout.flush()
         wait_exit([job_id], None, False, tracker, as_json)
     elif as_json:
         _print_infos(tracker, [job_id], single=spec is None)
@@ -199,8 +312,7 @@ def _print_infos(tracker, job_ids, single):
     from .output import to_json
 
     infos = tracker.job_infos(job_ids)
-    click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
-                       pretty=True))
+    echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos], pretty=True))
 
 
 @cli.command(short_help="Show jobs: a table, JSON, or the IDs alone.")
@@ -229,26 +341,26 @@ def status(ctx, states, as_json, quiet, job_ids):
     tracker = open_tracker()
     errors = []
     if as_json and not states:
-        click.echo(tracker.job_infos_json(job_ids or None, errors=errors))
+        echo(tracker.job_infos_json(job_ids or None, errors=errors))
         infos = []
     else:
         infos = tracker.job_infos(job_ids or None, errors=errors)
     for error in errors:
-        click.echo(f"ostracker: {error}", err=True)
+        warn(str(error))
     if states:
         wanted = {JobState.parse(state) for state in states}
         infos = [info for info in infos if info.state in wanted]
     if as_json and states:
         from .output import jobs_json
 
-        click.echo(jobs_json(infos))
+        echo(jobs_json(infos))
     elif quiet:
         if infos:
-            click.echo("\n".join(info.id for info in infos))
+            echo("\n".join(info.id for info in infos))
     elif infos:
         from .output import job_table
 
-        click.echo(job_table(infos))
+        echo(job_table(infos))
     if errors and job_ids:
         ctx.exit(1)
 
@@ -275,10 +387,10 @@ def info(as_json, job_id):
     infos = tracker.job_infos([job_id])
     single = parse_job_id(job_id)[1] is not None or infos[0].array_id is None
     if as_json:
-        click.echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
-                           pretty=True))
+        echo(to_json(infos[0].to_dict() if single else [i.to_dict() for i in infos],
+                     pretty=True))
     else:
-        click.echo("\n\n".join(key_values(i) for i in infos))
+        echo("\n\n".join(key_values(i) for i in infos))
 
 
 def wait_exit(job_ids, timeout, any_job, tracker, as_json=False):
@@ -289,7 +401,7 @@ def wait_exit(job_ids, timeout, any_job, tracker, as_json=False):
     """
     from .core.models import parse_job_id
 
-    if sys.stderr.isatty():
+    if sys.stderr is not None and sys.stderr.isatty():
         timeout = show_progress(tracker, job_ids, timeout, any_job)
     infos = tracker.wait_jobs(job_ids, timeout=timeout, any_job=any_job)
     single = len(job_ids) == 1 and (parse_job_id(job_ids[0])[1] is not None
@@ -297,7 +409,7 @@ def wait_exit(job_ids, timeout, any_job, tracker, as_json=False):
     if as_json:
         from .output import jobs_json, to_json
 
-        click.echo(to_json(infos[0].to_dict(), pretty=True) if single else jobs_json(infos))
+        echo(to_json(infos[0].to_dict(), pretty=True) if single else jobs_json(infos))
     ctx = click.get_current_context()
     if single:
         ctx.exit(exit_status_of(infos[0]))
@@ -403,11 +515,24 @@ def _control(action: str):
     return command
 
 
+def check_ids(job_ids) -> None:
+    """InvalidArgument (exit 2) for the first malformed ID, before anything is done."""
+    from .core.models import parse_job_id
+
+    for job_id in job_ids:
+        try:
+            parse_job_id(job_id)
+        except JobNotFound:
+            pass  # well-formed, too long to name a job: reported in its turn
+
+
 def for_each_job(ctx, job_ids, act) -> None:
     """``act`` on every ID that allows it; report each one that does not; exit 1 if any.
 
-    A malformed ID is a usage error and stops everything (exit 2).
+    A malformed ID is a usage error and stops everything (exit 2): all are
+    checked before any is acted on.
     """
+    check_ids(job_ids)
     failed = False
     for job_id in job_ids:
         try:
@@ -415,7 +540,7 @@ def for_each_job(ctx, job_ids, act) -> None:
         except InvalidArgument:
             raise
         except TrackerError as error:
-            click.echo(f"ostracker: {error}", err=True)
+            warn(str(error))
             failed = True
     if failed:
         ctx.exit(1)
@@ -466,9 +591,13 @@ def delete(ctx, finished, job_ids):
     """
     if not finished and not job_ids:
         raise click.UsageError("name the jobs to delete, or give --finished")
+    check_ids(job_ids)
     tracker = open_tracker()
     if finished:
-        tracker.delete_finished()
+        errors = []  # a job that cannot be read is left, and said (the others go: exit 0)
+        tracker.delete_finished(errors)
+        for error in errors:
+            warn(str(error))
     for_each_job(ctx, job_ids, tracker.delete_job)
 
 
@@ -492,10 +621,11 @@ def output(error_stream, follow, job_id):
 
     tracker = open_tracker()
     check_every = tracker.POLL_INTERVAL
-    path = tracker.output_path(job_id, "stderr" if error_stream else "stdout")
+    stream = "stderr" if error_stream else "stdout"
+    path = tracker.output_path(job_id, stream)
     while True:
         try:
-            handle = open(path, "rb")
+            handle = tracker.open_output(job_id, stream)  # never through a planted link
             break
         except FileNotFoundError:
             # A job still queued (on Slurm) has written nothing yet: with --follow, wait.
@@ -506,16 +636,21 @@ def output(error_stream, follow, job_id):
         except OSError as exc:
             raise TrackerError(f"cannot read output of job {job_id}: {path}: {exc.strerror}") \
                 from None
-    out = sys.stdout.buffer
     checked = 0.0
     with handle:
         while True:
             ended = False
             if follow and time.monotonic() - checked >= check_every:
                 ended, checked = tracker.has_ended(job_id), time.monotonic()
-            while chunk := handle.read(1 << 16):
-                out.write(chunk)
-            out.flush()
+            while True:
+                try:
+                    chunk = handle.read(1 << 16)
+                except OSError as exc:
+                    raise TrackerError(f"cannot read output of job {job_id}: {path}: "
+                                       f"{exc.strerror or exc}") from None
+                if not chunk:
+                    break
+                write_out(chunk)
             if not follow or ended:
                 return
             time.sleep(0.1)
@@ -551,10 +686,14 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
       ostracker monitor --machine
     """
     session = registry.monitoring_session(ctx.find_root().params.get("backend"))
-    try:
-        ids = [session.parse_id(pid) for pid in pids]
-    except InvalidArgument as error:
-        raise click.BadParameter(str(error), param_hint="[PID]...") from None
+    ids, unknown = [], []
+    for pid in pids:
+        try:
+            ids.append(session.parse_id(pid))
+        except InvalidArgument as error:
+            raise click.BadParameter(str(error), param_hint="[PID]...") from None
+        except JobNotFound as error:  # well-formed, but too long to name any: not found
+            unknown.append(str(error))
     if interval is not None and interval <= 0:
         raise click.BadParameter("must be more than 0 seconds", param_hint="--interval")
     options = {}
@@ -569,56 +708,109 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
     from .output import machine_view, monitor_table, to_json
 
     if machine:
-        if ids or user is not None or pattern is not None or options:
+        if pids or user is not None or pattern is not None or options:
             raise click.UsageError("--machine takes no ID, filter, --jobs or --interval")
         machines = session.machines()
-        click.echo(to_json(machines, pretty=True) if as_json
-                   else machine_view(session.TABLE, machines))
+        echo(to_json(machines, pretty=True) if as_json
+             else machine_view(session.TABLE, machines))
         return
     if jobs_only:
         errors = []
         options["of_jobs"] = open_tracker().job_infos(errors=errors)
         for error in errors:
-            click.echo(f"ostracker: {error}", err=True)
+            warn(str(error))
     missing = []
-    infos = session.jobs(ids or None, user=user, pattern=pattern, missing=missing, **options)
+    # PIDs named but none that can exist (all too long): none listed, not all of them
+    infos = session.jobs(ids if pids else None, user=user, pattern=pattern, missing=missing,
+                         **options)
     if as_json:
-        click.echo(to_json([info if isinstance(info, dict) else info.to_dict()
-                            for info in infos]))
+        echo(to_json([info if isinstance(info, dict) else info.to_dict() for info in infos]))
     elif infos:
         import shutil
 
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-        click.echo(monitor_table(session.TABLE, infos, width=width, with_jobs=jobs_only))
+        echo(monitor_table(session.TABLE, infos, width=width, with_jobs=jobs_only))
+    for message in unknown:
+        warn(message)
     for job_id in missing:
-        click.echo(f"ostracker: {session.NOT_FOUND}: {job_id}", err=True)
-    if missing:
+        warn(f"{session.NOT_FOUND}: {job_id}")
+    if missing or unknown:
         ctx.exit(1)
 
 
 def main(argv=None) -> None:
     """Entry point: run the CLI, turning every error into one line and an exit status."""
+    _reserve_standard_fds()
     try:
         status_code = cli.main(args=argv, prog_name="ostracker", standalone_mode=False)
+    except BrokenOutput:
+        status_code = 141  # the reader went away: nothing more to say, to anyone
     except getattr(click.exceptions, "NoArgsIsHelpError", ()) as error:  # click 8.2+
-        click.echo(error.ctx.get_help(), err=True)  # plain `ostracker`: the help, unadorned
+        _say(error.ctx.get_help())  # plain `ostracker`: the help, unadorned
         status_code = 2
     except click.UsageError as error:
         where = error.ctx.command_path if error.ctx else "ostracker"
-        click.echo(f"{where}: {error.format_message()} (see '{where} --help')", err=True)
+        _say(f"{where}: {_one_line(error.format_message())} (see '{where} --help')")
         status_code = 2
     except click.ClickException as error:
-        click.echo(f"ostracker: {error.format_message()}", err=True)
+        warn(error.format_message())
         status_code = error.exit_code
     except TrackerError as error:
-        click.echo(f"ostracker: {error}", err=True)
+        warn(str(error))
         status_code = error.exit_status
     except click.Abort:
-        click.echo("ostracker: interrupted", err=True)
+        warn("interrupted")
         status_code = 130
     except BrokenPipeError:
-        status_code = 141  # the reader went away: nothing more to say, to anyone
+        status_code = 141
+    except OSError as error:  # click's own output (--help, --version) to a full or closed stdout
+        where = f"{error.filename}: " if error.filename else ""
+        warn(f"{where}{error.strerror or error}")
+        status_code = 1
     _exit(status_code or 0)
+
+
+def _say(line: str) -> None:
+    try:
+        click.echo(line, err=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _one_line(message: str) -> str:
+    from .output import one_line
+
+    return one_line(message)
+
+
+def _reserve_standard_fds() -> None:
+    """A closed stdin, stdout or stderr: /dev/null, read-only, in its place.
+
+    Then no file that ostracker (or a job it starts) opens later becomes
+    descriptor 1 and takes what was meant for stdout, and writing to stdout
+    fails with EBADF as on the closed descriptor: one line, exit 1, not
+    click's silence.  Python leaves ``sys.stdout`` None when descriptor 1 was
+    closed at its start, so an open one costs nothing here.
+    """
+    if sys.stdin is not None and sys.stdout is not None and sys.stderr is not None:
+        return
+    import os
+
+    for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)):
+        if stream is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # every write: EBADF, "Bad file descriptor"
 
 
 def _exit(status: int) -> None:
@@ -626,13 +818,20 @@ def _exit(status: int) -> None:
 
     Tearing down every module costs a command 5-10 ms, which scripts that call
     ostracker in a loop pay again and again; the OS frees it all anyway.  All
-    that must survive is what sits in the stdout and stderr buffers.
+    that must survive is what sits in the stdout and stderr buffers; if stdout
+    cannot take it, that is said (once: not again after an error said so).
     """
     import os
 
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):
+        except BrokenPipeError:
             status = status or 141
+        except (OSError, ValueError) as exc:
+            if stream is sys.stdout and not status:
+                warn(f"cannot write output: {getattr(exc, 'strerror', None) or exc}")
+                status = 1
     os._exit(status)

@@ -6,8 +6,55 @@ The only module that imports tabulate, and only when a table is drawn.
 from __future__ import annotations
 
 import json
+import re
 
 from .core.models import JobInfo, human_size
+
+# -- what a terminal must not get raw ------------------------------------------------------
+
+# A control character in a job's name, command or arguments would break a table
+# row (a newline adds a row) or drive the terminal (ESC starts a sequence that
+# can move the cursor, retitle the window, ...).  Every table and ``key: value``
+# line shows them escaped, and a backslash as ``\\``, so that the escaped text
+# reads back unambiguously: ``\e`` ESC, ``\n``, ``\t``, ``\r``; ``\xNN`` any
+# other C0 control or DEL, and a byte that is not UTF-8 (which Python carries as
+# a lone surrogate); ``\uNNNN`` the C1 controls (U+0080-U+009F: 0x9B is CSI on
+# some terminals), the line and paragraph separators and the bidirectional
+# overrides and isolates (which reorder what follows them).  JSON needs none of
+# this: json.dumps escapes all of it already.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\x1b": "\\e", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def _escaped(match) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if code < 0x80 or 0xDC80 <= code <= 0xDCFF:  # C0, DEL; a byte os.fsdecode could not
+        return f"\\x{code & 0xFF:02x}"
+    return f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with nothing in it that a terminal acts on (see ``_UNSAFE``) and no newline."""
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_escaped, text)
+
+
+def one_line(message: str) -> str:
+    """An error message as one harmless line: control characters escaped, backslashes kept.
+
+    Messages quote what they name with repr() already, whose backslashes must not double.
+    """
+    if _UNSAFE.search(message) is None:
+        return message
+    return _UNSAFE.sub(lambda m: m.group() if m.group() == "\\" else _escaped(m), message)
+
+
+def _cells(rows: list[list]) -> list[list[str]]:
+    """Every cell of a table as escaped text."""
+    return [[escape(str(cell)) for cell in row] for row in rows]
 
 
 def duration(seconds: float | None) -> str:
@@ -50,22 +97,36 @@ def job_table(infos: list[JobInfo]) -> str:
     rows = [[info.id, info.job_name, info.state.value, exit_column(info),
              "-" if info.pid is None else info.pid, local_time(info.dispatch_time),
              duration(info.wallclock_time), command_line(info)] for info in infos]
-    return tabulate(rows, headers=["ID", "NAME", "STATE", "EXIT", "PID", "STARTED", "WALL",
-                                   "COMMAND"], tablefmt="plain", disable_numparse=True)
+    return tabulate(_cells(rows), headers=["ID", "NAME", "STATE", "EXIT", "PID", "STARTED",
+                                           "WALL", "COMMAND"],
+                    tablefmt="plain", disable_numparse=True)
 
 
 def key_values(info: JobInfo) -> str:
-    """Every JobInfo field as ``key: value`` lines; nested objects flattened with dots."""
+    """Every JobInfo field as ``key: value`` lines; nested objects flattened with dots.
+
+    The arguments are quoted as a shell would need them (``shlex.join``), so
+    that ``['a b', 'c']`` and ``['a', 'b', 'c']`` read differently; other lists
+    (``allocated_machines``) are joined with spaces.  Keys and values escaped.
+    """
+    import shlex
+
     lines = []
 
     def emit(prefix: str, value) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 emit(f"{prefix}.{key}", item)
+            return
+        if value is None:
+            text = ""
+        elif prefix == "job_template.args" and isinstance(value, list):
+            text = shlex.join(map(str, value))
+        elif isinstance(value, list):
+            text = " ".join(map(str, value))
         else:
-            text = "" if value is None else (" ".join(map(str, value)) if isinstance(value, list)
-                                             else str(value))
-            lines.append(f"{prefix}: {text}")
+            text = str(value)
+        lines.append(f"{escape(prefix)}: {escape(text)}")
 
     for key, value in info.to_dict().items():
         emit(key, value)
@@ -89,14 +150,6 @@ def to_json(value, pretty: bool = False) -> str:
 
 # -- the monitoring session (``monitor``) ------------------------------------------------
 
-# Control characters (a newline in an argument, an escape sequence) would break a
-# table row or drive the terminal: shown as ``?``, as ps does.
-_UNPRINTABLE = {code: "?" for code in [*range(32), 127]}
-
-
-def _printable(text: str) -> str:
-    return text.translate(_UNPRINTABLE)
-
 
 def process_table(infos, width: int | None = None, with_jobs: bool = False) -> str:
     """The ``monitor`` table: one row per process, lines cut to ``width`` when given.
@@ -116,13 +169,13 @@ def process_table(infos, width: int | None = None, with_jobs: bool = False) -> s
         row = [info.id, info.job_owner or "-", info.os_status or "-", started,
                duration(info.wallclock_time),
                "-" if info.cpu_usage is None else f"{info.cpu_usage:.1f}",
-               info.memory_usage or "-", _printable(info.name or "-"), _printable(command)]
+               info.memory_usage or "-", info.name or "-", command]
         rows.append([info.job_id, *row] if with_jobs else row)
     headers = ["PID", "USER", "STATE", "STARTED", "WALL", "CPU%", "RSS", "NAME", "COMMAND"]
     align = ["right", "left", "left", "left", "right", "right", "right", "left", "left"]
     if with_jobs:
         headers, align = ["JOB", *headers], ["left", *align]
-    text = tabulate(rows, headers=headers, tablefmt="plain", disable_numparse=True,
+    text = tabulate(_cells(rows), headers=headers, tablefmt="plain", disable_numparse=True,
                     colalign=align)
     if width is None:
         return text
@@ -150,13 +203,14 @@ def cluster_job_table(jobs: list[dict], width: int | None = None) -> str:
 
     from .core.models import parse_time
 
-    rows = [[job["id"], job["job_owner"] or "-", _printable(job["job_name"] or "-"),
+    rows = [[job["id"], job["job_owner"] or "-", job["job_name"] or "-",
              job["state"], job["sub_state"] or "-",
              " ".join(job["allocated_machines"] or []) or "-",
              local_time(parse_time(job["dispatch_time"])), duration(job["wallclock_time"])]
             for job in jobs]
-    text = tabulate(rows, headers=["SLURM ID", "USER", "NAME", "STATE", "SLURM STATE", "NODES",
-                                   "STARTED", "WALL"], tablefmt="plain", disable_numparse=True)
+    text = tabulate(_cells(rows), headers=["SLURM ID", "USER", "NAME", "STATE", "SLURM STATE",
+                                           "NODES", "STARTED", "WALL"],
+                    tablefmt="plain", disable_numparse=True)
     return text if width is None else "\n".join(line[:width].rstrip() for line in text.split("\n"))
 
 
@@ -169,8 +223,8 @@ def node_table(machines: list[dict]) -> str:
              human_size(m["phys_memory"]) or "-",
              human_size(m["extension_list"]["free_memory"]) or "-",
              ",".join(m["extension_list"]["partitions"])] for m in machines]
-    return tabulate(rows, headers=["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE",
-                                   "PARTITIONS"], tablefmt="plain", disable_numparse=True)
+    return tabulate(_cells(rows), headers=["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE",
+                                           "PARTITIONS"], tablefmt="plain", disable_numparse=True)
 
 
 def machine_lines(machine: dict) -> str:
@@ -187,7 +241,7 @@ def machine_lines(machine: dict) -> str:
             text = f"{value} ({duration(value)})"
         else:
             text = str(value)
-        lines.append(f"{key}: {text}")
+        lines.append(f"{escape(key)}: {escape(text)}")
     return "\n".join(lines)
 
 

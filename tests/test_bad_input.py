@@ -26,9 +26,10 @@ from conftest import CLI, cleanup, poll
 # -- the shared DB ---------------------------------------------------------------------
 
 
-def _cli(state, *args, **kwargs):
+def _cli(state, *args, env=None, **kwargs):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OSTRACKER_STATE_DIR": state}, **kwargs)
+                          env={**os.environ, "OSTRACKER_STATE_DIR": state, **(env or {})},
+                          **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def world(tmp_path_factory):
 
 
 def snapshot(root: str) -> dict:
-    """Every path under ``root`` with its kind, mode and content (a link: its target)."""
+    """Every path under ``root`` with its kind, mode and content (a link: its target;
+    a FIFO or other special file: its type and mode)."""
     found = {}
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -64,6 +66,8 @@ def snapshot(root: str) -> dict:
                 found[rel] = ("link", os.readlink(path))
             elif stat.S_ISDIR(info.st_mode):
                 found[rel] = ("dir", stat.S_IMODE(info.st_mode))
+            elif not stat.S_ISREG(info.st_mode):  # the reaper's control socket: never opened
+                found[rel] = ("special", stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode))
             else:
                 with open(path, "rb") as handle:
                     found[rel] = ("file", stat.S_IMODE(info.st_mode), handle.read())
@@ -99,7 +103,7 @@ CASES = [
     (USAGE, ["submit", "--array", "1-3", "--max-parallel", "x", "--", "true"]),
     (USAGE, ["submit", "--array", "1-3%2", "--max-parallel", "3", "--", "true"]),
     # --env, names, commands, options
-    (USAGE, ["submit", "-e", "FOO", "--", "true"]),
+    (USAGE, ["submit", "-e", "OSTRACKER_TEST_NEVER_SET", "--", "true"]),  # -e KEY: not set
     (USAGE, ["submit", "--env", "=x", "--", "true"]),
     (USAGE, ["submit", "-e", "", "--", "true"]),
     (USAGE, ["submit", "-n", "", "--", "true"]),
@@ -200,13 +204,145 @@ def _case_id(case):
     return f"{kind}:" + " ".join(repr(a) if (not a or " " in a) else a for a in argv)
 
 
+# -- every option and argument of every command, against one battery of bad values -------
+#
+# Each slot is where a value goes (``V``); each takes every value of BATTERY, and
+# what it must do with each is its kind: usage (2), fails (1: a well-formed job
+# ID or PID that names nothing, a path that cannot be used), start (1: a job that
+# could not start, kept as a Failed record).  A value a slot would take as good
+# is left out of it and said why: a name, a --name pattern and an output path
+# are any text (``-n inf`` is a fine name, ``-o nan`` a fine file).
+
+BIG = "9" * 5000  # int() refuses more than 4,300 digits: checked before it is called
+BATTERY = {
+    "big": BIG, "inf": "inf", "nan": "nan", "1e309": "1e309", "negative": "-1",
+    "empty": "", "word": "abc",
+    "garbage": "x;$(y)|`z` \x01\x1b[2J\x7f\u202e'\"\\%",  # no NUL: argv cannot hold one
+}
+V = "\0V"  # the slot of a template, replaced by each value
+ALL = {name: USAGE for name in BATTERY}
+
+
+def only(default, **kinds):
+    """Every battery value's kind: ``default``, except those named (None: left out)."""
+    found = {name: default for name in BATTERY}
+    found.update(kinds)
+    return {name: kind for name, kind in found.items() if kind is not None}
+
+
+ID = only(USAGE, big=FAILS)  # a well-formed ID names no job at any length: exit 1
+# Beside an ID that can be acted on, a malformed one stops all (exit 2, nothing done);
+# a well-formed one that names nothing is reported after the others were acted on
+# (README, "Job control"), which is no bad input: left out here.
+BESIDE = only(USAGE, big=None)
+FLAG = {"inf": USAGE, "empty": USAGE, "big": USAGE}  # a flag given a value: --json=inf
+
+SLOTS = [
+    # the group's own options
+    (["--backend", V, "status"], ALL),
+    (["--state-dir", V, "status"], only(None, big=FAILS, empty=USAGE)),  # others: a new dir
+    (["--version=" + V], FLAG),
+    (["--help=" + V], FLAG),
+    # submit: every option, and the command itself
+    (["submit", "-n", V, "--", "true"], only(None, empty=USAGE)),  # any other text is a name
+    (["submit", "-C", V, "--", "true"], only(START, empty=USAGE)),
+    (["submit", "-e", V, "--", "true"], ALL),  # KEY alone, not set in the environment
+    (["submit", "--stdin", V, "--", "cat"], only(START, empty=USAGE)),
+    (["submit", "-o", V, "--", "true"], only(None, big=START, empty=USAGE)),
+    (["submit", "--stderr", V, "--", "true"], only(None, big=START, empty=USAGE)),
+    (["submit", "--array", V, "--", "true"], ALL),
+    (["submit", "--array", "1-3", "--max-parallel", V, "--", "true"], ALL),
+    (["submit", "--array", "1-3%" + V, "--", "true"], ALL),
+    (["submit", "--array", V + "-3", "--", "true"], ALL),
+    (["submit", "--array", "1-" + V, "--", "true"], ALL),
+    (["submit", "--array", "1-3:" + V, "--", "true"], ALL),
+    (["submit", "--wait=" + V, "--", "true"], FLAG),
+    (["submit", "--json=" + V, "--", "true"], FLAG),
+    (["submit", "--", V], only(START, empty=USAGE)),
+    # status, info, wait, output, delete and the controls: options and IDs
+    (["status", "--state", V], ALL),
+    (["status", "--json=" + V], FLAG),
+    (["status", "--quiet=" + V], FLAG),
+    (["status", "--", V], ID),
+    (["status", "{done}", "--", V], ID),
+    (["info", "--", V], ID),
+    (["info", "--json=" + V, "{done}"], FLAG),
+    (["wait", "{done}", "--timeout", V], ALL),
+    (["wait", "--any=" + V, "{done}"], FLAG),
+    (["wait", "--json=" + V, "{done}"], FLAG),
+    (["wait", "--", V], ID),
+    (["wait", "{done}", "--", V], ID),
+    (["output", "--", V], ID),
+    (["output", "--stderr=" + V, "{done}"], FLAG),
+    (["output", "--follow=" + V, "{done}"], FLAG),
+    (["delete", "--", V], ID),
+    (["delete", "--finished=" + V], FLAG),
+    (["delete", "--finished", "--", V], BESIDE),  # checked before anything is deleted
+    (["suspend", "--", V], ID),
+    (["suspend", "{run}", "--", V], BESIDE),  # checked before {run} is suspended
+    (["resume", "--", V], ID),
+    (["terminate", "--", V], ID),
+    (["terminate", "{run}", "--", V], BESIDE),  # checked before {run} is terminated
+    (["hold", "--", V], ID),
+    (["release", "--", V], ID),
+    (["info", "--", V + ".1"], ID),
+    (["info", "--", "{arr}." + V], only(USAGE, big=FAILS)),
+    # monitor: every option and the PIDs (--name takes any text as a pattern)
+    (["monitor", "--", V], ID),  # a PID too long to be one: not found, exit 1
+    (["monitor", "1", "--", V], BESIDE),
+    (["monitor", "--user", V], ALL),  # no such user (a UID past 2**32 - 2 is none)
+    (["monitor", "--interval", V], ALL),
+    (["monitor", "--jobs=" + V], FLAG),
+    (["monitor", "--machine=" + V], FLAG),
+    (["monitor", "--json=" + V], FLAG),
+]
+
+BATTERY_CASES = [(kind, template, BATTERY[name])
+                 for template, kinds in SLOTS for name, kind in kinds.items()]
+BATTERY_IDS = [f"{kind}:{' '.join(template).replace(V, '<' + name + '>')}"
+               for template, kinds in SLOTS for name, kind in kinds.items()]
+
+# a -e KEY of the battery must not be set where the tests run
+UNSET = {name for name in BATTERY.values() if name in os.environ}
+
+
 @pytest.mark.parametrize("kind,argv", CASES, ids=[_case_id(c) for c in CASES])
 def test_bad_input_is_refused_with_one_line_and_nothing_changed(world, kind, argv):
     """Exit 2 or 1 as README, "Commands and exit statuses" says, one line on stderr, empty stdout, DB unchanged."""
-    args = [arg.format(**world) for arg in argv]
+    check_refused(world, kind, argv)
+
+
+@pytest.mark.parametrize("kind,template,value", BATTERY_CASES, ids=BATTERY_IDS)
+def test_every_option_and_argument_refuses_the_battery(world, kind, template, value):
+    """5,000 digits, inf, nan, 1e309, -1, '', a word, garbage: in every slot, as CASES."""
+    assert not UNSET, f"set in this environment, cannot test -e KEY: {UNSET}"
+    check_refused(world, kind, [arg.format(**world).replace(V, value) for arg in template],
+                  formatted=True)
+
+
+def test_the_battery_covers_every_command_and_option():
+    """Each command's every option (but --name, any text) and argument has a slot."""
+    from ostracker.cli import cli
+
+    covered = {(template[0] if template[0] in cli.commands else "", word.split("=")[0])
+               for template, _ in SLOTS for word in template if word.startswith("-")}
+    commands = {template[0] for template, _ in SLOTS}
+    for name, command in [("", cli), *cli.commands.items()]:
+        if name:
+            assert name in commands, name
+        for param in command.params:
+            if param.param_type_name != "option" or param.name == "pattern":
+                continue
+            assert any((name, opt) in covered for opt in param.opts + param.secondary_opts), \
+                (name, param.opts)
+    assert len(BATTERY_CASES) >= 300
+
+
+def check_refused(world, kind, argv, formatted=False):
+    args = argv if formatted else [arg.format(**world) for arg in argv]
     state = world["state"]
     before = snapshot(state)
-    result = _cli(state, *args, stdin=subprocess.DEVNULL)
+    result = _cli(state, *args, stdin=subprocess.DEVNULL, cwd=world["dir"])
     after = snapshot(state)
     if result.stdout.strip().isdigit():  # wrongly started: let it end, or it spoils the next case
         _cli(state, "wait", "--timeout", "10", result.stdout.strip())
@@ -277,3 +413,74 @@ def test_option_lookalike_as_the_command_itself_is_the_command(run, state_dir):
     job_id = result.stderr.split("job ", 1)[1].split()[0]
     poll(lambda: json.loads(run("info", job_id, "--json").stdout)["state"] == "Failed",
          message="Failed record")
+
+
+# -- what the environment gives ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_a_relative_state_dir_in_a_deleted_directory_is_one_line(tmp_path, how):
+    """cwd removed under a relative OSTRACKER_STATE_DIR (or --state-dir): exit 1, one line."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "OSTRACKER_STATE_DIR"}
+    args = ["--state-dir", "rel"] if how == "option" else []
+    if how == "env":
+        env["OSTRACKER_STATE_DIR"] = "rel"
+    script = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+    for command in (["status"], ["info", "1"], ["submit", "--", "true"], ["monitor", "--jobs"],
+                    ["delete", "--finished"]):
+        result = subprocess.run(["sh", "-c", script, "sh", str(gone), *CLI, *args, *command],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            "ostracker: cannot use state directory rel: the current directory, which it is "
+            "relative to, no longer exists"], result.stderr
+        gone.mkdir()
+
+
+def test_a_bad_backend_in_the_environment_is_a_usage_error(world):
+    result = _cli(world["state"], "status", env={"OSTRACKER_BACKEND": "bogus\x1b[2J"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr
+
+
+def test_an_id_too_long_to_name_anything_is_reported_after_the_others(world):
+    """`monitor 1 <5,000 digits>` shows PID 1, then says the other is not found (exit 1)."""
+    result = _cli(world["state"], "monitor", "1", BIG)
+    assert result.returncode == 1
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["PID", "1"]
+    assert result.stderr.splitlines() == [
+        "ostracker: process not found: 999999999999999999999999...(5,000 characters)"]
+    result = _cli(world["state"], "status", world["done"], "9" * 30)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"ostracker: no such job: {'9' * 30}"]
+    # leading zeros are no digits of a number, however many: job {done}, PID 1, UID 0
+    for args in (["info", "0" * 5000 + world["done"]], ["monitor", "0" * 5000 + "1"],
+                 ["monitor", "--user", "0" * 5000, "1"]):
+        result = _cli(world["state"], *args)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_api_refuses_what_no_id_could_name():
+    """In-process: array indices past 18 digits, and IDs the parsers take apart by length."""
+    from ostracker.core.errors import InvalidArgument, JobNotFound
+    from ostracker.core.models import ArraySpec, parse_count, parse_job_id
+    from ostracker.slurm.monitor import SlurmMonitoringSession
+
+    for begin, end in ((0, 10 ** 18), (10 ** 5000, 10 ** 5000)):
+        with pytest.raises(InvalidArgument, match="or less"):
+            ArraySpec(begin, end)
+    ArraySpec(10 ** 18 - 1, 10 ** 18 - 1)
+    with pytest.raises(JobNotFound, match=r"\(5,000 characters\)"):
+        parse_job_id(BIG)
+    with pytest.raises(JobNotFound):
+        parse_job_id("7." + "1" * 19)
+    assert parse_job_id("0" * 5000 + "7") == (7, None)  # leading zeros are no digits of it
+    with pytest.raises(InvalidArgument):
+        parse_count(BIG)
+    for bad in ("4711_\u0663", "4711_", "\u0663", "4711_1_2", ""):
+        with pytest.raises(InvalidArgument):
+            SlurmMonitoringSession.parse_id(bad)
+    assert SlurmMonitoringSession.parse_id("4711_3") == "4711_3"

@@ -11,9 +11,13 @@ from __future__ import annotations
 import enum
 import time
 
-from .errors import InvalidArgument, StartError
+from .errors import InvalidArgument, JobNotFound, StartError
 
 MAX_ARRAY_TASKS = 1_000_000
+# The most digits a job number, task index or count given as text may have: any ID
+# that long is larger than any ever given, and it still fits a signed 64-bit integer.
+MAX_DIGITS = 18
+MAX_INDEX = 10 ** MAX_DIGITS - 1  # the largest array task index
 
 
 class JobState(str, enum.Enum):
@@ -94,6 +98,8 @@ class ArraySpec:
     def __init__(self, begin: int, end: int, step: int = 1, max_parallel: int | None = None):
         if begin < 0 or end < 0:
             raise InvalidArgument("array indices must be 0 or more")
+        if begin > MAX_INDEX or end > MAX_INDEX:  # every task ID N.I stays one to name
+            raise InvalidArgument(f"array indices must be {MAX_INDEX} or less")
         if begin > end:
             raise InvalidArgument(f"array begin {begin} is after end {end}")
         if step < 1:
@@ -136,14 +142,50 @@ def parse_array_spec(text: str, max_parallel: int | None = None) -> ArraySpec:
     match = re.fullmatch(_ARRAY_SPEC, text) if text.isascii() else None
     if not match:
         raise InvalidArgument(
-            f"bad array spec {text!r}: expected BEGIN-END[:STEP][%MAX] or INDEX")
+            f"bad array spec {brief(text)!r}: expected BEGIN-END[:STEP][%MAX] or INDEX")
+    if any(len(number.lstrip("0")) > MAX_DIGITS for number in match.groups() if number):
+        raise InvalidArgument(f"bad array spec {brief(text)!r}: a number of more than "
+                              f"{MAX_DIGITS} digits")
     begin, end, step, spec_max = match.groups()
-    if spec_max is not None and max_parallel is not None and int(spec_max) != max_parallel:
+    if spec_max is not None and max_parallel is not None and \
+            int_of_digits(spec_max) != max_parallel:
         raise InvalidArgument(
             f"array spec says %{spec_max} but --max-parallel says {max_parallel}")
     limit = max_parallel if max_parallel is not None else spec_max
-    return ArraySpec(begin=int(begin), end=int(end if end is not None else begin),
-                     step=int(step or 1), max_parallel=None if limit is None else int(limit))
+    return ArraySpec(begin=int_of_digits(begin),
+                     end=int_of_digits(end if end is not None else begin),
+                     step=int_of_digits(step or "1"),
+                     max_parallel=None if limit is None else int_of_digits(str(limit)))
+
+
+def parse_count(text: str) -> int:
+    """A whole number of 1 or more given as decimal text (``--max-parallel``); else a usage error.
+
+    Only ASCII digits (no sign, space, ``_`` or other scripts' digits), and at
+    most ``MAX_DIGITS`` of them: checked before ``int()``, which refuses text
+    of more than 4,300 digits with a ValueError.
+    """
+    if not (text.isascii() and text.isdigit() and text.strip("0")):
+        raise InvalidArgument(f"{brief(text)!r} is not a whole number of 1 or more")
+    if len(text.lstrip("0")) > MAX_DIGITS:
+        raise InvalidArgument(f"{brief(text)!r} is too large (more than {MAX_DIGITS} digits)")
+    return int_of_digits(text)
+
+
+def int_of_digits(text: str) -> int:
+    """The value of ASCII digits whose significant part is known to be short.
+
+    Leading zeros are no digits of the value, but ``int()`` counts them
+    towards its limit of 4,300: ``"0" * 5000 + "7"`` is 7, not a ValueError.
+    """
+    return int(text.lstrip("0") or "0")
+
+
+def brief(text: str, limit: int = 40) -> str:
+    """``text`` for a message: cut to about ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit - 16]}...({len(text):,} characters)"
 
 
 def human_size(size: int | None) -> str | None:
@@ -232,10 +274,15 @@ class JobInfo:
 
     @property
     def wallclock_time(self) -> float | None:
-        """Seconds from dispatch to finish (as the reaper measured it), or to now."""
+        """Seconds from dispatch to finish (as the reaper measured it), or to now.
+
+        Only a job that has not ended counts to now: one that ended without a
+        measure (Undetermined: nobody saw it end) has none, and never grows.
+        """
         if self.wallclock_seconds is not None:
             return self.wallclock_seconds
-        if self.dispatch_time_text is None:
+        if self.dispatch_time_text is None or (self.finish_time_text is None and
+                                               self.state.ended):
             return None
         end = self.finish_time_text or timestamp()
         return (parse_time(end) - self.dispatch_time).total_seconds()
@@ -275,12 +322,20 @@ class JobInfo:
 # -- job IDs ---------------------------------------------------------------------------
 
 def parse_job_id(text: str) -> tuple[int, int | None]:
-    """``"7"`` -> (7, None); ``"7.3"`` -> (7, 3).  Anything else is a usage error."""
+    """``"7"`` -> (7, None); ``"7.3"`` -> (7, 3).  Anything malformed is a usage error.
+
+    A well-formed ID names no job when its job number or task index has more
+    than ``MAX_DIGITS`` digits (no ID that large is ever given): JobNotFound,
+    exit 1, as for any other ID that does not exist, however long it is.  The
+    length is checked before ``int()``, which refuses more than 4,300 digits.
+    """
     job, dot, task = text.partition(".")
-    if not (job.isascii() and job.isdigit() and int(job) > 0) or \
+    if not (job.isascii() and job.isdigit() and job.strip("0")) or \
             (dot and not (task.isascii() and task.isdigit())):
-        raise InvalidArgument(f"bad job ID {text!r}: expected N or N.I")
-    return int(job), int(task) if dot else None
+        raise InvalidArgument(f"bad job ID {brief(text)!r}: expected N or N.I")
+    if len(job.lstrip("0")) > MAX_DIGITS or len(task.lstrip("0")) > MAX_DIGITS:
+        raise JobNotFound(f"no such job: {brief(text)}")
+    return int_of_digits(job), int_of_digits(task) if dot else None
 
 
 def task_id_string(job_id: int, index: int | None) -> str:

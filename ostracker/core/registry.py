@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, StorageError
 
 # name -> (module, JobTracker class, module, MonitoringSession class)
 BACKENDS = {
@@ -44,8 +44,25 @@ def tracker_class(backend: str | None = None) -> type:
 
 
 def open_tracker(backend: str | None = None, state_dir: str | None = None):
-    """A JobTracker of ``backend`` over the state directory ``state_dir``."""
-    return tracker_class(backend)(state_dir)
+    """A JobTracker of ``backend`` over the state directory ``state_dir``.
+
+    A relative state directory (``state_dir`` or ``$OSTRACKER_STATE_DIR``) is
+    relative to the current directory; if that has been deleted, the path
+    cannot be resolved (``os.getcwd()`` fails): a StorageError that says so.
+    """
+    cls = tracker_class(backend)
+    try:
+        return cls(state_dir)
+    except FileNotFoundError:
+        import os
+
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            where = state_dir or os.environ.get("OSTRACKER_STATE_DIR") or "(default)"
+            raise StorageError(f"cannot use state directory {where}: the current directory, "
+                               "which it is relative to, no longer exists") from None
+        raise
 
 
 def monitoring_session(backend: str | None = None):

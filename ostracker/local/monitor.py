@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import psutil
 
 from ..core.errors import InvalidArgument, JobNotFound
-from ..core.models import human_size
+from ..core.models import brief, human_size, int_of_digits
 
 # What one snapshot reads of each process; the owner is looked up from the real
 # UID, as psutil's own username() does, but through a cache (see _owner_name).
@@ -307,25 +307,43 @@ class MonitoringSession:
         return name
 
 
+# Linux PIDs are below 2**22 and UIDs below 2**32 - 1; a number given with more
+# digits than these is checked by its length, before int() (which refuses more than
+# 4,300 digits) and without asking the OS.
+_PID_DIGITS, _UID_MAX = 18, 2 ** 32 - 2
+
+
 def parse_pid(pid: int | str) -> int:
-    """A PID given as int or decimal text; anything else is a usage error."""
+    """A PID given as int or decimal text; anything else is a usage error.
+
+    A well-formed PID too long to be one (more than 18 digits) is JobNotFound,
+    as any PID that names no process.
+    """
     if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
         return pid
     if isinstance(pid, str) and pid.isascii() and pid.isdigit():
-        return int(pid)
-    raise InvalidArgument(f"bad process ID {pid!r}: expected a number")
+        if len(pid.lstrip("0")) > _PID_DIGITS:
+            raise JobNotFound(f"process not found: {brief(pid)}")
+        return int_of_digits(pid)
+    shown = repr(brief(pid)) if isinstance(pid, str) else \
+        repr(pid) if not isinstance(pid, int) or abs(pid) < 10 ** _PID_DIGITS else "(huge)"
+    raise InvalidArgument(f"bad process ID {shown}: expected a number 0 or more")
 
 
 def user_id(user: str) -> int:
-    """The UID of a user name, or a UID given as a number; unknown names are usage errors."""
+    """The UID of a user name, or a UID given as a number; unknown names are usage errors.
+
+    A number beyond what a UID can be is an unknown name too (``no such user``).
+    """
     import pwd
 
     try:
         return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        if user.isascii() and user.isdigit():
-            return int(user)
-        raise InvalidArgument(f"no such user: {user}") from None
+    except (KeyError, ValueError):  # ValueError: a name holding a NUL
+        if user.isascii() and user.isdigit() and len(user.lstrip("0")) <= 10 and \
+                int_of_digits(user) <= _UID_MAX:
+            return int_of_digits(user)
+        raise InvalidArgument(f"no such user: {brief(user)}") from None
 
 
 def _matches(pattern: str, name: str | None, argv: list[str] | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ..core.errors import InvalidArgument
+from ..core.models import brief
 from . import commands as slurm
 
 
@@ -22,9 +23,10 @@ class SlurmMonitoringSession:
     @staticmethod
     def parse_id(text: str) -> str:
         """A Slurm job or array task ID (``4711``, ``4711_3``); anything else is a usage error."""
-        number, _, task = text.partition("_")
-        if not (number.isascii() and number.isdigit() and (not task or task.isdigit())):
-            raise InvalidArgument(f"{text!r} is not a Slurm job ID (N or N_I)")
+        number, sep, task = text.partition("_")
+        if not (number.isascii() and number.isdigit() and
+                (not sep or (task.isascii() and task.isdigit()))):
+            raise InvalidArgument(f"{brief(text)!r} is not a Slurm job ID (N or N_I)")
         return text
 
     def jobs(self, slurm_ids: list[str] | None = None, *, user: str | None = None,
@@ -52,7 +54,7 @@ class SlurmMonitoringSession:
         return found
 
     def machines(self) -> list[dict]:
-        """The cluster's nodes as DRMAA2 MachineInfos (``sinfo``)."""
+        """The cluster's nodes as DRMAA2 MachineInfos (``sinfo``, ``scontrol show node``)."""
         return slurm.nodes()
 
 
