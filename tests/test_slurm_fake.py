@@ -28,7 +28,8 @@ import time
 import pytest
 
 from conftest import CLI, poll
-from ostracker import JobState, JobTemplate, SlurmTracker, TrackerError
+from ostracker import (InvalidState, JobNotFound, JobState, JobTemplate, SlurmTracker,
+                       TrackerError)
 
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_slurm")
 SLURM_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sacct", "sinfo")
@@ -671,6 +672,22 @@ def test_control_reports_slurms_refusal_in_one_line(fake, run):
         "ostracker: scancel: Kill job error on job id 4711: Invalid job id specified"
 
 
+def test_slurms_refusals_as_errors_of_the_python_api(fake, state_dir):
+    """22.05's words for a job in the wrong state and for a job it does not know."""
+    tracker = SlurmTracker(state_dir)
+    job_id = tracker.add_job(JobTemplate("true"))
+    fake.knob("fail-scontrol-hold", "Job has already finished for job 4711\n"
+              "slurm_suspend error: Job has already finished\n")
+    with pytest.raises(InvalidState, match="^scontrol: slurm_suspend error: Job has already "
+                       "finished$"):
+        tracker.job_control(job_id, "hold")
+    fake("start", "4711")
+    fake.knob("fail-scontrol-suspend", "Unexpected message received for job 4711\n")
+    with pytest.raises(JobNotFound, match="^scontrol: Unexpected message received for job "
+                       "4711$"):
+        tracker.job_control(job_id, "suspend")
+
+
 def test_suspend_falls_back_to_sigtstp_for_users_who_are_no_operators(fake, run):
     ok(run("submit", "--", "true"))
     fake("start", "4711")
@@ -697,19 +714,36 @@ def test_suspend_falls_back_to_sigtstp_for_users_who_are_no_operators(fake, run)
     assert (job["state"], job["sub_state"]) == ("Running", "RUNNING")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the Slurm IDs stopped by SIGTSTP stay in stopped.json until a resume: a job Slurm "
-    "requeued and started again, with new processes, still reads Suspended"))
-def test_a_job_stopped_by_sigtstp_then_requeued_runs_again(fake, run):
+def test_a_job_stopped_by_sigtstp_then_requeued_runs_again(fake, run, state_dir):
+    """The note in stopped.json is of one run: a job Slurm requeued and started again,
+    with new processes, runs."""
     ok(run("submit", "--", "true"))
     fake("start", "4711")
     fake.knob("deny-suspend")
     ok(run("suspend", "1"))
+    with open(os.path.join(state_dir, "jobs", "1", "stopped.json")) as handle:
+        assert json.load(handle) == {
+            "schema": 1, "slurm_ids": ["4711"],
+            "runs": {"4711": {"start": fake.job("4711")["start_time"], "restarts": 0}}}
     fake("requeue", "4711")  # node failure, preemption: Slurm runs it again from the start
     assert state_of(run, "1") == "Requeued"
     fake("start", "4711")
     job = info(run, "1")
     assert (job["state"], job["sub_state"]) == ("Running", "RUNNING")
+    ok(run("suspend", "1"))  # and it can be stopped again
+    assert state_of(run, "1") == "Suspended"
+    ok(run("resume", "1"))
+    assert state_of(run, "1") == "Running"
+
+
+def test_a_sigtstp_note_written_without_its_run_still_holds(fake, run, state_dir):
+    """stopped.json as the first release wrote it (no runs): the stop holds for any run."""
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")
+    with open(os.path.join(state_dir, "jobs", "1", "stopped.json"), "w") as handle:
+        json.dump({"schema": 1, "slurm_ids": ["4711"]}, handle)
+    job = info(run, "1")
+    assert (job["state"], job["sub_state"]) == ("Suspended", "RUNNING; stopped by SIGTSTP")
 
 
 def test_sigtstp_fallback_for_the_running_tasks_of_an_array(fake, run):
@@ -841,16 +875,75 @@ def test_terminate_a_whole_array(fake, run):
         "1.4": ("Failed", "CANCELLED, before it started", None)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Slurm 22.05 drops a pending task cancelled alone from its array's record, and "
-    "`sacct -j A_I` never lists it: ostracker has nothing left to read and says "
-    "Undetermined, where the README promises Failed (CANCELLED)"))
-def test_terminate_one_queued_task_of_an_array(fake, run):
+@pytest.mark.parametrize("accounting", [True, False])
+def test_terminate_one_queued_task_of_an_array(fake, run, state_dir, accounting):
+    """Slurm 22.05 drops a queued task cancelled alone from its array's pending tasks,
+    and neither squeue nor sacct knows it ever after: ostracker's note in
+    dropped.json says what became of it."""
+    if not accounting:
+        fake.knob("no-accounting")
     ok(run("submit", "--array", "1-3", "--", "true"))
+    started = int(time.time())
     ok(run("terminate", "1.2"))
     assert fake.control_calls() == [["scancel", "4711_2"]]
+    assert "4711_2" not in ok(fake.slurm("squeue", "-h", "-o", "%i", "-t", "all"))
+    jobs = statuses(run, "1")
+    assert {job_id: (job["state"], job["sub_state"]) for job_id, job in jobs.items()} == {
+        "1.1": ("Queued", "PENDING (Priority)"),
+        "1.2": ("Failed", "CANCELLED, before it started"),
+        "1.3": ("Queued", "PENDING (Priority)")}
+    task = jobs["1.2"]
+    assert (task["exit_status"], task["terminating_signal"], task["dispatch_time"]) == \
+        (None, None, None)
+    assert iso(started) <= task["finish_time"] <= iso(int(time.time()))
+    assert run("wait", "1.2").returncode == 1
+    with open(os.path.join(state_dir, "jobs", "1", "dropped.json")) as handle:
+        assert list(json.load(handle)["cancelled"]) == ["4711_2"]
+    fake("start", "4711")  # the others run and end; Slurm forgets the array
+    fake("end", "4711", "0")
+    fake("forget", "4711")
+    jobs = statuses(run, "1")
+    assert (jobs["1.2"]["state"], jobs["1.2"]["sub_state"]) == \
+        ("Failed", "CANCELLED, before it started")
+    assert {jobs[job_id]["state"] for job_id in ("1.1", "1.3")} == \
+        {"Done" if accounting else "Undetermined"}
+
+
+@pytest.mark.parametrize("name, record", [
+    ("dropped.json", {"schema": 1, "cancelled": ["4711_2"]}),
+    ("dropped.json", {"schema": 1, "cancelled": {"4711_2": "yesterday"}}),
+    ("dropped.json", {"schema": 1}),
+    ("stopped.json", {"schema": 1, "slurm_ids": ["4711_1"], "runs": ["4711_1"]}),
+    ("stopped.json", {"schema": 1, "slurm_ids": ["4711_1"],
+                      "runs": {"4711_1": {"start": "now", "restarts": 0}}}),
+    ("stopped.json", {"schema": 1, "slurm_ids": ["4711_1"], "runs": {"4711_1": {"start": 1}}}),
+])
+def test_a_damaged_note_is_its_jobs_error(fake, run, state_dir, name, record):
+    ok(run("submit", "--array", "1-3", "--", "true"))
+    ok(run("submit", "--", "true"))
+    with open(os.path.join(state_dir, "jobs", "1", name), "w") as handle:
+        json.dump(record, handle)
+    result = run("status", "--json")  # the others are listed; that one is reported
+    assert result.returncode == 0
+    assert one_line(result.stderr).endswith(f"damaged record {state_dir}/jobs/1/{name}")
+    assert [job["id"] for job in json.loads(result.stdout)] == ["2"]
+    result = run("info", "1.1")
+    assert result.returncode == 1 and f"/jobs/1/{name}" in one_line(result.stderr)
+
+
+def test_what_slurm_says_of_a_task_wins_over_the_dropped_note(fake, run, state_dir):
+    """A task that Slurm started after all (between ostracker's look and scancel) is
+    what Slurm says it is, not "CANCELLED, before it started"."""
+    ok(run("submit", "--array", "1-3", "--", "true"))
+    with open(os.path.join(state_dir, "jobs", "1", "dropped.json"), "w") as handle:
+        json.dump({"schema": 1, "cancelled": {"4711_2": 1}}, handle)
+    fake("start", "4711")
+    fake("end", "4711", "0")
     assert {job_id: job["state"] for job_id, job in statuses(run, "1").items()} == \
-        {"1.1": "Queued", "1.2": "Failed", "1.3": "Queued"}
+        {"1.1": "Done", "1.2": "Done", "1.3": "Done"}
+    fake("forget", "4711")
+    assert {job_id: job["state"] for job_id, job in statuses(run, "1").items()} == \
+        {"1.1": "Done", "1.2": "Done", "1.3": "Done"}
 
 
 # =========================================================================================
@@ -944,8 +1037,8 @@ def test_without_accounting_a_forgotten_job_is_undetermined(fake, run):
     assert (jobs["1"]["state"], jobs["1"]["exit_status"]) == ("Failed", 3)
     extension = jobs["1"]["extension_list"]
     assert extension["slurm_job_id"] == "4711"
-    assert [extension.get(key) for key in ("ru_maxrss", "user_time_ms", "system_time_ms")] == \
-        [None, None, None]
+    assert [extension[key] for key in ("ru_maxrss", "user_time_ms", "system_time_ms")] == \
+        [None, None, None]  # there, and null
     assert jobs["2"]["state"] == "Undetermined"
     assert jobs["2"]["sub_state"] == \
         "Slurm no longer knows job 4712 and keeps no accounting of it"
@@ -962,23 +1055,26 @@ def test_a_forgotten_arrays_tasks_that_ran_are_read_from_sacct(fake, run):
     jobs = statuses(run, "1")
     assert {job_id: (job["state"], job["exit_status"]) for job_id, job in jobs.items()} == \
         {"1.1": ("Done", 0), "1.2": ("Failed", 5)}
-    assert fake.calls("sacct")[-1][-1] == "4711_1,4711_2"
+    assert fake.calls("sacct")[-1][-1] == "4711"  # the array whole: see the next test
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`sacct -j A_I` (what ostracker asks) lists no task that never started while others "
-    "were pending too; only `sacct -j A` has their `A_[3,5]` line, so they read "
-    "Undetermined, not Failed (CANCELLED, before it started)"))
 def test_a_forgotten_arrays_cancelled_pending_tasks_are_read_from_sacct(fake, run):
+    """`sacct -j A_I` lists no task that never started while others were pending too:
+    only `sacct -j A` has their `A_[..]` line, which may still list tasks that ran
+    since (22.05's lags): their own lines win over it."""
     ok(run("submit", "--array", "1-3", "--", "true"))
     fake("start", "4711_1")
     fake("end", "4711_1", "0")
     ok(run("terminate", "1"))
     fake("forget", "4711")
+    lines = ok(fake.slurm("sacct", "-P", "-n", "--format=JobID,State", "-j", "4711"))
+    assert lines.splitlines()[-1] == "4711_[1-3]|CANCELLED by %d" % os.getuid()
+    fake.clear_calls()
     jobs = statuses(run, "1")
-    assert {job_id: job["sub_state"] for job_id, job in jobs.items()} == {
-        "1.1": "COMPLETED", "1.2": "CANCELLED, before it started",
-        "1.3": "CANCELLED, before it started"}
+    assert fake.calls("sacct") == [["sacct", "-P", "-n", SACCT_FORMAT, "-j", "4711"]]
+    assert {job_id: (job["state"], job["sub_state"]) for job_id, job in jobs.items()} == {
+        "1.1": ("Done", "COMPLETED"), "1.2": ("Failed", "CANCELLED, before it started"),
+        "1.3": ("Failed", "CANCELLED, before it started")}
 
 
 # =========================================================================================
@@ -1115,8 +1211,7 @@ def test_monitor_machine(fake, run):
     node, = json.loads(ok(run("monitor", "--machine", "--json")))
     assert fake.calls("sinfo") == [["sinfo", "-h", "-N", "-O",
                                     "NodeList:|,StateLong:|,CPUs:|,Sockets:|,Cores:|,"
-                                    "Threads:|,Memory:|,CPUsLoad:|,FreeMem:|,Arch:|,OS:|,"
-                                    "Partition:|"]]
+                                    "Threads:|,Memory:|,CPUsLoad:|,FreeMem:|,Partition:|"]]
     assert {key: node[key] for key in ("name", "available", "sockets", "cores_per_socket",
                                        "threads_per_core", "load", "phys_memory",
                                        "virt_memory")} == \
@@ -1126,7 +1221,7 @@ def test_monitor_machine(fake, run):
     extension = node["extension_list"]
     assert (extension["state"], extension["cpus"], extension["free_memory"]) == \
         ("mixed", 4, 6000 * 1024 * 1024)
-    assert [name.rstrip("*") for name in extension["partitions"]] == ["debug", "long"]
+    assert extension["partitions"] == ["debug", "long"]  # without the default's "*"
     header, row = ok(run("monitor", "--machine")).splitlines()
     assert header.split() == ["NODE", "STATE", "CPUS", "LOAD", "MEMORY", "FREE", "PARTITIONS"]
     assert row.split()[:8] == ["fake1", "mixed", "4", "0.05", "7.7", "GiB", "5.9", "GiB"]
@@ -1134,12 +1229,25 @@ def test_monitor_machine(fake, run):
     assert json.loads(ok(run("monitor", "--machine", "--json")))[0]["available"] is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sinfo -O has no Arch or OS field in Slurm 22.05: it warns on stderr, prints them "
-    "empty and exits 0, so machine_arch is always '' and machine_os null"))
 def test_monitor_machine_arch_and_os(fake, run):
+    """sinfo -O has no Arch or OS field in 22.05 (it warns, prints them empty and
+    exits 0): they come from `scontrol -o show node`, whose OS holds spaces."""
     node, = json.loads(ok(run("monitor", "--machine", "--json")))
-    assert node["machine_arch"] and node["machine_os"]
+    assert fake.calls("scontrol") == [["scontrol", "-o", "show", "node"]]
+    assert list(node) == ["name", "available", "sockets", "cores_per_socket",
+                          "threads_per_core", "load", "phys_memory", "virt_memory",
+                          "machine_os", "machine_os_version", "machine_arch", "extension_list"]
+    assert (node["machine_os"], node["machine_os_version"], node["machine_arch"]) == \
+        ("Linux", "6.1.0-18-amd64", "x86_64")
+    fake("platform", "aarch64", "Linux 6.8.0-1004-raspi")
+    node, = json.loads(ok(run("monitor", "--machine", "--json")))
+    assert (node["machine_os"], node["machine_os_version"], node["machine_arch"]) == \
+        ("Linux", "6.8.0-1004-raspi", "aarch64")
+    fake("platform")  # a node that never registered: scontrol has neither
+    node, = json.loads(ok(run("monitor", "--machine", "--json")))
+    assert (node["machine_os"], node["machine_os_version"], node["machine_arch"]) == \
+        (None, None, None)
+    assert node["name"] == "fake1" and node["sockets"] == 1
 
 
 def test_monitor_refuses_local_only_options(fake, run):

@@ -16,6 +16,7 @@ and ``{"set", "number"}`` objects from 23.02 on.  Exit codes come from
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -102,13 +103,15 @@ def _classify(command: str, stderr: str) -> TrackerError:
     if "Unable to contact slurm controller" in message or "Could not establish a configuration" \
             in message or "Zero Bytes were transmitted" in message:
         return SlurmUnavailable(f"Slurm is not reachable: {text}")
-    if "Invalid job id" in message:
+    # 22.05's scontrol suspend/resume of a job it does not know says only this line.
+    if "Invalid job id" in message or "Unexpected message received for job" in message:
         return JobNotFound(text)
     if "Access/permission denied" in message:
         return PermissionDenied(text)
     if any(words in message for words in (
             "no longer pending", "is pending execution", "already completing or completed",
             "can not be altered now", "not suspended", "not running", "Job is not pending",
+            "Job has already finished",
             "Requested operation is presently disabled")):
         return InvalidState(text)
     return TrackerError(text)
@@ -179,7 +182,7 @@ class SlurmJob:
 
     __slots__ = ("slurm_id", "state", "sub_state", "exit_status", "terminating_signal",
                  "submit_time", "start_time", "end_time", "nodes", "name", "user", "uid",
-                 "extra")
+                 "restarts", "extra")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -213,7 +216,8 @@ def _from_squeue(data: dict) -> SlurmJob:
     slurm_state = _base_state(data.get("job_state"))
     reason = data.get("state_reason")
     held = reason in HELD_REASONS or _number(data.get("priority")) == 0
-    state, sub_state = job_state(slurm_state, reason, held, _number(data.get("restart_cnt")) or 0)
+    restarts = _number(data.get("restart_cnt")) or 0
+    state, sub_state = job_state(slurm_state, reason, held, restarts)
     # A job that ended without ever getting a node (cancelled while pending) has
     # Slurm's cancel time as start and end, and exit code 0: none of it happened.
     started = state not in (JobState.QUEUED, JobState.QUEUED_HELD, JobState.REQUEUED,
@@ -232,7 +236,7 @@ def _from_squeue(data: dict) -> SlurmJob:
         start_time=_number(data.get("start_time")) if started else None,
         end_time=_number(data.get("end_time")) if state.ended else None,
         nodes=data.get("nodes") or None, name=data.get("name"), user=data.get("user_name"),
-        uid=_number(data.get("user_id")),
+        uid=_number(data.get("user_id")), restarts=restarts,
         extra={"partition": data.get("partition") or None,
                "command": data.get("command") or None,
                "working_directory": data.get("current_working_directory") or None})
@@ -337,7 +341,12 @@ def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
     For each job: state, exit status or signal and times from the job's own
     line (a cancelled job's signal from its batch step, where the job line
     says 0:0), MaxRSS (KiB) from its steps, CPU times (ms) summed over them.
-    An array's tasks that never started share one line, ``9_[3-5%1]``.
+
+    An array's tasks that never started share one line, ``9_[3-5%1]``, which
+    22.05 prints only for ``-j 9`` (never for ``-j 9_3``), and which may still
+    list tasks that ran since (22.05 printed ``6_[5,7,9%3]`` where 5 and 7 had
+    run): a task's own line wins over it, wherever either stands.  An account
+    taken from that shared line has ``"shared": True``.
     Missing accounting is not an error: the caller leaves those fields null.
     """
     if not slurm_ids:
@@ -348,6 +357,7 @@ def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
     except TrackerError:
         return None  # "accounting storage is disabled", or no Slurm at all
     accounts: dict[str, dict] = {}
+    shared: dict[str, dict] = {}  # from an array's A_[...] line: where a task has no line
     for line in text.splitlines():
         fields = dict(zip(SACCT_FIELDS, line.split("|")))
         if len(fields) != len(SACCT_FIELDS):
@@ -366,9 +376,14 @@ def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
             continue
         account = _sacct_job(fields)
         array, _, pending = job.partition("_[")
-        for slurm_id in ([f"{array}_{i}" for i in _indices_of(pending.rstrip("]"), "sacct")]
-                         if pending else [job]):
-            accounts.setdefault(slurm_id, {}).update(account)
+        if pending:
+            for index in _indices_of(pending.rstrip("]"), "sacct"):
+                shared[f"{array}_{index}"] = dict(account, shared=True)
+        else:
+            accounts.setdefault(job, {}).update(account)
+    for slurm_id, account in shared.items():
+        if "state" not in accounts.get(slurm_id, {}):
+            accounts[slurm_id] = account
     return accounts
 
 
@@ -434,23 +449,33 @@ def _milliseconds(text: str) -> int | None:
 
 # -- sinfo ---------------------------------------------------------------------------------
 
+# (sinfo -O has no Arch or OS in 22.05: it warns, prints them empty and exits 0.)
 SINFO_FIELDS = ("NodeList", "StateLong", "CPUs", "Sockets", "Cores", "Threads", "Memory",
-                "CPUsLoad", "FreeMem", "Arch", "OS", "Partition")
+                "CPUsLoad", "FreeMem", "Partition")
+# Where the next field of a ``scontrol -o show node`` line begins: `` Key=``.
+_NEXT_KEY = re.compile(r" +(?=[A-Za-z][A-Za-z0-9_]*=)")
 
 
 def nodes() -> list[dict]:
     """The cluster's nodes as DRMAA2 MachineInfos (one per node; sizes in bytes), in the
-    shape of the local backend's: a key that Slurm does not report is null."""
+    shape of the local backend's: a key that Slurm does not report is null.
+
+    ``sinfo`` gives the sizes, the load, the state and the partitions (without
+    the default partition's ``*``), ``scontrol -o show node`` the architecture and OS.
+    """
     text = run(["sinfo", "-h", "-N", "-O", ",".join(f"{name}:|" for name in SINFO_FIELDS)])
+    systems = node_systems()
     machines: dict[str, dict] = {}
     for line in text.splitlines():
         values = [value.strip() for value in line.split("|")]
         fields = dict(zip(SINFO_FIELDS, values))
         name = fields["NodeList"]
+        partition = fields["Partition"].rstrip("*")  # "debug*": the default partition
         if name in machines:  # one line per partition the node is in
-            machines[name]["extension_list"]["partitions"].append(fields["Partition"])
+            machines[name]["extension_list"]["partitions"].append(partition)
             continue
-        system, _, release = fields["OS"].partition(" ")
+        arch, os_text = systems.get(name, (None, None))
+        system, _, release = (os_text or "").partition(" ")
         machines[name] = {  # the keys and order of the local backend's machine_info
             "name": name,
             "available": fields["StateLong"].rstrip("*~#$@+").split("+")[0]
@@ -463,12 +488,32 @@ def nodes() -> list[dict]:
             "virt_memory": None,  # sinfo does not tell a node's swap
             "machine_os": system or None,
             "machine_os_version": release.split(" ")[0] or None,
-            "machine_arch": fields["Arch"],
+            "machine_arch": arch,
             "extension_list": {"state": fields["StateLong"], "cpus": _int(fields["CPUs"]),
                                "free_memory": _mebibytes(fields["FreeMem"]),
-                               "partitions": [fields["Partition"]]},
+                               "partitions": [partition]},
         }
     return list(machines.values())
+
+
+def node_systems() -> dict[str, tuple[str | None, str | None]]:
+    """Each node's (Arch, OS) from ``scontrol -o show node``: one line per node,
+    ``NodeName=n1 Arch=x86_64 ... OS=Linux 6.1.0-18-amd64 #1 SMP ... RealMemory=...``.
+
+    OS holds spaces: it runs up to the next `` Key=``.  A node that never
+    registered has neither (or ``(null)``): None.
+    """
+    systems = {}
+    for line in run(["scontrol", "-o", "show", "node"]).splitlines():
+        fields = {}
+        for item in _NEXT_KEY.split(line.strip()):
+            key, _, value = item.partition("=")
+            fields.setdefault(key, value.strip())
+        name = fields.get("NodeName")
+        if name:
+            systems[name] = tuple(None if fields.get(key) in (None, "", "(null)") else
+                                  fields[key] for key in ("Arch", "OS"))
+    return systems
 
 
 def _int(text: str) -> int | None:

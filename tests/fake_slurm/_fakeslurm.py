@@ -12,7 +12,8 @@ What the commands print is what Slurm 22.05.8 prints, checked against a real
 22.05 cluster (``scripts/slurm-cluster``): ``squeue --json``'s keys and
 numbers, the task string of an array's pending tasks (``2,4%1``), sacct's
 ``-P`` lines with their ``.batch`` steps and ``A_[2,4%1]`` lines, sinfo's
-``-O`` columns, and the error lines of each command (some odd, all real).
+``-O`` columns, ``scontrol -o show node``'s line, and the error lines of each
+command (some odd, all real).
 ``$FAKE_SLURM_DIR/version`` holding ``23.02`` makes ``squeue --json`` print
 23.02's shape instead (number objects, a list of state and flags, an exit
 code object).
@@ -54,7 +55,8 @@ BASE_PRIORITY = 4294901759  # what a fresh 22.05 job gets with priority/basic
 TIME_LIMIT = 365 * 86400  # a running job's end_time is its start plus this (22.05 prints it)
 DEFAULT_NODE = {"name": "fake1", "state": "idle", "cpus": 4, "sockets": 1, "cores": 4,
                 "threads": 1, "memory": 7900, "load": "0.05", "free_memory": 6000,
-                "partitions": ["debug*"]}
+                "partitions": ["debug*"], "arch": "x86_64",
+                "os": "Linux 6.1.0-18-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)"}
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
          "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 # Flags that Slurm's job_state_string() prints instead of the base state, in its order.
@@ -484,7 +486,11 @@ def sbatch(args: list[str], stdin: bytes) -> str:
                   "options": options, "argv": ["sbatch", *args],
                   "reason": "Priority"}
         if indices is not None:
-            job = new_job(data, **fields, pending=indices, max_parallel=limit)
+            # slurmdbd's copy of the pending tasks lags behind slurmctld's: 22.05's
+            # sacct printed 6_[5,7,9%3] where 5 and 7 had run.  The fake's is the
+            # list as submitted, the lag at its longest.
+            job = new_job(data, **fields, pending=indices, max_parallel=limit,
+                          db_pending=list(indices))
             job["array_job_id"] = job["job_id"]
             normalize(job)
         else:
@@ -501,6 +507,8 @@ def sbatch(args: list[str], stdin: bytes) -> str:
 # -- scontrol, scancel ---------------------------------------------------------------------
 
 def scontrol(args: list[str]) -> str:
+    if args[:1] == ["-o"] or args[-1:] == ["-o"] or args[:1] == ["show"]:
+        return show_node([arg for arg in args if arg != "-o"], "-o" in args)
     if len(args) != 2 or args[0] not in ("hold", "release", "suspend", "resume", "requeue"):
         raise Failure(f"scontrol: the fake knows only hold/release/suspend/resume/requeue "
                       f"JOB_LIST, not {args!r}")
@@ -528,6 +536,44 @@ def scontrol(args: list[str]) -> str:
     if errors:
         raise Failure("\n".join(errors))
     return ""
+
+
+def show_node(args: list[str], one_line: bool) -> str:
+    """``scontrol -o show node [NAME]``: 22.05's line of each node (without -o it prints
+    several lines a node; the fake does not).  Arch and OS only for a node that has them
+    (one that never registered has neither).
+    """
+    if args[:1] != ["show"] or len(args) not in (2, 3) or args[1] not in ("node", "nodes"):
+        raise Failure(f"scontrol: the fake shows only nodes, not {args!r}")
+    if not one_line:
+        raise Failure("scontrol: the fake shows nodes with -o only")
+    if knob("down") is not None:
+        raise Failure("slurm_load_node error: Unable to contact slurm controller "
+                      "(connect failure)")
+    with State(write=False) as data:
+        nodes = [node for node in data["nodes"] if len(args) == 2 or node["name"] == args[2]]
+    if not nodes:
+        raise Failure(f"Node {args[2]} not found")
+    lines = []
+    for node in nodes:
+        arch = f"Arch={node['arch']} " if node.get("arch") else ""
+        system = f"OS={node['os']}  " if node.get("os") else ""  # (two spaces: 22.05's)
+        state = node["state"].upper().rstrip("*~#$@+")
+        partitions = ",".join(name.rstrip("*") for name in node["partitions"])
+        lines.append(
+            f"NodeName={node['name']} {arch}CoresPerSocket={node['cores']}  CPUAlloc=0 "
+            f"CPUEfctv={node['cpus']} CPUTot={node['cpus']} CPULoad={node['load']} "
+            "AvailableFeatures=(null) ActiveFeatures=(null) Gres=(null) "
+            f"NodeAddr={node['name']} NodeHostName={node['name']} Version=22.05.8 {system}"
+            f"RealMemory={node['memory']} AllocMem=0 FreeMem={node['free_memory']} "
+            f"Sockets={node['sockets']} Boards=1 State={state} "
+            f"ThreadsPerCore={node['threads']} TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A "
+            f"Partitions={partitions}  BootTime=2026-01-05T09:00:00 "
+            "SlurmdStartTime=2026-01-05T09:00:10 LastBusyTime=2026-01-05T09:10:00 "
+            f"CfgTRES=cpu={node['cpus']},mem={node['memory']}M,billing={node['cpus']} "
+            "AllocTRES= CapWatts=n/a CurrentWatts=0 AveWatts=0 ExtSensorsJoules=n/s "
+            "ExtSensorsWatts=0 ExtSensorsTemp=n/s")
+    return "".join(line + "\n" for line in lines)
 
 
 def _control(data, action, job, index, text, whole_array) -> list[str]:
@@ -568,7 +614,7 @@ def _split(data: dict, job: dict, index: int) -> dict:
     """Give pending task ``index`` of array record ``job`` a record of its own."""
     job["pending"].remove(index)
     fields = json.loads(json.dumps({key: value for key, value in job.items()
-                                    if key != "job_id"}))
+                                    if key not in ("job_id", "db_pending")}))
     task = new_job(data, **{**fields, "pending": None, "array_task_id": index})
     normalize(job)
     return task
@@ -718,8 +764,9 @@ def sacct_lines(job: dict, fields: list[str], as_pending: bool) -> list[str]:
     state = job["state"]
     sig = job["exit_code"] & 0x7F
     code = 0 if sig else job["exit_code"] >> 8
-    if as_pending:
-        label = f"{job['array_job_id']}_[{format_indices(job['pending'], job['max_parallel'])}]"
+    if as_pending:  # slurmdbd's list (see sbatch)
+        indices = job.get("db_pending") or job["pending"]
+        label = f"{job['array_job_id']}_[{format_indices(indices, job['max_parallel'])}]"
     else:
         label = task_label(job)
     started = job["started"]
@@ -823,6 +870,7 @@ CONTROL_HELP = """usage: fake-slurm COMMAND ...
   forget ID                      slurmctld forgets it (MinJobAge); sacct still knows
   foreign NAME USER UID [STATE]  a job of another user
   node STATE [PARTITION...]      the node's state (and its partitions)
+  platform [ARCH [OS]]           the node's Arch and OS (none: it never registered)
   knob NAME [TEXT] | unknob NAME set or remove a knob file
   show [ID[_I]]                  the records, as JSON
 """
@@ -830,7 +878,7 @@ CONTROL_HELP = """usage: fake-slurm COMMAND ...
 
 def control(args: list[str]) -> str:
     known = {"start", "end", "run", "set", "flag", "hold-admin", "priority", "requeue", "reap",
-             "account", "forget", "foreign", "node", "knob", "unknob", "show"}
+             "account", "forget", "foreign", "node", "platform", "knob", "unknob", "show"}
     if not args or args[0] not in known:
         raise Failure(CONTROL_HELP, 2)
     command, rest = args[0], args[1:]
@@ -866,6 +914,11 @@ def control(args: list[str]) -> str:
             node["state"] = rest[0]
             if len(rest) > 1:
                 node["partitions"] = rest[1:]
+            return ""
+        if command == "platform":
+            node = data["nodes"][0]
+            node["arch"] = rest[0] if rest else None
+            node["os"] = rest[1] if len(rest) > 1 else None
             return ""
         if command == "forget":
             for job, _ in targets_of(data, rest[0]):
@@ -1066,8 +1119,9 @@ def main(name: str, args: list[str]) -> int:
         if name != "fake-slurm":  # the log is of the Slurm commands that were run
             log_call(name, args)
             failure = knob(f"fail-{name}")
-            if name == "scontrol" and args and failure is None:
-                failure = knob(f"fail-scontrol-{args[0]}")
+            subcommand = next((arg for arg in args if not arg.startswith("-")), None)
+            if name == "scontrol" and subcommand and failure is None:
+                failure = knob(f"fail-scontrol-{subcommand}")
             if failure is not None:
                 raise Failure(failure.rstrip("\n"))
         if name == "sbatch":
