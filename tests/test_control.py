@@ -171,14 +171,32 @@ def test_hold_and_release_are_unsupported(run, submit):
     assert record(run, job_id)["state"] == "Running"
 
 
-def test_suspend_fails_clearly_when_the_job_ignores_sigtstp(run, submit):
-    """A job that ignores SIGTSTP: suspend fails (exit 1) and never claims a suspension."""
+def group_pids(pgid):
+    """PIDs of the live processes in process group ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            current = proc.stat(int(name))
+            if current is not None and current.pgid == pgid and current.state not in "ZX":
+                found.append(int(name))
+    return found
+
+
+def test_suspend_stops_with_sigstop_what_ignores_sigtstp(run, submit):
+    """A tree whose processes ignore SIGTSTP: suspend falls back to SIGSTOP and verifies it.
+
+    Every process of the job, the shell and its background child, shows T in
+    /proc before suspend returns; resume continues them all.
+    """
     job_id, pid = running_job(submit, run, "sh", "-c", "trap '' TSTP; sleep 100 & wait")
+    child = poll(lambda: [p for p in group_pids(pid) if p != pid], message="the child")[0]
     result = run("suspend", job_id)
-    assert result.returncode == 1
-    assert "did not stop" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert proc_state(pid) == "T" and proc_state(child) == "T"
+    assert record(run, job_id)["state"] == "Suspended"
+    assert run("resume", job_id).returncode == 0
+    poll(lambda: proc_state(child) not in ("T", None), message="the child running again")
     assert record(run, job_id)["state"] == "Running"
-    assert proc_state(pid) != "T"
 
 
 def test_terminating_queued_tasks_frees_their_places(run, submit, tmp_path):

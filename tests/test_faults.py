@@ -31,8 +31,8 @@ OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
 
 # -- helpers ---------------------------------------------------------------------------
 
-def info_of(run, job_id):
-    result = run("info", job_id, "--json")
+def info_of(run, job_id, env=None):
+    result = run("info", job_id, "--json", env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -383,19 +383,6 @@ def fifo(tmp_path):
         os.close(writer)
 
 
-def forked_reaper(submitter, marker):
-    """The reaper that ``submitter`` forked (same command line, a session of its own)."""
-    def found():
-        try:
-            # Not the middle process, which leads the new session and exits at once.
-            return [pid for pid in processes_with(marker)
-                    if pid != submitter.pid and os.getsid(pid) not in (pid, submitter.pid,
-                                                                        os.getsid(submitter.pid))]
-        except ProcessLookupError:
-            return None
-    return poll(found, message="the forked reaper")[0]
-
-
 def open_fifo_writer(path):
     """A blocking write end of the FIFO once somebody is at its read end, else None."""
     try:
@@ -408,53 +395,47 @@ def open_fifo_writer(path):
     return fd
 
 
-def test_reaper_killed_before_start_is_reported_fails_the_submit(run, state_dir, fifo):
-    """The reaper blocks opening a FIFO stdin; kill -9 then: submit exits 1, nothing Running."""
-    marker = f"marker-{uuid.uuid4().hex}"
-    submitter = subprocess.Popen([*CLI, "submit", "-n", marker, "--stdin", fifo, "--", "cat"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        reaper = forked_reaper(submitter, marker)
-        assert submitter.poll() is None  # still waiting for the word from the reaper
-        kill9(reaper)
-        out, err = submitter.communicate(timeout=10)
-    finally:
-        submitter.kill()
-        submitter.wait()
-    assert submitter.returncode == 1
-    assert out == ""
-    line = one_line(subprocess.CompletedProcess([], 1, "", err))
-    assert "could not start" in line and "reaper" in line, line
-    job_id = line.split("job ", 1)[1].split()[0]
-    job = info_of(run, job_id)
-    assert job["state"] in ("Undetermined", "Failed") and job["sub_state"], job
-    assert run("wait", "--timeout", "10", job_id).returncode == 1
-    result = run("delete", job_id)
-    assert result.returncode == 0, result.stderr
+def test_a_fifo_stdin_blocks_the_job_never_the_reaper_nor_control(run, state_dir, fifo):
+    """--stdin FIFO that nobody opens: submit returns, the job waits Running in its open.
 
-
-def test_submitter_killed_before_start_is_reported_leaves_the_job_tracked(
-        run, state_dir, fifo):
-    """kill -9 of `submit` while its reaper is about to start the job: the job is still tracked.
-
-    The reaper then finds the ready pipe closed; it must carry on watching the
-    job it started and record its real end, not die and leave it Undetermined.
+    terminate then ends it for good (it never reads the data written later),
+    and the reaper, which never blocked, records it.
     """
-    marker = f"marker-{uuid.uuid4().hex}"
-    submitter = subprocess.Popen([*CLI, "submit", "-n", marker, "--stdin", fifo, "--", "cat"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        forked_reaper(submitter, marker)  # blocked opening the FIFO
-    finally:
-        submitter.kill()
-        submitter.wait()
-    job_id = [name for name in os.listdir(os.path.join(state_dir, "jobs")) if name.isdigit()][0]
-    writer = poll(lambda: open_fifo_writer(fifo), message="the reaper at the FIFO")
-    os.write(writer, b"hello\n")  # the reaper's open returns: it starts the job
+    result = run("submit", "--stdin", fifo, "--", "cat", timeout=20)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    job = info_of(run, job_id)
+    assert job["state"] == "Running" and job["pid"], job
+    result = run("terminate", job_id, timeout=20)
+    assert result.returncode == 0, result.stderr
+    job = info_of(run, job_id)
+    assert (job["state"], job["sub_state"]) == ("Failed", "terminated"), job
+    assert open_fifo_writer(fifo) is None  # nobody reads the FIFO any more: the job never ran
+    assert run("output", job_id).stdout == ""
+
+
+def test_reaper_killed_while_the_job_waits_at_a_fifo_leaves_it_tracked(run, state_dir, fifo):
+    """kill -9 of the reaper while the job's process blocks opening its FIFO stdin.
+
+    The job is still tracked (Running, from its live process), it runs once the
+    FIFO is opened, and terminate without a reaper records Failed "terminated".
+    """
+    result = run("submit", "--stdin", fifo, "--", "sh", "-c", "cat; sleep 100")
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    with open(os.path.join(state_dir, "jobs", job_id, "state.json")) as handle:
+        record = json.load(handle)
+    kill9(record["reaper_pid"])
+    job = poll(lambda: (lambda j: "reaper lost" in (j["sub_state"] or "") and j)(
+        info_of(run, job_id)), message="the reaper seen lost")
+    assert job["state"] == "Running" and job["pid"] == record["pid"], job
+    writer = poll(lambda: open_fifo_writer(fifo), message="the job at the FIFO")
+    os.write(writer, b"hello\n")
     os.close(writer)
-    job = poll(lambda: (lambda j: j["state"] not in ("Running", "Queued") and j)(
-        info_of(run, job_id)), message="the job ended")
-    assert (job["state"], job["exit_status"]) == ("Done", 0), job
+    assert run("terminate", job_id).returncode == 0
+    job = info_of(run, job_id)
+    assert (job["state"], job["sub_state"], job["terminating_signal"]) == \
+        ("Failed", "terminated", "SIGKILL"), job
     assert run("output", job_id).stdout == "hello\n"
 
 
@@ -773,6 +754,8 @@ def snapshot(root):
             path = os.path.join(folder, name)
             if os.path.islink(path) or os.path.isdir(path):
                 found[path] = "dir"
+            elif stat.S_ISSOCK(os.lstat(path).st_mode):
+                found[path] = "socket"  # a live reaper's control socket
             else:
                 with open(path, "rb") as handle:
                     found[path] = handle.read()
@@ -802,8 +785,12 @@ def test_full_disk_submit_fails_clearly_and_changes_nothing(run, small_fs):
     assert int(again.stdout) == int(first.stdout) + 1
 
 
-def test_full_disk_when_the_reaper_writes_a_result_keeps_the_previous_record(run, small_fs):
-    """ENOSPC for the job's final record: the Running record stays whole, no temp file."""
+def test_full_disk_when_the_reaper_writes_a_result_loses_nothing(run, small_fs):
+    """ENOSPC for the job's final record: the reaper keeps it, and writes it once space returns.
+
+    Meanwhile the job reads as it last was (its reaper lives), no temp file is
+    left, and nothing is lost: the record says SIGKILL once the filler is gone.
+    """
     where, state = small_fs
     env = {"OSTRACKER_STATE_DIR": state}
     result = run("submit", "--", "sleep", "60", env=env)
@@ -814,20 +801,19 @@ def test_full_disk_when_the_reaper_writes_a_result_keeps_the_previous_record(run
         previous = json.load(handle)
     assert previous["state"] == "Running"
     filler = fill(where)
-    kill_group(previous["pid"])
-
-    def ended():
-        job = json.loads(run("info", job_id, "--json", env=env).stdout)
-        return job["state"] not in ("Running", "Suspended") and job
-    job = poll(ended, message="the job read as ended")
-    with open(record_path) as handle:
-        current = json.load(handle)  # whole: the previous record, or a complete new one
-    assert current == previous or current["state"] in ("Failed", "Undetermined"), current
-    assert temp_files(state) == []
-    assert job["state"] in ("Failed", "Undetermined") and job["sub_state"], job
-    os.unlink(filler)
-    result = run("delete", job_id, env=env)
-    assert result.returncode == 0, result.stderr
+    try:
+        kill_group(previous["pid"])
+        poll(lambda: proc_state(previous["pid"]) is None, message="the job reaped")
+        with open(record_path) as handle:
+            assert json.load(handle) == previous  # whole: the write that failed left nothing
+        assert temp_files(state) == []
+        assert info_of(run, job_id, env=env)["state"] == "Running"
+    finally:
+        os.unlink(filler)
+    job = poll(lambda: (lambda j: j["state"] != "Running" and j)(info_of(run, job_id, env=env)),
+               message="the result written once space returned")
+    assert (job["state"], job["terminating_signal"]) == ("Failed", "SIGKILL"), job
+    assert run("wait", job_id, env=env).returncode == 128 + signal.SIGKILL
 
 
 def _file_size_limit(limit):
@@ -904,7 +890,7 @@ def test_state_dir_and_records_are_private_even_under_umask_000(state_dir, tmp_p
 @pytest.mark.parametrize("which", ["state", "jobs"])
 def test_state_dir_owned_by_another_user_is_refused(run, state_dir, which):
     """A state dir (or its jobs/) of another user is refused, exit 1, nothing written."""
-    assert run("submit", "--", "true").returncode == 0
+    assert run("submit", "--wait", "--", "true").returncode == 0
     target = state_dir if which == "state" else os.path.join(state_dir, "jobs")
     os.chown(target, NOBODY, NOBODY)
     before = snapshot(state_dir)
@@ -920,7 +906,7 @@ def test_state_dir_owned_by_another_user_is_refused(run, state_dir, which):
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o720])
 def test_group_or_world_writable_state_dir_is_refused(run, state_dir, mode):
     """Writable by others: refused with a clear message, mode left as it was."""
-    assert run("submit", "--", "true").returncode == 0
+    assert run("submit", "--wait", "--", "true").returncode == 0
     os.chmod(state_dir, mode)
     before = snapshot(state_dir)
     for args in (["status"], ["submit", "--", "true"]):
@@ -933,10 +919,13 @@ def test_group_or_world_writable_state_dir_is_refused(run, state_dir, mode):
 
 
 def test_readable_only_state_dir_is_closed_again(run, state_dir):
-    """0755 is ours and harmless to use once closed: it becomes 0700."""
+    """0755 is ours and harmless to use once closed: the next write (submit) makes it 0700;
+    a reader changes nothing (tests/test_files.py)."""
     assert run("submit", "--", "true").returncode == 0
     os.chmod(state_dir, 0o755)
     assert run("status").returncode == 0
+    assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o755
+    assert run("submit", "--", "true").returncode == 0
     assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
 
 

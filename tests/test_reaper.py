@@ -162,3 +162,184 @@ def test_records_of_an_earlier_boot_are_undetermined_and_never_signalled(run, su
     assert run("terminate", job_id).returncode == 1
     assert proc_state(pid) in ("S", "R")  # the live process was not touched
     os.kill(pid, signal.SIGKILL)
+
+
+# -- the whole tree, and what the reaper does when its job ends --------------------------
+
+def processes_with(word: str) -> list[int]:
+    """PIDs of live processes whose command line holds ``word`` as one argument."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as handle:
+                    argv = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if word.encode() in argv and proc_state(int(name)) not in (None, "Z"):
+                found.append(int(name))
+    return found
+
+
+def info(run, job_id):
+    result = run("info", job_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_what_a_job_leaves_running_ends_with_it_and_is_counted(run, submit):
+    """`sh -c 'sleep & exit 0'`: Done, and the sleep (TERM, then KILL) ends with the job."""
+    job_id = submit("--", "sh", "-c", "sleep 102.5 & exit 0")
+    assert run("wait", job_id).returncode == 0
+    job = info(run, job_id)
+    assert (job["state"], job["sub_state"]) == ("Done", "1 leftover process ended"), job
+    poll(lambda: not processes_with("102.5"), message="the leftover sleep gone")
+
+
+def test_a_process_that_left_the_group_and_its_parent_is_still_reached(run, submit, state_dir):
+    """A double fork into a new session (a daemon) is adopted by the reaper, and ended.
+
+    The reaper is the job's subreaper: the daemon's parent is the reaper, not init.
+    """
+    job_id = submit("--", "sh", "-c", "(setsid sh -c 'sleep 101.5' &); sleep 60")
+    daemon = poll(lambda: processes_with("101.5"), message="the daemon")[0]
+    with open(os.path.join(state_dir, "jobs", job_id, "state.json")) as handle:
+        record = json.load(handle)
+    assert os.getsid(daemon) != os.getsid(record["pid"])  # it left the job's session
+
+    def ancestors(pid):
+        chain = []
+        while pid > 1:
+            pid = int(stat_fields(pid)[1])
+            chain.append(pid)
+        return chain
+    poll(lambda: record["reaper_pid"] in ancestors(daemon),
+         message="the daemon adopted by the reaper")
+    result = run("terminate", job_id)
+    assert result.returncode == 0, result.stderr
+    assert not processes_with("101.5")  # terminate returns once no process of the job is left
+    assert info(run, job_id)["sub_state"].startswith("terminated")
+
+
+def test_terminate_and_a_kill_from_outside_are_told_apart(run, submit):
+    """sub_state says "terminated" for `terminate`, "killed by SIGKILL" for someone else's kill."""
+    ours, pid = running(run, submit, "sleep", "60")
+    theirs, other = running(run, submit, "sleep", "61")
+    assert run("terminate", ours).returncode == 0
+    os.kill(other, signal.SIGKILL)
+    assert run("wait", theirs).returncode == 128 + signal.SIGKILL
+    assert info(run, ours)["sub_state"] == "terminated"
+    assert info(run, theirs)["sub_state"] == "killed by SIGKILL"
+
+
+def test_without_its_reaper_a_job_is_still_suspended_and_terminated(run, submit, state_dir):
+    """kill -9 of the reaper: suspend falls back to SIGSTOP (Linux discards SIGTSTP sent to
+    an orphaned group), and terminate records Failed "terminated", not Undetermined."""
+    job_id, pid = running(run, submit, "sh", "-c", "sleep 100; true")
+    with open(os.path.join(state_dir, "jobs", job_id, "state.json")) as handle:
+        reaper = json.load(handle)["reaper_pid"]
+    os.kill(reaper, signal.SIGKILL)
+    poll(lambda: proc_state(reaper) in (None, "Z"), message="the reaper gone")
+    result = run("suspend", job_id)
+    assert result.returncode == 0, result.stderr
+    assert proc_state(pid) == "T"
+    assert info(run, job_id)["state"] == "Suspended"
+    result = run("terminate", job_id)
+    assert result.returncode == 0, result.stderr
+    job = info(run, job_id)
+    assert (job["state"], job["sub_state"], job["terminating_signal"]) == \
+        ("Failed", "terminated", "SIGKILL"), job
+    assert proc_state(pid) is None or proc_state(pid) == "Z"
+
+
+def test_the_reaper_sleeps_while_its_job_runs(run, submit):
+    """The event loop blocks in poll: no wakeups while nothing happens (voluntary switches)."""
+    import time
+
+    job_id, pid = running(run, submit, "sleep", "30")
+    reaper = int(stat_fields(pid)[1])
+    time.sleep(0.5)  # let the reaper's start-up (its flush of the header) pass
+    first = int(field(reaper, "voluntary_ctxt_switches"))
+    time.sleep(1.0)  # an interval in which nothing happens to the job: that is the measurement
+    assert proc_state(pid) == "S"
+    assert int(field(reaper, "voluntary_ctxt_switches")) - first <= 2
+
+
+def test_a_job_terminated_before_its_first_record_never_runs(state_dir, tmp_path):
+    """terminate that comes right after the header, before the first task's record: the job is
+    cancelled for good (its process never runs), or it was already running and is killed."""
+    import threading
+
+    from ostracker import JobTemplate, JobTracker, TrackerError
+
+    tracker = JobTracker(state_dir)
+    jobs = os.path.join(state_dir, "jobs")
+    for attempt in range(10):
+        marker = tmp_path / f"ran-{attempt}"
+        outcome = {}
+
+        def terminate_at_once(job_id=str(attempt + 1)):
+            header = os.path.join(jobs, job_id, "job.json")
+            poll(lambda: os.path.exists(header), interval=0.0005, message="the header")
+            try:
+                tracker.job_control(job_id, "terminate")
+                outcome["terminated"] = True
+            except TrackerError as error:
+                outcome["error"] = str(error)
+        killer = threading.Thread(target=terminate_at_once)
+        killer.start()
+        try:
+            tracker.add_job(JobTemplate("/bin/sh", ["-c", f"sleep 0.2; touch {marker}"]))
+        except TrackerError as error:
+            assert "cancelled before it started" in str(error)
+        killer.join()
+        assert outcome.get("terminated"), outcome
+        info = tracker.job_info(str(attempt + 1))
+        assert info.state.value == "Failed", info
+        poll(lambda: all(proc_state(p) is None for p in ([info.pid] if info.pid else [])),
+             message="no process of the job")
+        assert not marker.exists()
+
+
+def test_wait_sleeps_in_the_kernel_until_the_reaper_exits(run, submit):
+    """`wait` on a running job does not poll: a handful of voluntary context switches over
+    the job's life (it sleeps on a pidfd of the job's reaper), and --timeout still holds."""
+    import resource
+
+    job_id = submit("--", "sleep", "2")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
+    assert run("wait", job_id).returncode == 0
+    # the CLI's own start-up and reads cost a few; a poll every 25 ms would cost ~80
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before <= 20
+    later = submit("--", "sleep", "30")
+    assert run("wait", "--timeout", "0.3", later).returncode == 124
+
+
+def test_a_process_whose_reaper_died_before_recording_its_pid_is_found(run, submit, state_dir):
+    """The reaper writes "starting" (with a token), spawns, then writes the PID.  Killed in
+    between, it leaves a process that readers find by the token in its environment: it reads
+    Running with its PID, and terminate ends it."""
+    job_id = submit("--wait", "--", "true")
+    token = "f00dfeedf00dfeed"
+    orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, "OSTRACKER_TOKEN": token},
+                              start_new_session=True)
+    try:
+        path = os.path.join(state_dir, "jobs", job_id, "state.json")
+        with open(path) as handle:
+            record = json.load(handle)
+        record.update(state="Queued", sub_state="starting", token=token, pid=None,
+                      start_ticks=None, reaper_pid=None, finish_time=None, exit_status=None)
+        with open(path, "w") as handle:
+            json.dump(record, handle)
+        job = info(run, job_id)
+        assert (job["state"], job["pid"]) == ("Running", orphan.pid), job
+        assert "reaper lost" in job["sub_state"]
+        result = run("terminate", job_id)
+        assert result.returncode == 0, result.stderr
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert info(run, job_id)["state"] == "Failed"
+    finally:
+        orphan.kill()
+        orphan.wait()
+    token_gone = info(run, job_id)
+    assert token_gone["state"] == "Failed" and token_gone["sub_state"] == "terminated"

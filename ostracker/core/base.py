@@ -66,6 +66,9 @@ class Submission:
         self.job_id = header.job_id
         self.array: ArraySpec | None = header.array
         self.template: JobTemplate = header.template
+        # Set by a read that left out a task it could not read (``_read`` with errors):
+        # the submission is not known whole, and ``delete --finished`` leaves it.
+        self.damaged: StorageError | None = None
 
     @property
     def is_array(self) -> bool:
@@ -165,9 +168,19 @@ class TrackerBase(abc.ABC):
         return Header.from_dict(job_id, data, self.store.path(job_id, HEADER))
 
     def _submission(self, job_id: int) -> Submission:
-        """Submission ``job_id`` of this backend; JobNotFound names the other's."""
+        """Submission ``job_id`` of this backend; JobNotFound names the other's.
+
+        A backend that no version of ostracker here knows (a later one's, or a
+        damaged name) is a StorageError: every backend reports that job, so that
+        it is hidden from none.
+        """
         header = self._header(job_id)
         if header.backend != self.BACKEND:
+            from .registry import BACKENDS
+
+            if header.backend not in BACKENDS:
+                raise StorageError(f"unknown backend {header.backend!r} in "
+                                   f"{self.store.path(job_id, HEADER)}")
             raise JobNotFound(f"no such job: {job_id} with the {self.BACKEND} backend (it is "
                               f"a {header.backend} job: give --backend {header.backend})")
         return self.SUBMISSION(self, header)
@@ -180,13 +193,12 @@ class TrackerBase(abc.ABC):
         found = []
         for job_id in self.store.job_ids():
             try:
-                backend = self._header(job_id).backend
+                self._submission(job_id)
             except JobNotFound:
-                continue  # deleted meanwhile
+                continue  # deleted meanwhile, or the other backend's
             except StorageError:
-                backend = self.BACKEND
-            if backend == self.BACKEND:
-                found.append(str(job_id))
+                pass
+            found.append(str(job_id))
         return found
 
     def list_array_jobs(self, array_id: str) -> list[str]:
@@ -288,6 +300,23 @@ class TrackerBase(abc.ABC):
         path = expand_path(pattern, task_id_string(submission.job_id, index), index)
         return os.path.join(template.working_directory, path)
 
+    def open_output(self, job_id: str, stream: str = "stdout"):
+        """The job's stdout (or stderr) opened for reading, a binary file object.
+
+        Output captured in the state dir is opened through the store: a link planted
+        at its name is refused (StorageError naming it), never followed.  A path the
+        user gave with -o/--stderr is the user's own, opened as it is.  Nothing there
+        yet: FileNotFoundError; any other failure: OSError.
+        """
+        import os
+
+        submission, index = self._one_task(job_id)
+        template = submission.template
+        if (template.output_path if stream == "stdout" else template.error_path) is None:
+            fd = self.store.open_captured(submission.job_id, captured_output_name(index, stream))
+            return os.fdopen(fd, "rb")
+        return open(self.output_path(job_id, stream), "rb")
+
     # -- waiting --------------------------------------------------------------------------
 
     def wait(self, job_id: str, timeout: float | None = None,
@@ -304,8 +333,9 @@ class TrackerBase(abc.ABC):
 
         Returns the JobInfos of the jobs that got there, read once more in full.
         Each round reads the pending jobs in one ``_read``, skipping those that
-        the backend knows cannot have got there; rounds back off from the first
-        to the second of ``WAIT_BACKOFF`` seconds apart.
+        the backend knows cannot have got there; between rounds it sleeps in the
+        kernel where the backend can tell when to wake, and otherwise backs off
+        from the first to the second of ``WAIT_BACKOFF`` seconds.
         """
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout cannot be negative")
@@ -329,9 +359,17 @@ class TrackerBase(abc.ABC):
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out after {timeout:g} s waiting for "
                                   + ", ".join(pending))
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 1.5, longest)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._sleep_until_changed(list(pending.values()), states, left):
+                time.sleep(delay if left is None else min(delay, left))
+                delay = min(delay * 1.5, longest)
+
+    def _sleep_until_changed(self, targets: list[Target], states: frozenset,
+                             seconds: float | None) -> bool:
+        """Sleep in the kernel until one of ``targets`` may have reached ``states``, at most
+        ``seconds`` (None: for as long as it takes); False where the backend cannot, and the
+        wait loop polls instead."""
+        return False
 
     # -- control --------------------------------------------------------------------------
 
@@ -398,10 +436,18 @@ class TrackerBase(abc.ABC):
             submission = self._submission(job_number)
             self._remove_if_ended(submission, self._read([(submission, None)])[0][1])
 
-    def delete_finished(self) -> list[str]:
-        """Delete every job of this backend whose tasks have all ended; return their IDs."""
+    def delete_finished(self, errors: list[TrackerError] | None = None) -> list[str]:
+        """Delete every job of this backend whose tasks have all ended; return their IDs.
+
+        A job that cannot be read whole (a damaged record) is left, and reported in
+        ``errors``; the others are deleted as if it were not there.
+        """
         deleted = []
-        for (submission, _), infos in self._read(self._targets_of(None, []), []):
+        errors = [] if errors is None else errors
+        self.store.sweep_leftovers()  # what crashed submits and deletes left (README, Decisions)
+        for (submission, _), infos in self._read(self._targets_of(None, errors), errors):
+            if submission.damaged is not None:
+                continue
             try:
                 with self.store.job_lock(submission.job_id):
                     self._remove_if_ended(submission, infos)

@@ -19,7 +19,7 @@ import signal
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 # Signals a job must find at their default action, whatever the reaper (or the
 # shell that started ostracker) ignored or caught: the SIG_IGN trap.
-_DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def boot_id() -> str:
@@ -125,6 +125,103 @@ def stopped_in_vfork(pid: int) -> bool:
     return any(int(fields[1]) == pid and fields[0] in (b"T", b"t") for fields in _every_stat())
 
 
+class Member:
+    """One process of a job's tree: who it is (PID and start ticks) and what it is doing."""
+
+    __slots__ = ("pid", "start_ticks", "state", "pgid")
+
+    def __init__(self, pid: int, start_ticks: int, state: str, pgid: int):
+        self.pid, self.start_ticks, self.state, self.pgid = pid, start_ticks, state, pgid
+
+    def __repr__(self) -> str:
+        return f"Member({self.pid}, {self.state})"
+
+
+def job_tree(leader: int, job_id: str, reaper: int | None) -> list[Member]:
+    """Every live process of a job: its tree, also what left the job's process group.
+
+    The tree is the leader's process group, everything descended from it, and
+    every process that the reaper adopted (as the job's subreaper, it inherits
+    what a job's process leaves behind when it dies) whose environment still
+    names the job (``JOB_ID``, which every process of the job inherits unless
+    it clears its environment), with their descendants.  Zombies are left
+    out: they can do nothing.  One pass over /proc.
+    """
+    table = _live_processes()
+    members = {pid for pid, (_, pgid, _, _) in table.items() if pgid == leader or pid == leader}
+    if reaper is not None:
+        tag = f"JOB_ID={job_id}".encode()
+        members |= {pid for pid, (ppid, _, _, _) in table.items()
+                    if ppid == reaper and pid not in members and tag in _environment(pid)}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    pending = list(members)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in members:
+                members.add(child)
+                pending.append(child)
+    return [Member(pid, table[pid][3], table[pid][2], table[pid][1]) for pid in sorted(members)]
+
+
+def adopted(reaper: int) -> list[Member]:
+    """The live children of ``reaper`` (a subreaper: what the jobs' trees left it)."""
+    return [Member(pid, ticks, state, pgid)
+            for pid, (ppid, pgid, state, ticks) in _live_processes().items() if ppid == reaper]
+
+
+def _live_processes() -> dict[int, tuple[int, int, str, int]]:
+    """pid -> (ppid, pgid, state, start ticks) of every process but zombies, one pass."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(name)
+            if fields is not None and fields[0] not in (b"Z", b"X"):
+                table[int(name)] = (int(fields[1]), int(fields[2]), fields[0].decode(),
+                                    int(fields[19]))
+    return table
+
+
+def find_by_environment(entry: str) -> Member | None:
+    """The live process of this user whose environment holds ``entry`` (``KEY=value``)."""
+    wanted = entry.encode()
+    uid = os.getuid()
+    for pid, (_, pgid, state, ticks) in _live_processes().items():
+        if owner(pid) == uid and wanted in _environment(pid):
+            return Member(pid, ticks, state, pgid)
+    return None
+
+
+def _environment(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def signal_members(members: list[Member], signum: int, leader: int | None = None) -> None:
+    """``signum`` to the leader's process group (in one call), and to each member outside it.
+
+    Each PID is checked against its start ticks first: a process that ended
+    meanwhile, its PID given to another, is never signalled.
+    """
+    if leader is not None and any(member.pid == leader for member in members):
+        try:
+            os.killpg(leader, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for member in members:
+        if leader is not None and member.pgid == leader:
+            continue
+        if identify(member.pid, member.start_ticks) is not None:
+            try:
+                os.kill(member.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def live_groups(pgids: set[int]) -> set[int]:
     """Which of the process groups ``pgids`` still hold a live (not zombie) process.
 
@@ -148,19 +245,3 @@ def resolve_command(command: str, path_variable: str | None) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(f"command not found in PATH: {command}")
-
-
-def spawn(executable: str, argv: list[str], environment: dict[str, str],
-          stdin_fd: int, stdout_fd: int, stderr_fd: int) -> int:
-    """Start a job process in a new process group of the caller's session.
-
-    The group lets control signals reach every process the job starts; staying
-    in the caller's session keeps the group from being orphaned, which would make
-    Linux discard SIGTSTP.  Signal dispositions and mask are reset to defaults.
-    posix_spawn reports exec errors (ENOENT, EACCES, ENOEXEC) as OSError.
-    """
-    actions = [(os.POSIX_SPAWN_DUP2, stdin_fd, 0),
-               (os.POSIX_SPAWN_DUP2, stdout_fd, 1),
-               (os.POSIX_SPAWN_DUP2, stderr_fd, 2)]
-    return os.posix_spawn(executable, argv, environment, file_actions=actions,
-                          setpgroup=0, setsigdef=_DEFAULT_SIGNALS, setsigmask=())

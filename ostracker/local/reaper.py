@@ -1,4 +1,4 @@
-"""The reaper: the one process that starts a submission's tasks and records their fate.
+"""The reaper: the supervisor of one submission, an event loop that never loses a process or a result.
 
 One reaper runs per submission.  Its life:
 
@@ -6,45 +6,78 @@ One reaper runs per submission.  Its life:
    and detached with ``setsid`` (so no terminal hang-up or end of a cron run
    reaches it).  It points its stdin/stdout/stderr at /dev/null (so a shell
    reading ``$(ostracker submit ...)`` is not kept waiting), closes every other
-   inherited descriptor, enters the working directory and starts the first
-   task.  It writes the task's record, then reports ``started`` — or the exact
-   reason the task could not start — through the ready pipe that ``submit`` is
-   blocked on.  Then it execs a fresh, lean interpreter (``main``): the
-   submitting process had click and more loaded, which a process that may live
-   for days should not carry.  The task stays its child across the exec.
-2. ``main`` loops on ``os.wait4(-1, WUNTRACED | WCONTINUED)``: every stop,
-   continue and end of a task becomes a record (state, times, exit status or
-   signal, rusage), and a freed slot starts the next queued task of an array.
+   inherited descriptor, becomes the *child subreaper* of everything its jobs
+   start (a process that leaves its job's group and loses its parent is
+   adopted by the reaper, not by init, so the job's whole tree stays in
+   reach), enters the working directory and starts the first task.  It reports
+   ``started PID`` — or the exact reason the task could not start — through
+   the ready pipe that ``submit`` is blocked on.  Then it execs a fresh, lean
+   interpreter (``main``): the submitting process had click and more loaded,
+   which a process that may live for days should not carry.  The task stays
+   its child across the exec.
+2. ``main`` runs the event loop (``Reaper.run``): it sleeps in ``poll`` on
+   a SIGCHLD self-pipe, the status pipes of tasks being started, the job's
+   control socket and the next timer, and handles what is ready: a task stopped,
+   continued or ended (``wait4`` with WNOHANG) becomes a record; a freed slot
+   starts the next queued task of an array; a timer retries a write that
+   failed, or ends what a task left running.
 3. When no task is left, an array's tasks' JobInfos are written into one
    summary file, pending fsyncs are drained, and the reaper exits, which drops
    its lock: readers take a free lock on a job that is not over as the sign
    that its reaper died.
 
-Tasks are started with ``posix_spawn`` in their own process group inside the
-reaper's session (see ``proc.spawn``), never through ``subprocess.Popen``,
-whose own bookkeeping would be fooled by our ``wait4``.
+How a task starts, so that no crash can leave a process untracked: the
+reaper first writes the task's record as "starting", with a random token,
+then starts the process with ``posix_spawn`` (as fast as a start can be; its
+exec errors come back at once) with ``OSTRACKER_TOKEN=token`` in its
+environment, then writes the record "Running" with its PID.  Should the
+reaper die between the two writes, readers find the process by its token.
+Where stdin or an output is a FIFO, which may block whoever opens it for
+good, the task's process is forked instead and waits at a *gate* (a pipe):
+the reaper writes its record with its PID, opens the gate, and the process
+opens its own files (so a FIFO blocks the job, never the loop) and execs;
+what fails comes back on a status pipe that exec closes, as CPython's
+``subprocess`` does it.  A reaper killed before the gate opens leaves a
+process that reads end-of-file there and exits without running anything.
+
+No result is lost: a record that cannot be written (a full disk, EIO) is kept
+in memory and written again, with a back-off, until it is; meanwhile no new
+task starts, and the reaper does not exit while a record is unwritten or a
+process of its jobs lives.
 """
 
 from __future__ import annotations
 
+import errno
+import heapq
 import os
 import signal
 import stat
 import sys
 import time
 
-from ..core.errors import StartError
+from ..core.errors import JobNotFound, StartError, StorageError
 from ..core.models import expand_path, is_per_task, task_id_string, timestamp
-from ..core.records import (CANCEL, HEADER, SCHEMA_VERSION, SUMMARY, Header, cancelled_record,
-                            captured_output_name, info_from_record, new_record, summary_chunks,
-                            task_record_name)
+from ..core.records import (CANCEL, CONTROL, HEADER, SCHEMA_VERSION, STARTING, SUMMARY,
+                            TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
+                            info_from_record, new_record, summary_chunks, task_record_name)
 from ..core.store import Flusher, Store
 from . import proc
 
-_OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 # Run by the fresh interpreter: -I and -S keep it from loading user and site
 # packages; the package's own directory is put on sys.path by hand instead.
-_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from ostracker.local.reaper import main; main(sys.argv[2:])"
+_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "from ostracker.local.reaper import main; main(sys.argv[2:])")
+_OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to what a job left running
+SUMMARY_PATIENCE = 60.0  # seconds an ended array's reaper tries to write its summary
+RECORD_PATIENCE = 600.0  # seconds a reaper whose job never started tries to write that
+_RETRY_FIRST, _RETRY_LONGEST = 0.05, 2.0  # seconds between attempts at an unwritten record
+# What a task's process says on its status pipe before it execs (else: nothing).
+_WAITING = b"W"  # it is about to open a FIFO, which may block until someone opens the other end
+_FAILED = b"E"   # followed by the reason it could not start; it exits 127
+_CANCELLED = "cancelled before it started"
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENFILE, errno.EMFILE})
 
 
 def rusage_fields(usage) -> dict:
@@ -59,6 +92,30 @@ def rusage_fields(usage) -> dict:
     }
 
 
+def _become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: orphans of the jobs' trees are adopted by this process.
+
+    Kept across exec, so the lean reaper that ``begin`` execs is one too.
+    """
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # 36: PR_SET_CHILD_SUBREAPER
+
+
+class Task:
+    """A task whose process the reaper started: its record, and how its start went."""
+
+    __slots__ = ("index", "pid", "record", "status_fd", "said", "terminated")
+
+    def __init__(self, index: int | None, pid: int, record: dict, status_fd: int | None):
+        self.index = index
+        self.pid = pid
+        self.record = record
+        self.status_fd = status_fd  # open until the process has exec'd (or failed to)
+        self.said = b""             # what it said on its status pipe
+        self.terminated = False     # `terminate` said it is killing it
+
+
 class Reaper:
     """Starts the tasks of one submission and turns their wait statuses into records."""
 
@@ -70,48 +127,85 @@ class Reaper:
         self.array = header.array
         self.boot_id = header.boot_id
         self.environment = dict(os.environ, **self.template.job_environment)
-        self.running: dict[int, tuple[int | None, dict]] = {}  # pid -> (index, record)
+        self.running: dict[int, Task] = {}  # pid -> task
+        self.queued: list[int] = []          # array indices not started yet, in order
+        self.unwritten: dict[str, tuple[list[bytes] | dict, bool]] = {}  # name -> (data, durable)
+        self._retry_delay = _RETRY_FIRST
+        self._retry_at: float | None = None
+        self._timers: list = []  # heap of (when, sequence, callback)
+        self._sequence = 0
         self._executable: str | None = None
-        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # every task's stdin
+        self._poller = None
+        self._control = None  # the control socket (main loop only)
 
-    # -- starting ------------------------------------------------------------
+    # -- records -----------------------------------------------------------------
 
-    def _open(self, pattern: str | None, index: int | None, stream: str, first: bool) -> int:
-        if pattern is None:
-            path = self.store.path(self.job_id, captured_output_name(index, stream))
-            flags, truncate = _OPEN_WRITE | os.O_NOFOLLOW, True
-        else:
-            path = expand_path(pattern, task_id_string(self.job_id, index), index)
-            flags = _OPEN_WRITE
-            # A path shared by all tasks of an array is truncated once, by the first.
-            truncate = first or is_per_task(pattern)
+    def write(self, name: str, record: dict, durable: bool = True) -> bool:
+        """Write a record now if the disk lets us, else keep it for a retry; True if written."""
+        self.unwritten.pop(name, None)
         try:
-            return os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o600 if pattern is None
-                           else 0o666)
-        except OSError as exc:
-            raise StartError(f"cannot open {stream} {path}: {exc.strerror}") from None
+            self.store.write(self.job_id, name, record, durable=durable)
+            return True
+        except JobNotFound:
+            return True  # the job was deleted: nobody is left to read it
+        except StorageError:
+            self.unwritten[name] = (record, durable)
+            self._schedule_retry()
+            return False
 
-    def _refuse_reading_an_output(self, stdin: int, task_id: str, index: int | None) -> None:
-        """stdin must not be the file that stdout or stderr would truncate.
+    def _schedule_retry(self) -> None:
+        if self._retry_at is None:
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_LONGEST)
 
-        Compared as files (device and inode), so that a symbolic link or another
-        spelling of the same path is caught too.
-        """
-        read = os.fstat(stdin)
-        for stream, pattern in (("stdout", self.template.output_path),
-                                ("stderr", self.template.error_path)):
-            if pattern is None:
-                continue
-            path = expand_path(pattern, task_id, index)
+    def _retry_writes(self) -> None:
+        self._retry_at = None
+        for name, (data, durable) in list(self.unwritten.items()):
             try:
-                written = os.stat(path)
-            except OSError:
-                continue  # not there yet: it cannot be the input
-            if (written.st_dev, written.st_ino) == (read.st_dev, read.st_ino):
-                raise StartError(f"stdin and {stream} are the same file: {path}")
+                if isinstance(data, dict):
+                    self.store.write(self.job_id, name, data, durable=durable)
+                else:
+                    self.store.write_chunks(self.job_id, name, data, durable=durable)
+            except JobNotFound:
+                pass
+            except StorageError:
+                self._schedule_retry()
+                return  # the disk is still full: the rest waits for the next round
+            del self.unwritten[name]
+        self._retry_delay = _RETRY_FIRST
 
-    def start(self, index: int | None, first: bool = False) -> dict:
-        """Start one task; record it Running and return the record, or raise StartError."""
+    # -- starting ----------------------------------------------------------------
+
+    def _paths(self, index: int | None, first: bool):
+        """(stdin path, [(stream, path, captured, truncate)]) of a task, as its process opens
+        them; a path None: the same file as stdout."""
+        task_id = task_id_string(self.job_id, index)
+        template = self.template
+        stdin = None if template.input_path is None else \
+            expand_path(template.input_path, task_id, index)
+        outputs = []
+        for stream, pattern in (("stdout", template.output_path),
+                                ("stderr", template.error_path)):
+            if stream == "stderr" and pattern is not None and pattern == template.output_path:
+                outputs.append((stream, None, False, False))  # the same file as stdout
+            elif pattern is None:  # captured in the state dir
+                path = self.store.path(self.job_id, captured_output_name(index, stream))
+                outputs.append((stream, path, True, True))
+            else:
+                # A path shared by all tasks of an array is truncated once, by the first.
+                outputs.append((stream, expand_path(pattern, task_id, index), False,
+                                first or is_per_task(pattern)))
+        return stdin, outputs
+
+    def spawn(self, index: int | None, first: bool = False) -> Task:
+        """Start a task's process, named by a record before it can outlive the reaper.
+
+        Two ways (module doc): ``posix_spawn`` after a "starting" record, the
+        common one, as fast as a process can be started; or, where stdin or an
+        output is a FIFO, a fork that waits at a gate and opens the FIFO
+        itself.  StartError says why the task cannot start; ``_Cancelled``
+        that ``terminate`` cancelled it before its record existed.
+        """
         task_id = task_id_string(self.job_id, index)
         if self._executable is None:
             try:
@@ -124,124 +218,417 @@ class Reaper:
             environment["TASK_ID"] = str(index)
         else:
             environment.pop("TASK_ID", None)  # submitted from inside an array task
-        opened = []
+        stdin, outputs = self._paths(index, first)
+        argv = [self.template.remote_command, *self.template.args]
+        if _is_fifo(stdin) or any(_is_fifo(path) for _, path, captured, _ in outputs
+                                  if path is not None and not captured):
+            task = self._spawn_gated(index, argv, environment, stdin, outputs)
+        else:
+            task = self._spawn_direct(index, argv, environment, stdin, outputs)
+        self.running[task.pid] = task
+        return task
+
+    def _claim(self, index: int | None, record: dict) -> None:
+        """Write the task's first record, unless ``terminate`` cancelled the task first.
+
+        Under the job lock, which ``terminate`` takes to cancel a task that has
+        no record yet: the task is either cancelled or recorded, never both.
+        """
+        name = task_record_name(index)
         try:
-            if self.template.input_path is None:
-                stdin = self._devnull
-            else:
-                path = expand_path(self.template.input_path, task_id, index)
-                try:
-                    stdin = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as exc:
-                    raise StartError(f"cannot open stdin {path}: {exc.strerror}") from None
-                opened.append(stdin)
-                if stat.S_ISDIR(os.fstat(stdin).st_mode):
-                    raise StartError(f"cannot open stdin {path}: Is a directory")
-                self._refuse_reading_an_output(stdin, task_id, index)
-            stdout = self._open(self.template.output_path, index, "stdout", first)
-            opened.append(stdout)
-            if self.template.error_path is not None and \
-                    self.template.error_path == self.template.output_path:
-                stderr = stdout
-            else:
-                stderr = self._open(self.template.error_path, index, "stderr", first)
-                opened.append(stderr)
-            argv = [self.template.remote_command, *self.template.args]
-            try:
-                pid = proc.spawn(self._executable, argv, environment, stdin, stdout, stderr)
-            except OSError as exc:
-                raise StartError(f"cannot execute {self._executable}: {exc.strerror}") from None
-        finally:
-            for fd in opened:
-                os.close(fd)
-        started = proc.stat(pid)  # a zombie still has its stat: only we can reap it
-        record = new_record("Running")
+            with self.store.job_lock(self.job_id):
+                if self.store.exists(self.job_id, name) or \
+                        (index is not None and self.store.exists(self.job_id, CANCEL)):
+                    raise _Cancelled(_CANCELLED)
+                self.store.write(self.job_id, name, record, durable=False)
+        except StorageError as error:
+            raise _NotNow(f"cannot record the job: {error}") from None
+
+    def _running_record(self, index: int | None, pid: int, extra: dict) -> dict:
+        started = proc.stat(pid)
+        record = new_record("Running", task_id=task_id_string(self.job_id, index))
         # CLOCK_MONOTONIC is one clock for all processes of a boot: the exec'd
         # reaper can measure the wall clock time of a task that begin() started.
         record.update(pid=pid, start_ticks=started.start_ticks if started else None,
-                      boot_id=self.boot_id, dispatch_time=timestamp(),
-                      dispatch_monotonic=time.monotonic())
-        self.store.write(self.job_id, task_record_name(index), record, durable=False)
-        self.running[pid] = (index, record)
+                      boot_id=self.boot_id, reaper_pid=os.getpid(), dispatch_time=timestamp(),
+                      dispatch_monotonic=time.monotonic(), **extra)
         return record
 
-    def record_start_failure(self, index: int | None, error: StartError) -> None:
-        record = new_record("Failed", f"could not start: {error}")
+    def _spawn_direct(self, index, argv, environment, stdin, outputs) -> Task:
+        """``posix_spawn`` the task, its "starting" record written first.
+
+        The record carries a token that the process finds in its environment
+        (``OSTRACKER_TOKEN``): should the reaper die before it writes the PID,
+        readers find the process by it (``LocalSubmission.repaired``).
+        """
+        opened = []
+        try:
+            try:
+                opened.append(_open_input(stdin, None))
+                for stream, path, captured, truncate in outputs:
+                    if path is None:
+                        opened.append(opened[-1])
+                    elif captured:
+                        opened.append(self._open_captured(index, stream))
+                    else:
+                        opened.append(_open_output(stream, path, False, truncate, opened[0],
+                                                   None))
+            except _Refused as refusal:
+                raise StartError(str(refusal)) from None
+            token = os.urandom(8).hex()
+            environment[TOKEN_VARIABLE] = token
+            starting = new_record("Queued", STARTING, task_id_string(self.job_id, index))
+            starting.update(token=token, reaper_pid=os.getpid(), boot_id=self.boot_id)
+            self._claim(index, starting)
+            actions = [(os.POSIX_SPAWN_DUP2, fd, number) for number, fd in enumerate(opened)]
+            try:
+                pid = os.posix_spawn(self._executable, argv, environment, file_actions=actions,
+                                     setpgroup=0, setsigdef=proc.DEFAULT_SIGNALS,
+                                     setsigmask=())
+            except OSError as exc:
+                raise StartError(f"cannot execute {self._executable}: {exc.strerror}") from None
+        finally:
+            for fd in set(opened):
+                os.close(fd)
+        record = self._running_record(index, pid, {"token": token})
+        self.write(task_record_name(index), record, durable=False)  # kept until written
+        return Task(index, pid, record, None)
+
+    def _open_captured(self, index: int | None, stream: str) -> int:
+        """The task's captured stdout or stderr, created private in the job's (held)
+        directory, emptied; never through a link or a FIFO planted at its name."""
+        name = captured_output_name(index, stream)
+        try:
+            # Emptied only once checked: O_TRUNC would empty a file linked there first.
+            fd = self.store.open_file(self.job_id, name, _OPEN_WRITE | os.O_NONBLOCK)
+        except StorageError as error:
+            raise _Refused(f"cannot open {stream}: {error}") from None
+        except OSError as exc:
+            message = f"cannot open {stream} {self.store.path(self.job_id, name)}: {exc.strerror}"
+            if exc.errno in _NO_ROOM:  # the state dir's disk is full: the task waits for room
+                raise _NotNow(message) from None
+            raise _Refused(message) from None
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        return fd
+
+    def _spawn_gated(self, index, argv, environment, stdin, outputs) -> Task:
+        """Fork the task's process, which waits at a gate; record it; open the gate.
+
+        The process opens its own stdin and outputs, so a FIFO that nobody opens
+        blocks it, never the reaper.  If the record cannot be written, the
+        process is killed at the gate, having run nothing.
+        """
+        gate_read, gate_write = os.pipe()
+        status_read, status_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (gate_read, gate_write, status_read, status_write):
+                os.close(fd)
+            raise StartError(f"cannot fork: {exc.strerror}") from None
+        if pid == 0:
+            _run_task(gate_read, status_write, self._executable, argv, environment, stdin,
+                      outputs)
+        os.close(gate_read)
+        os.close(status_write)
+        try:
+            os.setpgid(pid, pid)  # also done by the process itself: whichever comes first
+        except OSError:
+            pass
+        record = self._running_record(index, pid, {})
+        try:
+            self._claim(index, record)  # taken after the fork: the process holds no lock
+        except (StartError, _Cancelled):
+            os.kill(pid, signal.SIGKILL)  # still at its gate: it ran nothing
+            os.waitpid(pid, 0)
+            for fd in (gate_write, status_read):
+                os.close(fd)
+            raise
+        os.write(gate_write, b"g")
+        os.close(gate_write)
+        return Task(index, pid, record, status_read)
+
+    def await_exec(self, task: Task) -> None:
+        """Block until the task's process has exec'd (or is waiting at a FIFO, or failed).
+
+        Only ``begin`` blocks so: the loop hears the status pipe among its other sources.
+        """
+        while task.status_fd is not None and _WAITING not in task.said[:1]:
+            self.read_status(task, block=True)
+
+    def read_status(self, task: Task, block: bool = False) -> None:
+        """Take what the task's process said; at end of file (it exec'd or died) close the pipe."""
+        os.set_blocking(task.status_fd, block)
+        try:
+            data = os.read(task.status_fd, 4096)
+        except BlockingIOError:
+            return
+        task.said += data
+        if not data:
+            os.close(task.status_fd)
+            if self._poller is not None:
+                self._poller.unregister(task.status_fd)
+            task.status_fd = None
+
+    def start_failure(self, task: Task) -> str | None:
+        """The reason the task could not start, if its process said one."""
+        said = task.said.lstrip(_WAITING)
+        if said.startswith(_FAILED):
+            return said[1:].decode(errors="replace")
+        return None
+
+    def record_start_failure(self, index: int | None, error: str) -> None:
+        record = new_record("Failed", f"could not start: {error}",
+                            task_id_string(self.job_id, index))
         record["finish_time"] = timestamp()
-        self.store.write(self.job_id, task_record_name(index), record)
+        self.write(task_record_name(index), record)
 
     def cancel_rest(self, reason: str) -> None:
         """Mark every array task that has not started as cancelled."""
-        self.store.write(self.job_id, CANCEL, {"schema": SCHEMA_VERSION,
-                                               "time": timestamp(), "reason": reason})
+        self.queued = []
+        self.write(CANCEL, {"schema": SCHEMA_VERSION, "time": timestamp(), "reason": reason})
 
-    def start_queued(self, pending) -> None:
-        """Fill free slots with queued tasks that nobody cancelled meanwhile.
-
-        The job lock is held from the check to the record, so a ``terminate``
-        of a queued task either sees the task Running or cancels it for good.
+    def start_queued(self) -> None:
+        """Fill free slots with queued tasks that nobody cancelled meanwhile (``spawn``
+        checks under the job lock).  Nothing starts while a record waits to be written.
         """
         limit = self.array.max_parallel or len(self.array)
-        while len(self.running) < limit:
-            index = next(pending, None)
-            if index is None:
+        while self.queued and len(self.running) < limit and not self.unwritten:
+            if self.store.exists(self.job_id, CANCEL):
+                self.queued = []
                 return
-            with self.store.job_lock(self.job_id):
-                if os.path.exists(self.store.path(self.job_id, CANCEL)):
-                    return
-                if os.path.exists(self.store.path(self.job_id, task_record_name(index))):
-                    continue  # cancelled on its own
-                try:
-                    self.start(index)
-                except StartError as error:
-                    self.record_start_failure(index, error)
+            index = self.queued[0]
+            try:
+                task = self.spawn(index)
+            except _Cancelled:
+                self.queued.pop(0)  # cancelled on its own, or the rest with it
+                continue
+            except JobNotFound:
+                self.queued = []
+                return
+            except _NotNow:
+                self._schedule_retry()  # the disk is full: try again later
+                return
+            except StartError as error:
+                self.record_start_failure(index, str(error))
+                self.queued.pop(0)
+                continue
+            except StorageError:
+                self._schedule_retry()
+                return
+            self.queued.pop(0)
+            if task.status_fd is not None:
+                self._poller.register(task.status_fd, _READABLE)
 
-    # -- waiting ---------------------------------------------------------------
+    # -- what the tasks do ---------------------------------------------------------
 
-    def record_status(self, pid: int, status: int, usage) -> None:
-        index, record = self.running[pid]
+    def record_status(self, task: Task, status: int, usage) -> None:
+        record = task.record
         if os.WIFSTOPPED(status):
             record.update(state="Suspended",
                           sub_state=f"stopped by {signal.Signals(os.WSTOPSIG(status)).name}")
-            durable = False
-        elif os.WIFCONTINUED(status):
+            self.write(task_record_name(task.index), record, durable=False)
+            return
+        if os.WIFCONTINUED(status):
             record.update(state="Running", sub_state=None)
-            durable = False
+            self.write(task_record_name(task.index), record, durable=False)
+            return
+        del self.running[task.pid]
+        if task.status_fd is not None:  # what it said before it ended, all of it
+            while task.status_fd is not None:
+                self.read_status(task, block=True)
+        failure = self.start_failure(task)
+        if failure is not None:
+            self.record_start_failure(task.index, failure)
+            return
+        record.update(finish_time=timestamp(), rusage=rusage_fields(usage),
+                      wallclock_time=time.monotonic() - record["dispatch_monotonic"])
+        if os.WIFSIGNALED(status):
+            name = _signal_name(os.WTERMSIG(status))
+            record.update(state="Failed", terminating_signal=name,
+                          sub_state="terminated" if task.terminated else f"killed by {name}")
         else:
-            del self.running[pid]
-            record.update(finish_time=timestamp(), rusage=rusage_fields(usage),
-                          wallclock_time=time.monotonic() - record["dispatch_monotonic"])
-            if os.WIFSIGNALED(status):
-                name = signal.Signals(os.WTERMSIG(status)).name
-                record.update(state="Failed", terminating_signal=name,
-                              sub_state=f"killed by {name}")
-            else:
-                code = os.WEXITSTATUS(status)
-                record.update(state="Done" if code == 0 else "Failed", exit_status=code,
-                              sub_state=None if code == 0 else f"exit status {code}")
-            durable = True
-        self.store.write(self.job_id, task_record_name(index), record, durable=durable)
+            code = os.WEXITSTATUS(status)
+            record.update(state="Done" if code == 0 else "Failed", exit_status=code,
+                          sub_state=None if code == 0 else f"exit status {code}")
+        left = self.end_leftovers(task)
+        if left:
+            ended = f"{left} leftover process{'es' if left > 1 else ''} ended"
+            record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
+                else ended
+        self.write(task_record_name(task.index), record)
+
+    def end_leftovers(self, task: Task) -> int:
+        """SIGTERM to what the task's leader left running, SIGKILL ``LEFTOVER_GRACE`` s later.
+
+        Returns how many processes were left.
+        """
+        if not self._may_have_leftovers(task):
+            return 0  # the common case, decided without a pass over /proc
+        left = proc.job_tree(task.pid, task_id_string(self.job_id, task.index), os.getpid())
+        if left:
+            proc.signal_members(left, signal.SIGTERM)
+            self.after(LEFTOVER_GRACE, lambda: proc.signal_members(left, signal.SIGKILL))
+        return len(left)
+
+    def _may_have_leftovers(self, task: Task) -> bool:
+        """Whether the task's process group still has a member, or the reaper a child that
+        is no task of its own (what it adopted): two cheap looks, no pass over /proc."""
+        try:
+            os.killpg(task.pid, 0)
+            return True
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return True
+        pid = os.getpid()
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
+                children = handle.read().split()
+        except OSError:
+            return True
+        return any(int(child) not in self.running for child in children)
+
+    def reap(self) -> bool:
+        """Record every status change waiting; False once the reaper has no child left."""
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
+            except ChildProcessError:
+                return False
+            if pid == 0:
+                return True
+            task = self.running.get(pid)
+            if task is not None:
+                self.record_status(task, status, usage)
+            # else: a process the reaper adopted from a job's tree; nothing to record
+
+    def _take_commands(self) -> None:
+        """Every datagram waiting on the control socket, one command each."""
+        while True:
+            try:
+                data = self._control.recv(512)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.command(data.decode(errors="replace").strip())
+
+    def command(self, line: str) -> None:
+        """A command from the control socket: ``terminated INDEX`` (``-`` for a single job)."""
+        word, _, argument = line.partition(" ")
+        if word == "terminated":
+            index = None if argument == "-" else int(argument) if argument.isdigit() else -1
+            for task in self.running.values():
+                if task.index == index:
+                    task.terminated = True
+
+    # -- the loop ------------------------------------------------------------------
+
+    def after(self, seconds: float, callback) -> None:
+        self._sequence += 1
+        heapq.heappush(self._timers, (time.monotonic() + seconds, self._sequence, callback))
+
+    def _next_timeout(self) -> int | None:
+        """Milliseconds until the next timer (None: none is set), for poll."""
+        moments = [moment for moment in (self._retry_at, self._timers[0][0] if self._timers
+                                         else None) if moment is not None]
+        if not moments:
+            return None
+        return max(0, int((min(moments) - time.monotonic()) * 1000) + 1)
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        if self._retry_at is not None and self._retry_at <= now:
+            self._retry_writes()
+        while self._timers and self._timers[0][0] <= now:
+            heapq.heappop(self._timers)[2]()
 
     def run(self) -> None:
-        """Wait for every task, starting queued ones as slots free, then summarise."""
-        pending = None
-        if self.array is not None:
-            started = {index for index, _ in self.running.values()}
-            pending = (i for i in self.array.indices() if i not in started)
-            self.start_queued(pending)
-        while self.running:
-            try:
-                pid, status, usage = os.wait4(-1, os.WUNTRACED | os.WCONTINUED)
-            except ChildProcessError:
+        """The event loop: until no task runs or waits, no record is unwritten, no child lives."""
+        import select
+
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self._poller = poller = select.poll()
+        poller.register(wake_read, _READABLE)
+        for task in self.running.values():
+            if task.status_fd is not None:
+                poller.register(task.status_fd, _READABLE)
+        self._control = self._open_control()
+        if self._control is not None:
+            poller.register(self._control.fileno(), _READABLE)
+        children = self.reap()
+        orphans_ended = False
+        while True:
+            if self.array is not None:
+                self.start_queued()
+            if children and not (self.running or self.queued or self._timers or orphans_ended):
+                # Every task has ended, yet the reaper has children: what the jobs'
+                # trees left, adopted by it as their subreaper.  They end with the job.
+                orphans = proc.adopted(os.getpid())
+                proc.signal_members(orphans, signal.SIGTERM)
+                self.after(LEFTOVER_GRACE, lambda: proc.signal_members(orphans, signal.SIGKILL))
+                orphans_ended = True
+            # Timers left (SIGKILL to leftovers) no longer matter once no child is left.
+            if not (children or self.running or self.unwritten or self.queued):
                 break
-            if pid in self.running:
-                self.record_status(pid, status, usage)
-            if pending is not None:
-                self.start_queued(pending)
+            for fd, _ in poller.poll(self._next_timeout()):
+                if fd == wake_read:
+                    while True:
+                        try:
+                            if not os.read(wake_read, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                elif self._control is not None and fd == self._control.fileno():
+                    self._take_commands()
+                else:
+                    for task in list(self.running.values()):
+                        if task.status_fd == fd:
+                            self.read_status(task)
+            children = self.reap()
+            self._fire_timers()
         if self.array is not None:
             self.write_summary()
+        self._close_control()
         if self.store.flusher is not None:
             self.store.flusher.drain()
+
+    def _open_control(self):
+        """The control socket: a Unix datagram socket in the job's directory.
+
+        A socket, not a FIFO: a program that reads every file of the state
+        dir (cp, tar, grep -r) gets ENXIO from it at once, where a FIFO would
+        block it.  Bound through /proc/self/fd and the job directory that the
+        store holds, so the path's length is never a problem and a moved state
+        dir is followed; the directory (0700) keeps other users from sending.
+        """
+        import socket
+
+        try:
+            directory = self.store.job_dir_fd(self.job_id)  # held by the store: not closed here
+        except (JobNotFound, StorageError):
+            return None
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        umask = os.umask(0o177)  # the socket file is created 0600, as everything in the state dir
+        try:
+            control.bind(f"/proc/self/fd/{directory}/{CONTROL}")
+            control.setblocking(False)
+        except OSError:
+            control.close()
+            return None
+        finally:
+            os.umask(umask)
+        return control
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            try:
+                self.store.unlink(self.job_id, CONTROL)
+            except StorageError:
+                pass
+            self._control.close()
 
     def write_summary(self) -> None:
         """The JobInfo of every task in one file, so that listing an ended array reads one.
@@ -254,7 +641,149 @@ class Reaper:
                                   self.store.read(self.job_id, task_record_name(index))
                                   or cancelled)
                  for index in self.array.indices()]
-        self.store.write_chunks(self.job_id, SUMMARY, summary_chunks(infos))
+        self.unwritten[SUMMARY] = (summary_chunks(infos), True)
+        self.settle(SUMMARY_PATIENCE)
+
+    def settle(self, patience: float = RECORD_PATIENCE) -> None:
+        """Write what is unwritten, retrying for at most ``patience`` seconds.
+
+        For the end of the reaper, when no process of its jobs is left: a
+        summary is only a faster way to read the task records, and a task that
+        never started has nothing left to lose but its "could not start".
+        """
+        give_up = time.monotonic() + patience
+        self._retry_writes()
+        while self.unwritten and time.monotonic() < give_up:
+            time.sleep(self._retry_delay)
+            self._retry_writes()
+
+
+_READABLE = 1  # select.POLLIN, without importing select where it is not needed
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def _run_task(gate: int, status: int, executable: str, argv: list[str], environment: dict,
+              stdin: str | None, outputs: list) -> None:
+    """In the forked process of a task: wait at the gate, set up, exec.  Never returns.
+
+    Nothing here may raise out: whatever fails is said on the status pipe,
+    and the process exits 127 (as a shell does for a command it cannot run).
+    """
+    try:
+        if not os.read(gate, 1):
+            os._exit(0)  # the reaper died before it recorded us: run nothing
+        # Nothing of the reaper's may stay open here while the job waits (at a FIFO,
+        # say): above all not its lock, whose holder readers take for the reaper.
+        os.closerange(3, status)
+        os.closerange(status + 1, os.sysconf("SC_OPEN_MAX"))
+        os.setpgid(0, 0)
+        for signum in proc.DEFAULT_SIGNALS:  # the SIG_IGN trap: the job starts clean
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        opened = {0: _open_input(stdin, status)}
+        for number, (stream, path, captured, truncate) in enumerate(outputs, start=1):
+            opened[number] = opened[1] if path is None else \
+                _open_output(stream, path, captured, truncate, opened[0], status)
+        for number, fd in opened.items():
+            os.dup2(fd, number)
+        os.execve(executable, argv, environment)
+    except _Refused as refusal:
+        message = str(refusal)
+    except OSError as exc:
+        message = f"cannot execute {executable}: {exc.strerror}"
+    except BaseException as exc:  # noqa: BLE001 - never climb back into the reaper's code
+        message = f"cannot start: {exc}"
+    try:
+        os.write(status, _FAILED + message.encode(errors="replace"))
+    finally:
+        os._exit(127)
+
+
+class _NotNow(StartError):
+    """The task cannot start for want of room in the state dir: it waits, and is tried again."""
+
+
+class _Cancelled(Exception):
+    """A task that `terminate` cancelled before its record existed: it must not start."""
+
+
+class _Refused(Exception):
+    """Why a task's process will not exec: one line, said on its status pipe."""
+
+
+def _is_fifo(path: str | None) -> bool:
+    try:
+        return path is not None and stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_input(path: str | None, status: int | None) -> int:
+    if path is None:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    _say_if_fifo(path, status)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+    except OSError as exc:
+        raise _Refused(f"cannot open stdin {path}: {exc.strerror}") from None
+    return fd
+
+
+def _open_output(stream: str, path: str, captured: bool, truncate: bool, stdin: int,
+                 status: int | None) -> int:
+    """Open stdout or stderr; refuse the file that is stdin, and (captured) any planted link.
+
+    A file the user named is created with the user's umask, as a shell's
+    redirection would; a captured one in the state dir is private, and never
+    written through a link planted at its name.
+    """
+    try:
+        existing = os.stat(path)
+    except OSError:
+        existing = None
+    if existing is not None:
+        read = os.fstat(stdin)
+        if (existing.st_dev, existing.st_ino) == (read.st_dev, read.st_ino):
+            raise _Refused(f"stdin and {stream} are the same file: {path}")
+        if stat.S_ISFIFO(existing.st_mode):
+            _say_if_fifo(path, status)
+    try:
+        if captured:  # never truncate a file that someone linked there: check, then truncate
+            # O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of blocking.
+            fd = os.open(path, _OPEN_WRITE | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                os.close(fd)
+                raise _Refused(f"cannot open {stream} {path}: not a private regular file")
+            os.set_blocking(fd, True)
+            if truncate:
+                os.ftruncate(fd, 0)
+            return fd
+        return os.open(path, _OPEN_WRITE | (os.O_TRUNC if truncate else 0), 0o666)
+    except OSError as exc:
+        raise _Refused(f"cannot open {stream} {path}: {exc.strerror}") from None
+
+
+def _say_if_fifo(path: str, status: int | None) -> None:
+    """Tell the reaper before an open that may block for good (a FIFO nobody opens)."""
+    if status is None:
+        return
+    try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            os.write(status, _WAITING)
+    except OSError:
+        pass
 
 
 def _detach_descriptors(keep: set[int]) -> None:
@@ -286,6 +815,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
     Never returns: it execs the lean reaper, or exits when nothing is left to watch.
     """
     _detach_descriptors({ready_fd, lock_fd})
+    _become_subreaper()
     reaper = Reaper(store, header)
     job_id = header.job_id
     first = reaper.array.begin if reaper.array else None
@@ -295,31 +825,69 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
         except OSError as exc:
             raise StartError(f"cannot enter working directory "
                              f"{reaper.template.working_directory}: {exc.strerror}") from None
-        record = reaper.start(first, first=True)
+        try:
+            task = reaper.spawn(first, first=True)
+        except _Cancelled:  # `terminate` came before the first record
+            raise StartError(_CANCELLED) from None
+        reaper.await_exec(task)
+        failure = reaper.start_failure(task)
+        if failure is not None:
+            os.waitpid(task.pid, 0)
+            del reaper.running[task.pid]
+            raise StartError(failure)
     except StartError as error:
-        reaper.record_start_failure(first, error)
-        if reaper.array is not None:
-            reaper.cancel_rest(f"cancelled: task {first} could not start")
-            reaper.write_summary()
+        if not isinstance(error, _NotNow) and str(error) != _CANCELLED:
+            reaper.record_start_failure(first, str(error))
+            if reaper.array is not None:
+                reaper.cancel_rest(f"cancelled: task {first} could not start")
         _report(ready_fd, f"error {error}")
+        if reaper.array is not None:
+            reaper.write_summary()
+        reaper.settle()
         os._exit(0)
-    _report(ready_fd, f"started {record['pid']}")
-    os.set_inheritable(lock_fd, True)
+    _report(ready_fd, f"started {task.pid}")
+    # What the lean reaper inherits: the lock, the job's directory (so that a state
+    # dir moved meanwhile is followed), the status pipe of a task not yet exec'd,
+    # and the task's record if the disk did not take it yet (it must not be lost).
+    directory = store.job_dir_fd(job_id)
+    for fd in (lock_fd, directory, task.status_fd):
+        if fd is not None:
+            os.set_inheritable(fd, True)
+    import json
+
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    args = [store.root, str(job_id), str(lock_fd), str(record["pid"]),
-            "" if first is None else str(first)]
+    args = [store.root, str(job_id), str(lock_fd), str(directory), str(task.pid),
+            "" if first is None else str(first),
+            "" if task.status_fd is None else str(task.status_fd),
+            json.dumps(task.record) if reaper.unwritten else ""]
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
 
 
 def main(argv: list[str]) -> None:
     """Entry point of the lean reaper that ``begin`` execs: wait out the submission."""
-    root, job_id, lock_fd, first_pid, first_index = argv
-    job_id, lock_fd, first_pid = int(job_id), int(lock_fd), int(first_pid)
+    root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten = argv
+    job_id, lock_fd, directory, first_pid = int(job_id), int(lock_fd), int(directory), \
+        int(first_pid)
     os.set_inheritable(lock_fd, False)
+    os.set_inheritable(directory, False)
     store = Store(root, Flusher())
-    store.flusher.add(store.path(job_id, HEADER))  # written by submit without an fsync
+    store.hold_job_dir(job_id, directory)
+    store.flush_later(job_id, HEADER)  # written by submit without an fsync
     reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
                                             store.path(job_id, HEADER)))
     index = int(first_index) if first_index else None
-    reaper.running[first_pid] = (index, store.read(job_id, task_record_name(index)))
+    status = int(status_fd) if status_fd else None
+    if status is not None:
+        os.set_inheritable(status, False)
+    if unwritten:  # begin() could not write it: it is ours to write now
+        import json
+
+        task = Task(index, first_pid, json.loads(unwritten), status)
+        reaper.write(task_record_name(index), task.record, durable=False)
+    else:
+        task = Task(index, first_pid, store.read(job_id, task_record_name(index)), status)
+    task.said = _WAITING  # begin() heard this much
+    reaper.running[first_pid] = task
+    if reaper.array is not None:
+        reaper.queued = [i for i in reaper.array.indices() if i != index]
     reaper.run()

@@ -16,16 +16,17 @@ import signal
 from collections.abc import Iterable
 
 from ..core.base import ALLOWED, Submission, Target, TrackerBase
-from ..core.errors import InvalidState, StartError, StorageError
+from ..core.errors import InvalidState, StartError, StorageError, TrackerError
 from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
                            JobTemplate, complete_template, task_id_string, timestamp)
-from ..core.records import (CANCEL, HEADER, SCHEMA_VERSION, SUMMARY, Header, cancelled_record,
-                            check_task_record, encode_infos, fill_template, info_from_record,
-                            infos_from_summary, new_record, summary_body, task_record_name)
+from ..core.records import (CANCEL, CONTROL, HEADER, SCHEMA_VERSION, STARTING, SUMMARY,
+                            TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker, check_task_record, encode_infos, fill_template,
+                            info_from_record, infos_from_summary, new_record, summary_body,
+                            task_record_name)
 from . import proc
 
 _REAPER_LOST = "reaper lost"
-_SIGNALS = {"suspend": signal.SIGTSTP, "resume": signal.SIGCONT, "terminate": signal.SIGKILL}
+SUSPEND_GRACE = 1.0  # seconds a job's processes may take to stop on SIGTSTP, then SIGSTOP
 
 
 class LocalSubmission(Submission):
@@ -36,6 +37,7 @@ class LocalSubmission(Submission):
         self.boot_id = tracker.boot_id
         self._reaper_alive: bool | None = None
         self._cancel: dict | None | bool = False  # False: not read yet
+        self._cancel_error: StorageError | None = None
 
     def reaper_alive(self) -> bool:
         if self._reaper_alive is None:
@@ -43,17 +45,30 @@ class LocalSubmission(Submission):
         return self._reaper_alive
 
     def cancel_marker(self) -> dict | None:
+        """The array's cancel marker (None: none), read once; StorageError if damaged."""
+        if self._cancel_error is not None:
+            raise self._cancel_error  # read once: a million queued tasks ask
         if self._cancel is False:
-            self._cancel = self.store.read(self.job_id, CANCEL)
+            self._cancel = self._read_cancel()
         return self._cancel
+
+    def _read_cancel(self) -> dict | None:
+        try:
+            return check_cancel_marker(self.store.read(self.job_id, CANCEL),
+                                       self.store.path(self.job_id, CANCEL))
+        except StorageError as error:
+            self._cancel_error = error
+            raise
 
     # -- state derivation ------------------------------------------------------
 
     def record(self, index: int | None) -> dict | None:
+        """The task's record, checked (every key present, of its type); None if it has none."""
         name = task_record_name(index)
         record = self.store.read(self.job_id, name)
         if record is not None:
-            check_task_record(record, self.store.path(self.job_id, name))
+            record = check_task_record(record, self.store.path(self.job_id, name),
+                                       task_id_string(self.job_id, index))
         return record
 
     def repaired(self, index: int | None, record: dict | None) -> dict:
@@ -71,6 +86,8 @@ class LocalSubmission(Submission):
         if self.reaper_alive():
             if record is None:
                 return new_record("Queued")
+            if _is_starting(record):
+                return _started(record, "its reaper is starting it")
             if record["state"] == "Running" and proc.stopped_in_vfork(record["pid"]):
                 return dict(record, state="Suspended",
                             sub_state="stopped: its leader waits on a stopped child")
@@ -78,14 +95,17 @@ class LocalSubmission(Submission):
         # The reaper writes its last record before its lock falls free: read again.
         record = self.record(index)
         if record is None:
-            marker = self.store.read(self.job_id, CANCEL)
+            self._cancel_error = None
+            marker = self._read_cancel()
             if marker is not None:
                 return cancelled_record(marker)
             return new_record("Undetermined", f"{_REAPER_LOST} before the job started")
         if record["state"] in ENDED_NAMES:
             return record
+        if _is_starting(record):
+            return _started(record, f"{_REAPER_LOST} before the job started")
         alive = proc.identify(record["pid"], record["start_ticks"]) \
-            if record.get("start_ticks") is not None else None
+            if record["pid"] is not None and record["start_ticks"] is not None else None
         if alive is None or alive.state in "ZX":
             return dict(record, state="Undetermined",
                         sub_state=f"{_REAPER_LOST}; the process ended, its exit status is unknown")
@@ -93,10 +113,25 @@ class LocalSubmission(Submission):
         return dict(record, state=state,
                     sub_state=f"{_REAPER_LOST}; state read from the live process")
 
-    def records(self, indices: Iterable[int | None] | None = None):
-        """(index, derived record) for the given tasks, or all of them."""
+    def records(self, indices: Iterable[int | None] | None = None, errors: list | None = None):
+        """(index, derived record) for the given tasks, or all of them.
+
+        A task whose record (or, not started, its array's cancel marker) cannot be
+        read raises its StorageError; with ``errors``, it is reported there instead
+        (once per damaged file), left out, and the submission marked ``damaged``:
+        one damaged task does not hide the others.
+        """
         for index in (self.indices() if indices is None else indices):
-            yield index, self.repaired(index, self.record(index))
+            try:
+                record = self.repaired(index, self.record(index))
+            except StorageError as error:
+                if errors is None:
+                    raise
+                if self.damaged is None or str(error) not in map(str, errors):
+                    errors.append(error)
+                self.damaged = self.damaged or error
+                continue
+            yield index, record
 
     def started_indices(self) -> list[int]:
         """Indices of the array's tasks that have a record (started or cancelled)."""
@@ -104,36 +139,49 @@ class LocalSubmission(Submission):
         return sorted(int(name[:-5]) for name in names
                       if name.endswith(".json") and name[:-5].isdigit())
 
-    def _summary_text(self) -> str | None:
+    def _summary(self) -> tuple[str, bool] | None:
         """An ended array's JobInfos as its reaper wrote them (a JSON list's inside,
-        templates null); None while the array runs, or if the summary is missing
-        or damaged: the task records, which it only sums up, are then read instead.
+        templates null) and whether the summary's check vouches for them (else they
+        must be parsed first: ``records.summary_body``); None while the array runs, or
+        if the summary is missing or damaged: the task records, which it only sums up,
+        are then read instead.
         """
         if not self.is_array or self.reaper_alive():
             return None
         try:
-            return summary_body(self.store.read_bytes(self.job_id, SUMMARY))
+            return summary_body(self.store.read_bytes(self.job_id, SUMMARY), self.job_id)
         except StorageError:
             return None
 
-    def infos(self, indices=None) -> list[JobInfo]:
-        summary = self._summary_text() if indices is None else None
+    def infos(self, indices=None, errors: list | None = None) -> list[JobInfo]:
+        """The tasks' JobInfos (all of them, or ``indices``); ``errors`` as in ``records``."""
+        summary = self._summary() if indices is None else None
         if summary is not None:
-            infos = infos_from_summary(summary, self.template)
+            infos = infos_from_summary(summary[0], self.template, self.job_id,
+                                       self.array.indices())
             if infos is not None:
                 return infos
-        return [info_from_record(self.header, index, record)
-                for index, record in self.records(indices)]
+        return self._record_infos(indices, errors)
 
-    def encoded_infos(self, indices=None) -> str:
+    def _record_infos(self, indices, errors: list | None) -> list[JobInfo]:
+        return [info_from_record(self.header, index, record)
+                for index, record in self.records(indices, errors)]
+
+    def encoded_infos(self, indices=None, errors: list | None = None) -> str:
         """The JobInfos of the tasks as JSON objects, comma-separated (a list's inside).
 
-        An ended array's summary is copied as it is, neither parsed nor encoded.
+        An ended array's summary is copied as it is, neither parsed nor encoded,
+        when its check says it is whole; one without a check (the first release's)
+        is parsed first, and copied if it holds this array's JobInfos.
         """
-        summary = self._summary_text() if indices is None else None
+        summary = self._summary() if indices is None else None
         if summary is not None:
-            return fill_template(summary, self.template)
-        return encode_infos(self.infos(indices))
+            text, intact = summary
+            if intact or infos_from_summary(text, self.template, self.job_id,
+                                            self.array.indices()) is not None:
+                return fill_template(text, self.template)
+            return encode_infos(self._record_infos(indices, errors))
+        return encode_infos(self.infos(indices, errors))
 
 
 class JobTracker(TrackerBase):
@@ -153,6 +201,7 @@ class JobTracker(TrackerBase):
     def __init__(self, state_dir: str | None = None):
         super().__init__(state_dir)
         self.boot_id = proc.boot_id()
+        self._killed: dict[str, tuple] = {}  # task ID -> its tree, as terminate killed it
 
     # -- submitting ----------------------------------------------------------------
 
@@ -161,17 +210,44 @@ class JobTracker(TrackerBase):
 
         template = complete_template(template, array is not None)
         job_id = self.store.allocate_id()
-        header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
-        lock_fd = self.store.open_reaper_lock(job_id)
         try:
-            # fsync'd by the reaper once the job runs: submit's latency holds no disk flush.
-            self.store.write(job_id, HEADER, header.to_dict(), durable=False)
+            header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
+            lock_fd = self.store.open_reaper_lock(job_id)
+            try:
+                # fsync'd by the reaper once the job runs: submit's latency holds no disk flush.
+                self.store.write(job_id, HEADER, header.to_dict(), durable=False)
+            except BaseException:
+                os.close(lock_fd)
+                raise
+        except BaseException:
+            # No lock or no header (a full disk, no inode left): nothing of the job can
+            # run or be read, so nothing of it is left behind.
+            try:
+                self.store.remove_job_dir(job_id)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        try:
             launch(self.store, header, lock_fd)
         except StartError as error:
+            first = array.begin if array else None
+            if not self.store.exists(job_id, task_record_name(first)):
+                # Nothing ran (no process starts before its task's record exists)
+                # and nothing says why: leave no trace of the job.
+                self.store.remove_job_dir(job_id)
+            elif self._runs(task_id_string(job_id, first)):
+                return str(job_id)  # its reaper died once it had started it: tracked all the same
             raise StartError(f"job {job_id} could not start: {error}") from None
         finally:
             os.close(lock_fd)
         return str(job_id)
+
+    def _runs(self, task_id: str) -> bool:
+        """Whether the task's process runs (found by its record, or the token in it)."""
+        try:
+            return self.job_info(task_id).state in (JobState.RUNNING, JobState.SUSPENDED)
+        except TrackerError:
+            return False
 
     # -- reading ---------------------------------------------------------------------
 
@@ -180,8 +256,9 @@ class JobTracker(TrackerBase):
         for target in targets:
             submission, index = target
             try:
-                read.append((target, submission.infos(None if index is None else [index])))
-            except StorageError as error:  # a damaged task record
+                read.append((target, submission.infos(None if index is None else [index],
+                                                      errors)))
+            except StorageError as error:
                 if errors is None:
                     raise
                 errors.append(error)
@@ -194,7 +271,7 @@ class JobTracker(TrackerBase):
         """
         for submission, index in targets:
             try:
-                yield submission.encoded_infos(None if index is None else [index])
+                yield submission.encoded_infos(None if index is None else [index], errors)
             except StorageError as error:
                 if errors is None:
                     raise
@@ -204,6 +281,37 @@ class JobTracker(TrackerBase):
         """While a whole job's reaper lives, some task of it has not ended: one lock probe."""
         submission, index = target
         return not (states <= ENDED_STATES and index is None and submission.reaper_alive())
+
+    def _sleep_until_changed(self, targets, states, seconds):
+        """Waiting for one whole job to end: sleep until its reaper exits (a pidfd), as
+        nq's waiters sleep on a lock.  The reaper exits only once every task of
+        the job has ended and its last record is written."""
+        if len(targets) != 1 or not states <= ENDED_STATES:
+            return False
+        submission, index = targets[0]
+        first = submission.array.begin if submission.is_array else None
+        try:
+            record = submission.record(first) if index is None else None
+        except StorageError:
+            return False
+        reaper = record.get("reaper_pid") if record else None
+        if reaper is None:
+            return False
+        import select
+
+        try:
+            pidfd = os.pidfd_open(reaper)
+        except OSError:
+            return False  # gone already: the caller reads again at once
+        try:
+            if not submission.store.reaper_alive(submission.job_id):
+                return False  # that PID is no longer the job's reaper
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(None if seconds is None else max(0, int(seconds * 1000) + 1))
+        finally:
+            os.close(pidfd)
+        return True
 
     # -- control -------------------------------------------------------------------
 
@@ -223,7 +331,7 @@ class JobTracker(TrackerBase):
         return infos
 
     def _act(self, submission, index, infos, action):
-        """Signal each task's process group; cancel the queued ones of a terminate."""
+        """Signal each task's whole tree; cancel the queued ones of a terminate."""
         acted = []
         queued = [info.task_id for info in infos if info.state is JobState.QUEUED]
         if queued and index is None and submission.is_array:
@@ -240,7 +348,7 @@ class JobTracker(TrackerBase):
         refusals = []
         for task_index, record in submission.records(started):
             try:
-                if self._signal_task(submission, task_index, record, action):
+                if self._control_task(submission, task_index, record, action):
                     acted.append(task_index)
             except InvalidState as refusal:
                 refusals.append(refusal)
@@ -248,19 +356,69 @@ class JobTracker(TrackerBase):
             raise refusals[0]
         return acted
 
-    def _signal_task(self, submission: LocalSubmission, index, record, action) -> bool:
-        """Signal one started task's process group; False if it ended meanwhile."""
+    def _control_task(self, submission: LocalSubmission, index, record, action) -> bool:
+        """Signal one started task's whole tree; False if it had ended meanwhile.
+
+        Its record names its process by PID and start time: a PID now given to
+        another process is never signalled.
+        """
         task_id = task_id_string(submission.job_id, index)
+        if record["pid"] is None and record["state"] not in ENDED_NAMES:
+            record = _await_pid(submission, index)  # its reaper is starting it right now
         if record["state"] in ENDED_NAMES:
             if action == "terminate":
                 return False
             raise InvalidState(f"job {task_id} is {record['state']}: cannot {action} it")
-        refusal = proc.signal_group(record["pid"], record["start_ticks"], _SIGNALS[action])
-        if refusal == proc.GONE and action == "terminate":
-            return False  # it ended by itself meanwhile
-        if refusal is not None:
-            raise InvalidState(f"job {task_id}: {refusal}: cannot {action} it")
+        if record["pid"] is None:
+            raise InvalidState(f"job {task_id} is still starting: cannot {action} it yet")
+        leader = record["pid"]
+        reaper = record.get("reaper_pid") if submission.reaper_alive() else None
+        if proc.identify(leader, record.get("start_ticks") or -1) is None:
+            if reaper is not None:
+                return True  # it ended, and its reaper is about to say so: await that
+            raise InvalidState(f"job {task_id}: {proc.GONE}: cannot {action} it")
+        if proc.owner(leader) != os.getuid():
+            raise InvalidState(f"job {task_id}: its process belongs to another user: "
+                               f"cannot {action} it")
+        tree = (leader, task_id, reaper)
+        if action == "suspend":
+            self._stop(task_id, tree)
+        elif action == "resume":
+            proc.signal_members(proc.job_tree(*tree), signal.SIGCONT, leader)
+        else:
+            if reaper is not None:
+                _tell_reaper(self.store.job_dir(submission.job_id),
+                             f"terminated {'-' if index is None else index}")
+            proc.signal_members(proc.job_tree(*tree), signal.SIGKILL, leader)
+            self._killed[task_id] = tree
+            if reaper is None:
+                self._record_terminated(submission, index, record)
         return True
+
+    def _stop(self, task_id: str, tree: tuple) -> None:
+        """SIGTSTP to the task's tree; SIGSTOP to what has not stopped after a grace.
+
+        A process that ignores or handles SIGTSTP gets SIGSTOP, as Torque's
+        ``qsig -s suspend`` does; so does a job whose reaper died, since Linux
+        discards SIGTSTP sent to an orphaned process group.  Raises if a process
+        still runs after both.
+        """
+        leader = tree[0]
+        proc.signal_members(proc.job_tree(*tree), signal.SIGTSTP, leader)
+        running = _await_stopped(tree, SUSPEND_GRACE)
+        if running:
+            proc.signal_members(running, signal.SIGSTOP)
+            running = _await_stopped(tree, SUSPEND_GRACE)
+        if running:
+            raise InvalidState(f"job {task_id}: process {running[0].pid} did not stop "
+                               "on SIGTSTP nor SIGSTOP")
+
+    def _record_terminated(self, submission: LocalSubmission, index, record: dict) -> None:
+        """The end of a task whose reaper is gone, which no one else will write."""
+        with self.store.job_lock(submission.job_id):
+            ended = dict(record, state="Failed", sub_state="terminated",
+                         terminating_signal="SIGKILL", exit_status=None, finish_time=timestamp())
+            self.store.write(submission.job_id, task_record_name(index), ended)
 
     def _cancel_task(self, submission: LocalSubmission, index: int) -> dict | None:
         """Cancel a queued task for good; if the reaper started it meanwhile, its record.
@@ -271,7 +429,8 @@ class JobTracker(TrackerBase):
         with self.store.job_lock(submission.job_id):
             record = submission.record(index)
             if record is None:
-                record = new_record("Failed", "cancelled before it started")
+                record = new_record("Failed", "cancelled before it started",
+                                    task_id_string(submission.job_id, index))
                 record["finish_time"] = timestamp()
                 self.store.write(submission.job_id, task_record_name(index), record)
                 return None
@@ -286,16 +445,89 @@ class JobTracker(TrackerBase):
                     "reason": "cancelled before it started"})
 
     def _late(self, infos, action):
-        """As the base's; a terminated job also until every process of its group is gone.
+        """As the base's; a terminated job also until every process of its tree is gone.
 
-        The leader's record says Failed as soon as it dies; its children may
-        take a moment longer.
+        The leader's record says Failed as soon as it dies; the rest of its
+        tree may take a moment longer.
         """
         late = super()._late(infos, action)
-        if action == "terminate" and not late:
-            groups = {info.pid: info for info in infos if info.pid}
-            late = [groups[pgid] for pgid in proc.live_groups(set(groups))]
+        if action == "terminate":
+            late += [info for info in infos if info not in late and info.id in self._killed
+                     and proc.job_tree(*self._killed[info.id])]
         return late
 
     def _hint(self, action):
         return " (does it ignore SIGTSTP?)" if action == "suspend" else ""
+
+
+def _is_starting(record: dict) -> bool:
+    return record["state"] == "Queued" and record.get("sub_state") == STARTING
+
+
+def _started(record: dict, otherwise: str) -> dict:
+    """A "starting" record as it stands: its process, found by its token, if it runs.
+
+    The reaper writes "starting" before it starts the process and "Running"
+    (with the PID) after; between the two, or when that second write waits
+    for disk space, or the reaper died in between, the process can only be
+    known by the token in its environment.
+    """
+    token = record.get("token")
+    found = proc.find_by_environment(f"{TOKEN_VARIABLE}={token}") \
+        if isinstance(token, str) else None
+    if found is None:
+        if otherwise.startswith(_REAPER_LOST):
+            return dict(record, state="Undetermined", sub_state=otherwise)
+        return record
+    return dict(record, state="Suspended" if found.state in "Tt" else "Running", pid=found.pid,
+                start_ticks=found.start_ticks,
+                sub_state=f"{otherwise}; state read from the live process")
+
+
+def _await_pid(submission: LocalSubmission, index: int | None) -> dict:
+    """The task's record once it names a process (or has ended), waiting up to 2 s."""
+    import time
+
+    deadline = time.monotonic() + 2.0
+    while True:
+        fresh = LocalSubmission(submission.tracker, submission.header)
+        record = fresh.repaired(index, fresh.record(index))
+        if record["pid"] is not None or record["state"] in ENDED_NAMES or \
+                time.monotonic() >= deadline:
+            return record
+        time.sleep(0.005)
+
+
+def _await_stopped(tree: tuple, grace: float) -> list:
+    """The processes of the tree that still run after ``grace`` seconds (polled)."""
+    import time
+
+    deadline = time.monotonic() + grace
+    delay = 0.002
+    while True:
+        # A shell waiting (state D) for the child it vforked, which stopped before it
+        # exec'd, cannot stop, nor run: stopped all the same (see LocalSubmission.repaired).
+        running = [member for member in proc.job_tree(*tree) if member.state not in "Tt" and
+                   not (member.state == "D" and proc.stopped_in_vfork(member.pid))]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _tell_reaper(job_dir: str, message: str) -> None:
+    """One command to a job's reaper through its control socket; nothing if nobody listens."""
+    import socket
+
+    try:
+        directory = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
+            sender.setblocking(False)
+            sender.sendto(message.encode(), f"/proc/self/fd/{directory}/{CONTROL}")
+    except OSError:
+        pass  # ECONNREFUSED, ENOENT: the reaper is gone; EAGAIN: it is flooded
+    finally:
+        os.close(directory)
