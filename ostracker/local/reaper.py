@@ -275,6 +275,9 @@ class Reaper:
                                                    None))
             except _Refused as refusal:
                 raise StartError(str(refusal)) from None
+            except OSError as exc:  # /dev/null, say, when no descriptor is left
+                message = f"cannot open the job's files: {exc.strerror}"
+                raise (_NotNow if exc.errno in _NO_ROOM else StartError)(message) from None
             token = os.urandom(8).hex()
             environment[TOKEN_VARIABLE] = token
             starting = new_record("Queued", STARTING, task_id_string(self.job_id, index))
@@ -308,8 +311,12 @@ class Reaper:
             if exc.errno in _NO_ROOM:  # the state dir's disk is full: the task waits for room
                 raise _NotNow(message) from None
             raise _Refused(message) from None
-        os.set_blocking(fd, True)
-        os.ftruncate(fd, 0)
+        try:
+            os.set_blocking(fd, True)
+            os.ftruncate(fd, 0)
+        except OSError:
+            os.close(fd)
+            raise
         return fd
 
     def _spawn_gated(self, index, argv, environment, stdin, outputs) -> Task:
@@ -676,12 +683,17 @@ def _run_task(gate: int, status: int, executable: str, argv: list[str], environm
     and the process exits 127 (as a shell does for a command it cannot run).
     """
     try:
+        # Nothing of the reaper's may stay open here, not even while waiting at the gate:
+        # not its lock (whose holder readers take for the reaper), not the ready pipe
+        # (that submit reads to its end), not the gate's write end (or a reaper that
+        # dies would leave us waiting here for ever instead of reading end-of-file).
+        low, high = sorted((gate, status))
+        os.closerange(3, low)
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
         if not os.read(gate, 1):
             os._exit(0)  # the reaper died before it recorded us: run nothing
-        # Nothing of the reaper's may stay open here while the job waits (at a FIFO,
-        # say): above all not its lock, whose holder readers take for the reaper.
-        os.closerange(3, status)
-        os.closerange(status + 1, os.sysconf("SC_OPEN_MAX"))
+        os.close(gate)
         os.setpgid(0, 0)
         for signum in proc.DEFAULT_SIGNALS:  # the SIG_IGN trap: the job starts clean
             try:

@@ -243,11 +243,21 @@ class JobTracker(TrackerBase):
         return str(job_id)
 
     def _runs(self, task_id: str) -> bool:
-        """Whether the task's process runs (found by its record, or the token in it)."""
-        try:
-            return self.job_info(task_id).state in (JobState.RUNNING, JobState.SUSPENDED)
-        except TrackerError:
-            return False
+        """Whether the task's process runs (found by its record, or the token in it).
+
+        Asked twice, 0.2 s apart: a process forked behind a gate whose reaper died
+        before opening it is alive for an instant, then exits without running.
+        """
+        import time
+
+        for pause in (0.0, 0.2):
+            time.sleep(pause)
+            try:
+                if self.job_info(task_id).state not in (JobState.RUNNING, JobState.SUSPENDED):
+                    return False
+            except TrackerError:
+                return False
+        return True
 
     # -- reading ---------------------------------------------------------------------
 
