@@ -171,17 +171,6 @@ def test_hold_and_release_are_unsupported(run, submit):
     assert record(run, job_id)["state"] == "Running"
 
 
-def group_pids(pgid):
-    """PIDs of the live processes in process group ``pgid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            current = proc.stat(int(name))
-            if current is not None and current.pgid == pgid and current.state not in "ZX":
-                found.append(int(name))
-    return found
-
-
 def test_suspend_stops_with_sigstop_what_ignores_sigtstp(run, submit):
     """A tree whose processes ignore SIGTSTP: suspend falls back to SIGSTOP and verifies it.
 
@@ -189,7 +178,7 @@ def test_suspend_stops_with_sigstop_what_ignores_sigtstp(run, submit):
     /proc before suspend returns; resume continues them all.
     """
     job_id, pid = running_job(submit, run, "sh", "-c", "trap '' TSTP; sleep 100 & wait")
-    child = poll(lambda: [p for p in group_pids(pid) if p != pid], message="the child")[0]
+    child = poll(lambda: [p for p in group_members(pid) if p != pid], message="the child")[0]
     result = run("suspend", job_id)
     assert result.returncode == 0, result.stderr
     assert proc_state(pid) == "T" and proc_state(child) == "T"
