@@ -989,18 +989,3 @@ def _write_error(exc: OSError, dir_fd: int, path: str) -> Exception:
         if gone:
             return JobNotFound(f"job directory {os.path.dirname(path)} is gone")
     return StorageError(f"cannot write {path}: {_describe(exc)}")
-
-
-def write_atomically(path: str, chunks: Iterable[bytes], durable: bool) -> None:
-    """Write ``chunks`` to ``path`` through a private temporary file and a rename."""
-    directory, name = os.path.split(path)
-    try:
-        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise JobNotFound(f"job directory {directory} is gone") from None
-    except OSError as exc:
-        raise StorageError(f"cannot write {path}: {_describe(exc)}") from None
-    try:
-        _write_at(dir_fd, name, chunks, durable, path)
-    finally:
-        os.close(dir_fd)

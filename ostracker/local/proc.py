@@ -222,17 +222,6 @@ def signal_members(members: list[Member], signum: int, leader: int | None = None
                 pass
 
 
-def live_groups(pgids: set[int]) -> set[int]:
-    """Which of the process groups ``pgids`` still hold a live (not zombie) process.
-
-    Zombies are left out: once killed, a job's children wait to be reaped by
-    init, which may take its time, but they can no longer do anything.  One
-    pass over /proc, whatever the number of groups asked about.
-    """
-    return {int(fields[2]) for fields in _every_stat()
-            if fields[0] not in (b"Z", b"X") and int(fields[2]) in pgids}
-
-
 def resolve_command(command: str, path_variable: str | None) -> str:
     """The file to execute: ``command`` itself if it holds a ``/``, else its PATH match.
 
