@@ -61,6 +61,23 @@ class Count(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
+class Slots(click.ParamType):
+    """A queue's size: a whole number of 0 or more (0 pauses the queue)."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        from .core.models import parse_count
+
+        text = str(value)
+        if text.isascii() and text.isdigit() and not text.strip("0"):
+            return 0
+        try:
+            return parse_count(text)
+        except InvalidArgument as error:
+            self.fail(str(error).replace("1 or more", "0 or more"), param, ctx)
+
+
 def not_empty(ctx, param, value):
     """A path option given as ``''``: a usage error, not the current directory or a default."""
     if value == "":
@@ -146,6 +163,7 @@ class SectionedGroup(click.Group):
     SECTIONS = [
         ("Submit and watch", ["submit", "status", "info", "output", "wait"]),
         ("Control", ["suspend", "resume", "terminate", "hold", "release"]),
+        ("Schedule", ["queue"]),
         ("Clean up", ["delete"]),
         ("Monitor", ["monitor"]),
     ]
@@ -194,6 +212,13 @@ def complete_jobs(kind: str):
         params = ctx.find_root().params
         return job_ids(params.get("state_dir"), kind, incomplete, params.get("backend"))
     return complete
+
+
+def complete_queues(ctx, param, incomplete):
+    from .completion import queue_names
+
+    params = ctx.find_root().params
+    return queue_names(params.get("state_dir"), incomplete, params.get("backend"))
 
 
 def complete_pids(ctx, param, incomplete):
@@ -262,17 +287,31 @@ def parse_environment(ctx, param, values):
               help="Job array BEGIN-END[:STEP][%MAX] or INDEX.")
 @click.option("--max-parallel", type=Count(), metavar="N",
               help="Run at most N array tasks at once.")
+@click.option("-q", "--queue", metavar="NAME", envvar="OSTRACKER_QUEUE",
+              shell_complete=complete_queues, help="Wait for slots of queue NAME (see "
+              "'queue') [default: $OSTRACKER_QUEUE].")
+@click.option("--slots", type=Count(), metavar="K",
+              help="Slots of the queue the job needs [default: 1].")
+@click.option("--priority", metavar="P", help="Higher starts first in its queue "
+              "[default: 0].")
+@click.option("-d", "--dependency", metavar="LIST", help="Start after other jobs: "
+              "TYPE:ID[:ID...] joined by , (all) or ? (any); TYPE after, afterany, afterok "
+              "or afternotok.")
+@click.option("--begin", metavar="TIME", help="Start no sooner than TIME: now+N[s|m|h|d], "
+              "HH:MM[:SS], YYYY-MM-DD[THH:MM[:SS]].")
+@click.option("--hold", is_flag=True, help="Hold the job: it starts once released.")
 @click.option("-w", "--wait", "wait_for_end", is_flag=True,
               help="Wait for the job to end and exit like 'wait'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record, not the ID.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- COMMAND [ARG]...", shell_complete=complete_path("file"))
-def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel,
-           wait_for_end, as_json, command):
+def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel, queue,
+           slots, priority, dependency, begin, hold, wait_for_end, as_json, command):
     """Start a job (or a job array) and print its ID.
 
     Returns once the job (an array's first task) has started; fails with the
-    reason when it cannot start.  With --backend slurm it returns once Slurm
+    reason when it cannot start.  A job that must wait (a queue, a dependency,
+    a begin time, a hold: README, "Scheduling") returns once it is recorded.  With --backend slurm it returns once Slurm
     has accepted the job, which may then wait in its queue.  Put the command after `--` so that its own
     options are never taken for ostracker's.  With --wait on an array, a
     terminal shows the tasks' progress on stderr.
@@ -281,6 +320,7 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     Example:
       ostracker submit -n nightly -o /tmp/%j.log -- ./backup.sh --full
       ostracker submit --array 1-10:2 --max-parallel 3 -- ./run.sh
+      ostracker submit -q gpu --slots 2 -d afterok:7 --begin 02:00 -- ./train.sh
     """
     from .core.models import JobTemplate, parse_array_spec
 
@@ -290,7 +330,8 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     spec = parse_array_spec(array_spec, max_parallel) if array_spec is not None else None
     template = JobTemplate(remote_command=command[0], args=list(command[1:]), job_name=name,
                            working_directory=cwd, job_environment=environment,
-                           input_path=stdin, output_path=stdout, error_path=stderr)
+                           input_path=stdin, output_path=stdout, error_path=stderr,
+                           **scheduling(queue, slots, priority, dependency, begin, hold))
     tracker = open_tracker()
     if spec is None:
         job_id = tracker.add_job(template)
@@ -306,6 +347,30 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
         wait_exit([job_id], None, False, tracker, as_json)
     elif as_json:
         _print_infos(tracker, [job_id], single=spec is None)
+
+
+def scheduling(queue, slots, priority, dependency, begin, hold) -> dict:
+    """The JobTemplate's scheduling fields from submit's options; bad ones are usage errors."""
+    from .core import schedule
+
+    fields = {"submit_as_hold": hold}
+    if queue == "" and click.get_current_context().get_parameter_source("queue").name != \
+            "ENVIRONMENT":
+        raise click.BadParameter("cannot be empty", param_hint="-q/--queue")
+    if queue:  # an empty $OSTRACKER_QUEUE is no queue
+        fields["queue_name"] = schedule.parse_queue_name(queue)
+    if slots is not None:
+        if not queue:
+            raise click.BadParameter("--slots takes a queue (-q/--queue or $OSTRACKER_QUEUE)",
+                                     param_hint="--slots")
+        fields["min_slots"] = slots
+    if priority is not None:
+        fields["priority"] = schedule.parse_priority(priority)
+    if dependency is not None:
+        fields["dependency"] = str(schedule.parse_dependency(dependency))
+    if begin is not None:
+        fields["start_time"] = schedule.time_text(schedule.parse_time_spec(begin))
+    return fields
 
 
 def _print_infos(tracker, job_ids, single):
@@ -560,18 +625,64 @@ _CONTROL_HELP = {
                   "Returns once every process of the group is gone.  A queued array task "
                   "is cancelled and never starts; an array ID terminates every task of "
                   "the array that has not ended.  With --backend slurm: scancel."),
-    "hold": ("Hold queued jobs (Slurm backend; the local backend cannot).",
-             "scontrol hold: the job (or an array's queued tasks) stays queued until "
-             "released.  The local backend runs jobs at once and always refuses."),
-    "release": ("Release held jobs (Slurm backend; the local backend cannot).",
-                "scontrol release: a held job is queued again.  The local backend has no "
-                "held jobs and always refuses."),
+    "hold": ("Hold queued jobs: they do not start until released.",
+             "A Queued job (or an array's queued tasks) becomes QueuedHeld; a job that "
+             "is not queued is refused.  With --backend slurm: scontrol hold."),
+    "release": ("Release held jobs: they start as soon as they may.",
+                "A QueuedHeld job becomes Queued again; a job that is not held is refused.  "
+                "With --backend slurm: scontrol release."),
 }
 
 for _action, (_summary, _paragraph) in _CONTROL_HELP.items():
     cli.command(_action, help=f"{_summary}\n\n{_paragraph}\n\n\b\nExample:\n"
                 f"  ostracker {_action} 7 8.2", short_help=_summary)(
         _control(_action))
+
+
+@cli.command(short_help="Create, resize, pause, show, list or delete queues.")
+@click.option("--slots", type=Slots(), metavar="N",
+              help="Create queue NAME with N slots, or resize it (0 pauses it).")
+@click.option("--delete", "remove", is_flag=True, help="Delete queue NAME (it must be empty).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: a list of queues (an object "
+              "for NAME).")
+@click.argument("name", required=False, shell_complete=complete_queues)
+def queue(slots, remove, as_json, name):
+    """List queues, or show, create, resize or delete queue NAME.
+
+    A queue runs at most N slots' worth of its jobs at once (submit -q NAME
+    --slots K); the rest wait, higher --priority first, then in order of
+    submission.  Growing a queue starts waiting jobs at once; shrinking it
+    stops none; --slots 0 pauses it.  With --backend slurm, queues are
+    partitions: listed, never created.
+
+    \b
+    Example:
+      ostracker queue gpu --slots 2
+      ostracker queue --json | jq '.[] | select(.queued > 0) | .name'
+    """
+    from .core.schedule import parse_queue_name
+    from .output import queue_table, to_json
+
+    if name is None and (slots is not None or remove):
+        raise click.UsageError("--slots and --delete need a queue NAME")
+    if slots is not None and remove:
+        raise click.UsageError("--slots and --delete exclude each other")
+    tracker = open_tracker()
+    if name is None:
+        queues = tracker.queues()
+        if as_json:
+            echo(to_json(queues, pretty=True))
+        elif queues:
+            echo(queue_table(queues))
+        return
+    name = parse_queue_name(name)
+    if remove:
+        tracker.delete_queue(name)
+        return
+    if slots is not None:
+        tracker.set_queue(name, slots)
+    shown = tracker.queue(name)
+    echo(to_json(shown, pretty=True) if as_json else queue_table([shown]))
 
 
 @cli.command(short_help="Remove ended jobs and the output ostracker captured.")

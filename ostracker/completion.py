@@ -143,3 +143,14 @@ def process_ids(incomplete: str) -> list:
         return items
     except Exception:  # noqa: BLE001 - a completion must never fail, see the module doc
         return []
+
+
+def queue_names(state_dir: str | None, incomplete: str, backend: str | None = None) -> list:
+    """The names of the queues (Slurm: partitions) that start with ``incomplete``."""
+    try:
+        from .core import registry
+
+        tracker = registry.open_tracker(backend, state_dir)
+        return sorted(name for name in tracker.queue_names() if name.startswith(incomplete))
+    except Exception:  # noqa: BLE001 - a completion must never fail, see the module doc
+        return []

@@ -102,6 +102,17 @@ def job_table(infos: list[JobInfo]) -> str:
                     tablefmt="plain", disable_numparse=True)
 
 
+def queue_table(queues: list[dict]) -> str:
+    """The ``queue`` table: one row per queue (README, "Scheduling")."""
+    from tabulate import tabulate
+
+    rows = [[q["name"], "-" if q["slots"] is None else q["slots"],
+             "-" if q["in_use"] is None else q["in_use"], q["running"], q["queued"], q["held"]]
+            for q in queues]
+    return tabulate(_cells(rows), headers=["QUEUE", "SLOTS", "IN USE", "RUNNING", "QUEUED",
+                                           "HELD"], tablefmt="plain", disable_numparse=True)
+
+
 def key_values(info: JobInfo) -> str:
     """Every JobInfo field as ``key: value`` lines; nested objects flattened with dots.
 

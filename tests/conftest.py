@@ -63,10 +63,36 @@ def _live_records(state_dir):
 
 
 def _reaper_alive(folder):
+    return _lock_held(os.path.join(folder, REAPER_LOCK))
+
+
+def stop_scheduler(state_dir):
+    """Empty the scheduling board of ``state_dir`` (nothing waits any more) and kill its
+    scheduler, if one lives: no job of a test starts after the test."""
+    board = os.path.join(state_dir, "schedule")
+    if not os.path.isdir(board):
+        return
+    for name in os.listdir(board):
+        if name.startswith("wait."):
+            os.unlink(os.path.join(board, name))
+    try:
+        with open(os.path.join(board, "lock")) as handle:
+            pid = int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid and _lock_held(os.path.join(board, "lock")):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        poll(lambda: not _lock_held(os.path.join(board, "lock")), message="scheduler to die")
+
+
+def _lock_held(path):
     import fcntl
 
     try:
-        fd = os.open(os.path.join(folder, REAPER_LOCK), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
@@ -80,6 +106,7 @@ def _reaper_alive(folder):
 
 def cleanup(state_dir):
     """Kill every job process of ``state_dir`` and wait for every reaper to end."""
+    stop_scheduler(state_dir)
     jobs = os.path.join(state_dir, "jobs")
     if not os.path.isdir(jobs):
         return

@@ -276,18 +276,6 @@ def test_suspend_resume_terminate_reach_the_process(backend, tmp_path):
 # -- 6. hold / release ------------------------------------------------------------------
 
 def test_hold_and_release(backend):
-    if backend.name == "local":
-        job_id = backend.submit("--", "sleep", "30")
-        for action in ("hold", "release"):
-            result = backend(action, job_id)
-            assert result.returncode == 1
-            message = result.stderr.strip()
-            assert len(message.splitlines()) == 1, message
-            assert "not supported" in message and \
-                ("local backend" in message or "OS process backend" in message), message
-        assert backend.state(job_id) == "Running"  # neither touched the job
-        return
-
     array = backend.submit("--array", "1-3%1", "--", "sleep", "30")
     backend.await_states({f"{array}.1": "Running", f"{array}.2": "Queued",
                           f"{array}.3": "Queued"})

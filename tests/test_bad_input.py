@@ -256,6 +256,15 @@ SLOTS = [
     (["submit", "--array", V + "-3", "--", "true"], ALL),
     (["submit", "--array", "1-" + V, "--", "true"], ALL),
     (["submit", "--array", "1-3:" + V, "--", "true"], ALL),
+    # no such queue (FAILS), or no name a queue can have (USAGE)
+    (["submit", "-q", V, "--", "true"], only(FAILS, big=USAGE, negative=USAGE, empty=USAGE,
+                                             garbage=USAGE)),
+    (["submit", "-q", "q", "--slots", V, "--", "true"], ALL),
+    (["submit", "--priority", V, "--", "true"], only(USAGE, negative=None)),  # -1 is one
+    (["submit", "-d", V, "--", "true"], ALL),
+    (["submit", "-d", "afterok:" + V, "--", "true"], ID),
+    (["submit", "--begin", V, "--", "true"], ALL),
+    (["submit", "--hold=" + V, "--", "true"], FLAG),
     (["submit", "--wait=" + V, "--", "true"], FLAG),
     (["submit", "--json=" + V, "--", "true"], FLAG),
     (["submit", "--", V], only(START, empty=USAGE)),
@@ -283,6 +292,11 @@ SLOTS = [
     (["resume", "--", V], ID),
     (["terminate", "--", V], ID),
     (["terminate", "{run}", "--", V], BESIDE),  # checked before {run} is terminated
+    (["queue", "--", V], only(FAILS, big=USAGE, negative=USAGE, empty=USAGE,
+                              garbage=USAGE)),
+    (["queue", "q", "--slots", V], ALL),
+    (["queue", "--delete=" + V, "q"], FLAG),
+    (["queue", "--json=" + V], FLAG),
     (["hold", "--", V], ID),
     (["release", "--", V], ID),
     (["info", "--", V + ".1"], ID),

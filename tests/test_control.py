@@ -161,16 +161,6 @@ def test_several_ids_act_on_those_that_can_and_report_the_others(run, submit):
     assert record(run, third)["state"] == "Suspended"
 
 
-def test_hold_and_release_are_unsupported(run, submit):
-    """hold/release exist and always fail with exit 1, saying why."""
-    job_id, _ = running_job(submit, run, "sleep", "100")
-    for action in ("hold", "release"):
-        result = run(action, job_id)
-        assert result.returncode == 1
-        assert "not supported by the OS process backend" in result.stderr
-    assert record(run, job_id)["state"] == "Running"
-
-
 def test_suspend_stops_with_sigstop_what_ignores_sigtstp(run, submit):
     """A tree whose processes ignore SIGTSTP: suspend falls back to SIGSTOP and verifies it.
 
@@ -286,7 +276,7 @@ def test_racing_control_commands_leave_one_consistent_record(run, submit, state_
 
 def test_api_job_control(tracker, tmp_path):
     """job_control through the API: the same rules, errors of the TrackerError family."""
-    from ostracker import InvalidState, JobState, JobTemplate, TrackerError, UnsupportedOperation
+    from ostracker import InvalidState, JobState, JobTemplate, TrackerError
 
     job_id = tracker.add_job(JobTemplate("sleep", ["100"]))
     pid = tracker.job_info(job_id).pid
@@ -295,8 +285,8 @@ def test_api_job_control(tracker, tmp_path):
     assert proc_state(pid) == "T"
     with pytest.raises(InvalidState):
         tracker.job_control(job_id, "suspend")
-    with pytest.raises(UnsupportedOperation):
-        tracker.job_control(job_id, "hold")
+    with pytest.raises(InvalidState):
+        tracker.job_control(job_id, "hold")  # not queued
     tracker.job_control(job_id, "resume")
     tracker.job_control(job_id, "terminate")
     assert tracker.job_info(job_id).terminating_signal == "SIGKILL"

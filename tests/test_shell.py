@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 OSTRACKER = os.path.join(BIN, "ostracker")
 COMMANDS = ["submit", "status", "info", "output", "wait", "suspend", "resume", "terminate",
-            "hold", "release", "delete", "monitor"]
+            "hold", "release", "queue", "delete", "monitor"]
 
 
 def load_script(name):
@@ -381,7 +381,8 @@ def test_main_help_groups_the_commands_on_one_screen(run):
     """ostracker --help: the commands by section, every one listed, in 40 lines or fewer."""
     result = run("--help")
     sections = re.findall(r"^(\w[\w ]*):$", result.stdout, re.M)
-    assert sections == ["Options", "Submit and watch", "Control", "Clean up", "Monitor"]
+    assert sections == ["Options", "Submit and watch", "Control", "Schedule", "Clean up",
+                        "Monitor"]
     listed = re.findall(r"^  (\w+) +\S", result.stdout.split("Submit and watch:")[1], re.M)
     assert sorted(listed) == sorted(COMMANDS)
     assert len(result.stdout.splitlines()) <= 40

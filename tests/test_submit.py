@@ -23,7 +23,8 @@ from conftest import proc_state
 INFO_KEYS = {"id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
              "terminating_signal", "pid", "allocated_machines", "submission_machine",
              "job_owner", "uid", "submission_time", "dispatch_time", "finish_time",
-             "wallclock_time", "extension_list", "job_template"}
+             "wallclock_time", "extension_list", "queue_name", "slots", "attempt",
+             "dependency", "job_template"}
 TEMPLATE_KEYS = {"remote_command", "args", "working_directory", "job_environment",
                  "input_path", "output_path", "error_path", "job_name"}
 RUSAGE_KEYS = {"ru_maxrss", "ru_swap", "ru_inblock", "ru_outblock", "system_time_ms",
@@ -460,6 +461,8 @@ def test_jobinfo_fields_of_a_finished_job(submit, run, info, tmp_path):
     assert set(extensions) == RUSAGE_KEYS
     assert all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                for v in extensions.values()), extensions
+    assert (record["queue_name"], record["slots"], record["attempt"], record["dependency"]) == \
+        (None, None, 1, None)
     assert record["job_template"] == {
         "remote_command": "sh", "args": ["-c", "sleep 0.3; exit 3"], "job_name": "fields",
         "working_directory": str(tmp_path), "job_environment": {"K": "V"},

@@ -135,6 +135,24 @@ class TrackerBase(abc.ABC):
         a task that ended by itself meanwhile is left out.
         """
 
+    # -- queues (README, "Scheduling"); a backend without them refuses ---------------------
+
+    def queue_names(self) -> list[str]:
+        return []
+
+    def queues(self) -> list[dict]:
+        """Every queue: ``name``, ``slots``, ``in_use``, ``running``, ``queued``, ``held``."""
+        raise UnsupportedOperation(f"{self.DESCRIPTION} has no queues")
+
+    def queue(self, name: str) -> dict:
+        raise UnsupportedOperation(f"{self.DESCRIPTION} has no queues")
+
+    def set_queue(self, name: str, slots: int) -> None:
+        raise UnsupportedOperation(f"{self.DESCRIPTION} cannot create or resize queues")
+
+    def delete_queue(self, name: str) -> None:
+        raise UnsupportedOperation(f"{self.DESCRIPTION} cannot delete queues")
+
     def _control_candidates(self, submission: Submission, index: int | None) -> list[JobInfo]:
         """The tasks that a control action on (submission, index) may apply to: all of them,
         unless the backend knows a cheaper answer."""

@@ -57,16 +57,27 @@ STATE_BY_NAME = {state.value: state for state in JobState}  # faster than JobSta
 
 
 class JobTemplate:
-    """What to run and how (DRMAA2 JobTemplate, the fields this backend uses)."""
+    """What to run and how (DRMAA2 JobTemplate, the fields ostracker uses).
+
+    The scheduling fields (README, "Scheduling") are None (``submit_as_hold``
+    False) when not given, and only given ones are written out: a template
+    without them reads and prints as it did before they existed.
+    ``dependency`` is no DRMAA2 field: it is Slurm's ``--dependency`` text.
+    """
 
     FIELDS = ("remote_command", "args", "job_name", "working_directory", "job_environment",
               "input_path", "output_path", "error_path")
-    __slots__ = FIELDS
+    SCHEDULING = ("queue_name", "min_slots", "priority", "start_time", "submit_as_hold",
+                  "dependency")
+    __slots__ = FIELDS + SCHEDULING
 
     def __init__(self, remote_command: str, args: list[str] | None = None,
                  job_name: str | None = None, working_directory: str | None = None,
                  job_environment: dict[str, str] | None = None, input_path: str | None = None,
-                 output_path: str | None = None, error_path: str | None = None):
+                 output_path: str | None = None, error_path: str | None = None, *,
+                 queue_name: str | None = None, min_slots: int | None = None,
+                 priority: int | None = None, start_time: str | None = None,
+                 submit_as_hold: bool = False, dependency: str | None = None):
         self.remote_command = remote_command
         self.args = list(args or [])
         self.job_name = job_name
@@ -75,13 +86,32 @@ class JobTemplate:
         self.input_path = input_path
         self.output_path = output_path
         self.error_path = error_path
+        self.queue_name = queue_name
+        self.min_slots = min_slots
+        self.priority = priority
+        self.start_time = start_time
+        self.submit_as_hold = bool(submit_as_hold)
+        self.dependency = dependency
+
+    @property
+    def waits(self) -> bool:
+        """Whether the job may have to wait before it starts (a queue, a dependency, a
+        begin time, a hold): the scheduler, not the submitter, starts it."""
+        return bool(self.queue_name or self.dependency or self.start_time or
+                    self.submit_as_hold)
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        data = {name: getattr(self, name) for name in self.FIELDS}
+        for name in self.SCHEDULING:
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                data[name] = value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobTemplate":
-        return cls(**{name: data.get(name) for name in cls.FIELDS})
+        return cls(**{name: data.get(name) for name in cls.FIELDS},
+                   **{name: data[name] for name in cls.SCHEDULING if name in data})
 
     def __eq__(self, other) -> bool:
         return isinstance(other, JobTemplate) and self.to_dict() == other.to_dict()
@@ -231,12 +261,13 @@ class JobInfo:
     __slots__ = ("id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
                  "terminating_signal", "pid", "allocated_machines", "submission_machine",
                  "job_owner", "uid", "submission_time_text", "dispatch_time_text",
-                 "finish_time_text", "wallclock_seconds", "extension_list", "job_template")
+                 "finish_time_text", "wallclock_seconds", "extension_list", "job_template",
+                 "queue_name", "slots", "attempt", "dependency")
 
     def __init__(self, *, id, array_id, task_id, job_name, state, sub_state, exit_status,
                  terminating_signal, pid, allocated_machines, submission_machine, job_owner, uid,
                  submission_time_text, dispatch_time_text, finish_time_text, wallclock_seconds,
-                 extension_list, job_template):
+                 extension_list, job_template, slots=None, attempt=1):
         self.id = id
         self.array_id = array_id
         self.task_id = task_id
@@ -256,6 +287,10 @@ class JobInfo:
         self.wallclock_seconds = wallclock_seconds
         self.extension_list = extension_list
         self.job_template = job_template
+        self.queue_name = job_template.queue_name if job_template else None
+        self.dependency = job_template.dependency if job_template else None
+        self.slots = slots
+        self.attempt = attempt
 
     def __repr__(self) -> str:
         return f"JobInfo(id={self.id!r}, state={self.state.value!r})"
@@ -312,6 +347,10 @@ class JobInfo:
             "finish_time": self.finish_time_text,
             "wallclock_time": self.wallclock_time,
             "extension_list": self.extension_list,
+            "queue_name": self.queue_name,
+            "slots": self.slots,
+            "attempt": self.attempt,
+            "dependency": self.dependency,
             "job_template": self.job_template.to_dict() if with_template else None,
         }
         return fields
@@ -408,4 +447,5 @@ def complete_template(template: JobTemplate, is_array: bool) -> JobTemplate:
         input_path=template.input_path,
         output_path=template.output_path,
         error_path=template.error_path,
+        **{name: getattr(template, name) for name in JobTemplate.SCHEDULING},
     )

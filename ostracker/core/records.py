@@ -15,7 +15,14 @@ Layout of a state directory (mode 0700, every file 0600)::
         reaper.lock  held (flock) by the job's reaper for as long as it lives
         control      a Unix socket: what commands tell the job's reaper ("terminated I"),
                      while it lives
+        held.json    which of its tasks that have not started are held ("release" removes it)
         stdout, stderr, I.stdout, I.stderr   output captured by default
+    schedule/        what waits to start, and who decides when (local backend)
+        lock         held (flock) by the scheduler for as long as it lives
+        socket       a Unix socket: "something changed", from commands and reapers
+        wait.N       job N waits for the scheduler to start it (empty: an index)
+        queue.NAME   queue NAME: {"slots": N}
+        slot.NAME.K  slot K of queue NAME is taken: the ID of the task that holds it
 
 Every record is a JSON object with ``"schema": SCHEMA_VERSION``.  A reader
 never trusts one: ``Header.from_dict``, ``check_task_record``,
@@ -57,6 +64,7 @@ REAPER_LOCK = "reaper.lock"
 STARTING = "starting"
 TOKEN_VARIABLE = "OSTRACKER_TOKEN"
 CONTROL = "control"  # the socket on which a reaper hears commands, while it lives
+HELD = "held.json"
 
 # The summary file: this prefix, a JSON list of JobInfo objects, then its check
 # (``SUMMARY_CHECK``: the array's ID, the list's inside's length and CRC-32), then "}".
@@ -106,16 +114,20 @@ class Header:
 
     Written once, at submission, and never replaced (its flock is the job's
     mutation lock).  ``boot_id`` is the local backend's (records of an earlier
-    boot name dead processes), ``slurm_job_id`` the Slurm backend's.
+    boot name dead processes), ``slurm_job_id`` the Slurm backend's.  A local job
+    that waits for the scheduler keeps the submitter's whole ``environment`` and
+    ``umask``: the scheduler starts it as the submit would have, not in its own.
     """
 
     __slots__ = ("job_id", "backend", "array", "template", "submission_time",
-                 "submission_machine", "job_owner", "uid", "boot_id", "slurm_job_id")
+                 "submission_machine", "job_owner", "uid", "boot_id", "slurm_job_id",
+                 "environment", "umask")
 
     def __init__(self, *, job_id: int, backend: str, array: ArraySpec | None,
                  template: JobTemplate, submission_time: str, submission_machine: str,
                  job_owner: str, uid: int, boot_id: str | None = None,
-                 slurm_job_id: str | None = None):
+                 slurm_job_id: str | None = None, environment: dict | None = None,
+                 umask: int | None = None):
         self.job_id = job_id
         self.backend = backend
         self.array = array
@@ -126,6 +138,8 @@ class Header:
         self.uid = uid
         self.boot_id = boot_id
         self.slurm_job_id = slurm_job_id
+        self.environment = environment
+        self.umask = umask
 
     @classmethod
     def new(cls, job_id: int, backend: str, template: JobTemplate, array: ArraySpec | None,
@@ -148,6 +162,9 @@ class Header:
             data["boot_id"] = self.boot_id
         if self.slurm_job_id is not None:
             data["slurm_job_id"] = self.slurm_job_id
+        if self.environment is not None:
+            data["environment"] = self.environment
+            data["umask"] = self.umask
         return data
 
     @classmethod
@@ -175,7 +192,9 @@ class Header:
                          uid=_integer(data["uid"], high=1 << 32),
                          boot_id=_text(data["boot_id"]) if backend == "local" else None,
                          slurm_job_id=_slurm_id(data["slurm_job_id"])
-                         if backend == "slurm" else None)
+                         if backend == "slurm" else None,
+                         environment=_environment(data.get("environment"), True),
+                         umask=_integer(data.get("umask"), True, high=0o1000))
         except (KeyError, TypeError, ValueError, AttributeError, InvalidArgument):
             raise damaged(path) from None
         return header
@@ -278,21 +297,45 @@ def _good_offset(offset: str) -> bool:
     return False
 
 
+def _environment(value, optional: bool = False):
+    """An environment: names to values, each a string the OS can take."""
+    if optional and value is None:
+        return value
+    if not isinstance(value, dict):
+        raise TypeError("environment")
+    for word in (*value, *value.values()):
+        _path(word)
+    return value
+
+
 def _template(data) -> JobTemplate:
     """The JobTemplate of a header, every field of the type it must have."""
     args = data["args"]
-    environment = data["job_environment"]
-    if not isinstance(args, list) or not isinstance(environment, dict):
-        raise TypeError("args, job_environment")
-    for word in (*args, *environment, *environment.values()):
+    environment = _environment(data["job_environment"])
+    if not isinstance(args, list):
+        raise TypeError("args")
+    for word in args:
         _path(word)
+    get = data.get
     return JobTemplate(remote_command=_path(data["remote_command"]), args=args,
                        job_name=_text(data.get("job_name"), True),
                        working_directory=_path(data["working_directory"]),
                        job_environment=environment,
                        input_path=_path(data.get("input_path"), True),
                        output_path=_path(data.get("output_path"), True),
-                       error_path=_path(data.get("error_path"), True))
+                       error_path=_path(data.get("error_path"), True),
+                       queue_name=_text(get("queue_name"), True),
+                       min_slots=_integer(get("min_slots"), True, 1),
+                       priority=_integer(get("priority"), True, -_LIMIT),
+                       start_time=_time(get("start_time"), True),
+                       submit_as_hold=_flag(get("submit_as_hold")),
+                       dependency=_text(get("dependency"), True))
+
+
+def _flag(value) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise TypeError("not a boolean")
 
 
 # -- task records (state.json, I.json) ------------------------------------------------------
@@ -328,6 +371,19 @@ def check_cancel_marker(marker, path: str) -> dict | None:
     return marker
 
 
+def held_tasks(marker: dict | None, array: ArraySpec | None):
+    """The indices of the tasks that ``held.json`` (parsed) holds, as a container
+    (``None`` stands for a single job): every task when its ``tasks`` is null."""
+    if marker is None:
+        return ()
+    tasks = marker.get("tasks")
+    if tasks is None:
+        return array.indices() if array is not None else (None,)
+    if not isinstance(tasks, list):
+        raise TypeError("held tasks")
+    return frozenset(task for task in tasks if type(task) is int)
+
+
 def check_task_record(record: dict, path: str, task_id: str | None = None) -> dict:
     """The record with every key a reader uses, each of its type; else StorageError.
 
@@ -354,6 +410,8 @@ def check_task_record(record: dict, path: str, task_id: str | None = None) -> di
         _integer(get("start_ticks"), True)
         _integer(get("reaper_pid"), True, 1, _PID_LIMIT)
         _integer(get("pid"), state not in ("Running", "Suspended"), 1, _PID_LIMIT)
+        _slots(get("slots"))
+        _integer(get("attempt"), True, 1)
     except (KeyError, TypeError, ValueError):
         raise damaged(path) from None
     complete = new_record(state)
@@ -399,6 +457,8 @@ def info_from_record(header: Header, index: int | None, record: dict) -> JobInfo
         wallclock_seconds=record.get("wallclock_time"),
         extension_list=record.get("rusage"),
         job_template=template,
+        slots=record.get("slots"),
+        attempt=record.get("attempt") or 1,
     )
 
 
@@ -510,7 +570,16 @@ def _summary_info(data: dict, template: JobTemplate | None) -> JobInfo:
         dispatch_time_text=_time(get("dispatch_time"), True),
         finish_time_text=_time(get("finish_time"), True),
         wallclock_seconds=_number(get("wallclock_time")),
-        extension_list=_extension(get("extension_list")), job_template=template)
+        extension_list=_extension(get("extension_list")), job_template=template,
+        slots=_slots(get("slots")), attempt=_integer(get("attempt", 1), False, 1))
+
+
+def _slots(value):
+    """The slot numbers a task held: a list of integers, or null."""
+    if value is not None and not (isinstance(value, list) and
+                                  all(_integer(slot) is slot for slot in value)):
+        raise TypeError("slots")
+    return value
 
 
 def _ended(name):

@@ -666,16 +666,28 @@ class Store:
         finally:
             os.close(fd)
 
-    def open_reaper_lock(self, job_id: int) -> int:
+    def open_reaper_lock(self, job_id: int, existing: bool = False) -> int | None:
         """Create and take the lock that says "this job's reaper is alive"; return its fd.
 
         Created exclusively in the job's fresh directory: anything already there
-        was planted, and is refused.
+        was planted, and is refused.  With ``existing``, the lock of a job that
+        waited for the scheduler is taken instead, without blocking: None if
+        its holder (a reaper) is alive.
         """
         dir_fd = self._job_fd(job_id)
         path = self.path(job_id, REAPER_LOCK)
         if dir_fd is None:
             raise JobNotFound(f"job directory {self.job_dir(job_id)} is gone")
+        if existing:
+            fd = self._open_lock(job_id, REAPER_LOCK, lambda: None)
+            if fd is None:
+                raise StorageError(f"damaged job {self.job_dir(job_id)}: no {REAPER_LOCK}")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            return fd
         try:
             fd = os.open(REAPER_LOCK, (_CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR, 0o600,
                          dir_fd=dir_fd)

@@ -18,11 +18,15 @@ from ..core.store import Store
 from . import reaper
 
 
-def launch(store: Store, header: Header, lock_fd: int) -> int:
+def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
+           slots: list[int] = (), lean: bool = False) -> int:
     """Start the reaper of the submission ``header``; return the PID of its first task.
 
     ``lock_fd`` is the reaper lock, already taken by the caller so that no reader
     takes the job for reaper-less before the reaper exists; the reaper inherits it.
+    ``queue`` and ``slots``: the slots of that queue the scheduler gave the job.
+    ``lean``: the caller is a lean interpreter already (the scheduler), which the
+    reaper can go on in, instead of executing a fresh one.
     """
     read_end, write_end = os.pipe()
     try:
@@ -32,7 +36,7 @@ def launch(store: Store, header: Header, lock_fd: int) -> int:
         os.close(write_end)
         raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
     if child == 0:
-        _become_reaper(store, header, read_end, write_end, lock_fd)
+        _become_reaper(store, header, read_end, write_end, lock_fd, (queue, list(slots), lean))
     os.close(write_end)
     os.waitpid(child, 0)  # the middle process exits at once
     try:
@@ -48,14 +52,14 @@ def launch(store: Store, header: Header, lock_fd: int) -> int:
     raise StartError("the reaper ended before the job started")
 
 
-def _become_reaper(store, header, read_end, write_end, lock_fd) -> None:
+def _become_reaper(store, header, read_end, write_end, lock_fd, how) -> None:
     """In the forked child: detach twice and run the reaper; never return."""
     status = 1
     try:
         os.close(read_end)
         os.setsid()
         if os.fork() == 0:
-            reaper.begin(store, header, write_end, lock_fd)
+            reaper.begin(store, header, write_end, lock_fd, *how)
         status = 0
     except BaseException as exc:  # never let an error climb back into the submitter's code
         try:

@@ -58,11 +58,13 @@ import time
 
 from ..core.errors import JobNotFound, StartError, StorageError
 from ..core.models import expand_path, is_per_task, task_id_string, timestamp
-from ..core.records import (CANCEL, CONTROL, HEADER, SCHEMA_VERSION, STARTING, SUMMARY,
+from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
-                            info_from_record, new_record, summary_chunks, task_record_name)
+                            held_tasks, info_from_record, new_record, summary_chunks,
+                            task_record_name)
 from ..core.store import Flusher, Store
 from . import proc
+from .board import Board
 
 # Run by the fresh interpreter: -I and -S keep it from loading user and site
 # packages; the package's own directory is put on sys.path by hand instead.
@@ -77,6 +79,7 @@ _RETRY_FIRST, _RETRY_LONGEST = 0.05, 2.0  # seconds between attempts at an unwri
 _WAITING = b"W"  # it is about to open a FIFO, which may block until someone opens the other end
 _FAILED = b"E"   # followed by the reason it could not start; it exits 127
 _CANCELLED = "cancelled before it started"
+_HELD = "held"
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENFILE, errno.EMFILE})
 
 
@@ -119,16 +122,24 @@ class Task:
 class Reaper:
     """Starts the tasks of one submission and turns their wait statuses into records."""
 
-    def __init__(self, store: Store, header: Header):
+    def __init__(self, store: Store, header: Header, queue: str | None = None,
+                 slots: list[int] = ()):
         self.store = store
         self.job_id = header.job_id
         self.header = header
         self.template = header.template
         self.array = header.array
-        self.boot_id = header.boot_id
-        self.environment = dict(os.environ, **self.template.job_environment)
+        self.boot_id = proc.boot_id()  # a job that waited may start after a reboot
+        # A job that waited is started by the scheduler in the submitter's environment.
+        self.environment = dict(os.environ if header.environment is None
+                                else header.environment, **self.template.job_environment)
+        if queue is not None:
+            self.environment.update(OSTRACKER_QUEUE=queue,
+                                    OSTRACKER_SLOTS=" ".join(map(str, slots)))
+        self.slots = list(slots) if queue is not None else None
         self.running: dict[int, Task] = {}  # pid -> task
         self.queued: list[int] = []          # array indices not started yet, in order
+        self.held: list[int] = []            # array indices that `hold` held, not started
         self.unwritten: dict[str, tuple[list[bytes] | dict, bool]] = {}  # name -> (data, durable)
         self._retry_delay = _RETRY_FIRST
         self._retry_at: float | None = None
@@ -137,6 +148,7 @@ class Reaper:
         self._executable: str | None = None
         self._poller = None
         self._control = None  # the control socket (main loop only)
+        self._board = Board(store)  # where the scheduler listens, if one does
 
     # -- records -----------------------------------------------------------------
 
@@ -229,10 +241,12 @@ class Reaper:
         return task
 
     def _claim(self, index: int | None, record: dict) -> None:
-        """Write the task's first record, unless ``terminate`` cancelled the task first.
+        """Write the task's first record, unless ``terminate`` cancelled the task first,
+        or ``hold`` held it.
 
-        Under the job lock, which ``terminate`` takes to cancel a task that has
-        no record yet: the task is either cancelled or recorded, never both.
+        Under the job lock, which ``terminate`` and ``hold`` take to cancel or hold
+        a task that has no record yet: the task is either cancelled (held) or
+        recorded, never both.
         """
         name = task_record_name(index)
         try:
@@ -240,6 +254,9 @@ class Reaper:
                 if self.store.exists(self.job_id, name) or \
                         (index is not None and self.store.exists(self.job_id, CANCEL)):
                     raise _Cancelled(_CANCELLED)
+                if self.store.exists(self.job_id, HELD) and index in held_tasks(
+                        self.store.read(self.job_id, HELD), self.array):
+                    raise _Held(_HELD)
                 self.store.write(self.job_id, name, record, durable=False)
         except StorageError as error:
             raise _NotNow(f"cannot record the job: {error}") from None
@@ -252,6 +269,8 @@ class Reaper:
         record.update(pid=pid, start_ticks=started.start_ticks if started else None,
                       boot_id=self.boot_id, reaper_pid=os.getpid(), dispatch_time=timestamp(),
                       dispatch_monotonic=time.monotonic(), **extra)
+        if self.slots is not None:
+            record["slots"] = self.slots
         return record
 
     def _spawn_direct(self, index, argv, environment, stdin, outputs) -> Task:
@@ -411,6 +430,9 @@ class Reaper:
             except _Cancelled:
                 self.queued.pop(0)  # cancelled on its own, or the rest with it
                 continue
+            except _Held:
+                self.held.append(self.queued.pop(0))  # until `release` says otherwise
+                continue
             except JobNotFound:
                 self.queued = []
                 return
@@ -465,6 +487,21 @@ class Reaper:
             record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
                 else ended
         self.write(task_record_name(task.index), record)
+        self.tell_scheduler()
+
+    def tell_scheduler(self) -> None:
+        """A task ended: the scheduler (if one listens) may start what waited for it."""
+        import socket
+
+        path = self._board.socket_path()
+        if path is None:
+            return  # nothing was ever scheduled in this state directory
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
+                sender.setblocking(False)
+                sender.sendto(b"ended", path)
+        except OSError:
+            pass  # no scheduler: the one that starts next reads the records
 
     def end_leftovers(self, task: Task) -> int:
         """SIGTERM to what the task's leader left running, SIGKILL ``LEFTOVER_GRACE`` s later.
@@ -521,13 +558,31 @@ class Reaper:
             self.command(data.decode(errors="replace").strip())
 
     def command(self, line: str) -> None:
-        """A command from the control socket: ``terminated INDEX`` (``-`` for a single job)."""
+        """A command from the control socket: ``terminated INDEX`` (``-`` for a single job),
+        or ``changed``: tasks were released, or held ones cancelled."""
         word, _, argument = line.partition(" ")
-        if word == "terminated":
+        if word == "changed":
+            self.recheck_held()
+        elif word == "terminated":
             index = None if argument == "-" else int(argument) if argument.isdigit() else -1
             for task in self.running.values():
                 if task.index == index:
                     task.terminated = True
+
+    def recheck_held(self) -> None:
+        """Held tasks that were released go back to the queue, in order; cancelled ones go."""
+        if not self.held:
+            return
+        try:
+            held = held_tasks(self.store.read(self.job_id, HELD), self.array) \
+                if self.store.exists(self.job_id, HELD) else set()
+            cancelled = self.store.exists(self.job_id, CANCEL)
+        except StorageError:
+            return
+        released = [index for index in self.held if index not in held]
+        self.held = [] if cancelled else [index for index in self.held if index in held]
+        if released and not cancelled:
+            self.queued = sorted(self.queued + released)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -578,7 +633,7 @@ class Reaper:
                 self.after(LEFTOVER_GRACE, lambda: proc.signal_members(orphans, signal.SIGKILL))
                 orphans_ended = True
             # Timers left (SIGKILL to leftovers) no longer matter once no child is left.
-            if not (children or self.running or self.unwritten or self.queued):
+            if not (children or self.running or self.unwritten or self.queued or self.held):
                 break
             for fd, _ in poller.poll(self._next_timeout()):
                 if fd == wake_read:
@@ -601,6 +656,10 @@ class Reaper:
         self._close_control()
         if self.store.flusher is not None:
             self.store.flusher.drain()
+        if self._board.waiting():  # a scheduler killed meanwhile: start the next one
+            from .scheduler import ensure
+
+            ensure(self.store, self._board)
 
     def _open_control(self):
         """The control socket: a Unix datagram socket in the job's directory.
@@ -728,6 +787,10 @@ class _Cancelled(Exception):
     """A task that `terminate` cancelled before its record existed: it must not start."""
 
 
+class _Held(Exception):
+    """A task that `hold` held before its record existed: it waits for `release`."""
+
+
 class _Refused(Exception):
     """Why a task's process will not exec: one line, said on its status pipe."""
 
@@ -821,26 +884,39 @@ def _report(ready_fd: int, word: str) -> None:
     os.close(ready_fd)
 
 
-def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
+def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str | None = None,
+          slots: list[int] = (), lean: bool = False) -> None:
     """First act of the reaper, in the freshly forked and detached child: see module doc.
 
-    Never returns: it execs the lean reaper, or exits when nothing is left to watch.
+    ``queue``, ``slots``: what the scheduler gave the job.  ``lean``: this
+    process is a lean interpreter already (forked from the scheduler), so the
+    reaper goes on in it instead of executing a fresh one.  Never returns: it
+    runs (or execs) the lean reaper, or exits when nothing is left to watch.
     """
     _detach_descriptors({ready_fd, lock_fd})
     _become_subreaper()
-    reaper = Reaper(store, header)
+    if header.umask is not None:
+        os.umask(header.umask)
+    reaper = Reaper(store, header, queue, slots)
     job_id = header.job_id
-    first = reaper.array.begin if reaper.array else None
+    indices = iter(reaper.array.indices() if reaper.array else [None])
+    first = next(indices)
     try:
         try:
             os.chdir(reaper.template.working_directory)
         except OSError as exc:
             raise StartError(f"cannot enter working directory "
                              f"{reaper.template.working_directory}: {exc.strerror}") from None
-        try:
-            task = reaper.spawn(first, first=True)
-        except _Cancelled:  # `terminate` came before the first record
-            raise StartError(_CANCELLED) from None
+        while True:
+            try:
+                task = reaper.spawn(first, first=True)
+                break
+            except _Cancelled:  # `terminate` came before the first record
+                raise StartError(_CANCELLED) from None
+            except _Held:  # `hold` came first: the next task that is not held starts
+                first = next(indices, _HELD)
+                if first == _HELD:
+                    raise StartError(_HELD) from None
         reaper.await_exec(task)
         failure = reaper.start_failure(task)
         if failure is not None:
@@ -848,16 +924,20 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
             del reaper.running[task.pid]
             raise StartError(failure)
     except StartError as error:
-        if not isinstance(error, _NotNow) and str(error) != _CANCELLED:
+        if not isinstance(error, _NotNow) and str(error) not in (_CANCELLED, _HELD):
             reaper.record_start_failure(first, str(error))
             if reaper.array is not None:
                 reaper.cancel_rest(f"cancelled: task {first} could not start")
         _report(ready_fd, f"error {error}")
-        if reaper.array is not None:
+        if reaper.array is not None and str(error) != _HELD:
             reaper.write_summary()
         reaper.settle()
         os._exit(0)
     _report(ready_fd, f"started {task.pid}")
+    if lean:
+        store.flusher = Flusher()
+        _carry_on(reaper, task)
+        os._exit(0)
     # What the lean reaper inherits: the lock, the job's directory (so that a state
     # dir moved meanwhile is followed), the status pipe of a task not yet exec'd,
     # and the task's record if the disk did not take it yet (it must not be lost).
@@ -871,35 +951,42 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int) -> None:
     args = [store.root, str(job_id), str(lock_fd), str(directory), str(task.pid),
             "" if first is None else str(first),
             "" if task.status_fd is None else str(task.status_fd),
-            json.dumps(task.record) if reaper.unwritten else ""]
+            json.dumps(task.record) if reaper.unwritten else "",
+            json.dumps([queue, list(slots)])]
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
 
 
 def main(argv: list[str]) -> None:
     """Entry point of the lean reaper that ``begin`` execs: wait out the submission."""
-    root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten = argv
+    import json
+
+    root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten, given = argv
     job_id, lock_fd, directory, first_pid = int(job_id), int(lock_fd), int(directory), \
         int(first_pid)
     os.set_inheritable(lock_fd, False)
     os.set_inheritable(directory, False)
     store = Store(root, Flusher())
     store.hold_job_dir(job_id, directory)
-    store.flush_later(job_id, HEADER)  # written by submit without an fsync
+    queue, slots = json.loads(given)
     reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
-                                            store.path(job_id, HEADER)))
+                                            store.path(job_id, HEADER)), queue, slots)
     index = int(first_index) if first_index else None
     status = int(status_fd) if status_fd else None
     if status is not None:
         os.set_inheritable(status, False)
     if unwritten:  # begin() could not write it: it is ours to write now
-        import json
-
         task = Task(index, first_pid, json.loads(unwritten), status)
         reaper.write(task_record_name(index), task.record, durable=False)
     else:
         task = Task(index, first_pid, store.read(job_id, task_record_name(index)), status)
-    task.said = _WAITING  # begin() heard this much
     reaper.running[first_pid] = task
+    _carry_on(reaper, task)
+
+
+def _carry_on(reaper: Reaper, task: Task) -> None:
+    """The reaper's life after its first task started: the loop, until the end."""
+    reaper.store.flush_later(reaper.job_id, HEADER)  # written by submit without an fsync
+    task.said = _WAITING  # begin() heard this much
     if reaper.array is not None:
-        reaper.queued = [i for i in reaper.array.indices() if i != index]
+        reaper.queued = [i for i in reaper.array.indices() if i != task.index]
     reaper.run()

@@ -16,14 +16,17 @@ import signal
 from collections.abc import Iterable
 
 from ..core.base import ALLOWED, Submission, Target, TrackerBase
-from ..core.errors import InvalidState, StartError, StorageError, TrackerError
+from ..core.errors import (InvalidState, JobNotFound, StartError, StorageError, TrackerError,
+                           UnsupportedOperation)
 from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
                            JobTemplate, complete_template, task_id_string, timestamp)
-from ..core.records import (CANCEL, CONTROL, HEADER, SCHEMA_VERSION, STARTING, SUMMARY,
-                            TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker, check_task_record, encode_infos, fill_template,
+from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
+                            TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
+                            check_task_record, encode_infos, fill_template, held_tasks,
                             info_from_record, infos_from_summary, new_record, summary_body,
                             task_record_name)
 from . import proc
+from .board import Board
 
 _REAPER_LOST = "reaper lost"
 SUSPEND_GRACE = 1.0  # seconds a job's processes may take to stop on SIGTSTP, then SIGSTOP
@@ -38,6 +41,18 @@ class LocalSubmission(Submission):
         self._reaper_alive: bool | None = None
         self._cancel: dict | None | bool = False  # False: not read yet
         self._cancel_error: StorageError | None = None
+        self._held = None
+
+    def held(self):
+        """The indices of the tasks held (``records.held_tasks``), read once."""
+        if self._held is None:
+            marker = self.store.read(self.job_id, HELD)
+            try:
+                self._held = held_tasks(marker, self.array)
+            except (TypeError, AttributeError):
+                raise StorageError(f"damaged record {self.store.path(self.job_id, HELD)}") \
+                    from None
+        return self._held
 
     def reaper_alive(self) -> bool:
         if self._reaper_alive is None:
@@ -79,6 +94,10 @@ class LocalSubmission(Submission):
             marker = self.cancel_marker()
             if marker is not None:
                 return cancelled_record(marker)
+            if index in self.held():
+                return new_record("QueuedHeld", "held")
+            if self.template.waits and not self.reaper_alive():
+                return self.tracker.waiting_record(self)
             if self.header.boot_id != self.boot_id:
                 return new_record("Undetermined", "machine rebooted before the job started")
         elif record.get("boot_id") != self.boot_id:
@@ -171,16 +190,18 @@ class LocalSubmission(Submission):
         """The JobInfos of the tasks as JSON objects, comma-separated (a list's inside).
 
         An ended array's summary is copied as it is, neither parsed nor encoded,
-        when its check says it is whole; one without a check (the first release's)
-        is parsed first, and copied if it holds this array's JobInfos.
+        when its check says it is whole and its JobInfos have every key; one
+        without a check (the first release's) or from before a key existed is
+        parsed and encoded again, the missing keys as an old record reads them.
         """
         summary = self._summary() if indices is None else None
         if summary is not None:
             text, intact = summary
-            if intact or infos_from_summary(text, self.template, self.job_id,
-                                            self.array.indices()) is not None:
+            if intact and '"attempt": ' in text[:4096]:  # a JobInfo has the latest keys
                 return fill_template(text, self.template)
-            return encode_infos(self._record_infos(indices, errors))
+            infos = infos_from_summary(text, self.template, self.job_id, self.array.indices())
+            return encode_infos(infos if infos is not None else
+                                self._record_infos(indices, errors))
         return encode_infos(self.infos(indices, errors))
 
 
@@ -193,15 +214,200 @@ class JobTracker(TrackerBase):
     BACKEND = "local"
     DESCRIPTION = "the OS process backend (--backend local)"
     SUBMISSION = LocalSubmission
-    STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUSPENDED, JobState.DONE,
-              JobState.FAILED, JobState.UNDETERMINED)
+    STATES = (JobState.QUEUED, JobState.QUEUED_HELD, JobState.RUNNING, JobState.SUSPENDED,
+              JobState.DONE, JobState.FAILED, JobState.UNDETERMINED)
     ALLOWED = {action: ALLOWED[action] for action in ("suspend", "resume")} | {
-        "terminate": frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED})}
+        "terminate": frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED,
+                                JobState.QUEUED_HELD}),
+        "hold": frozenset({JobState.QUEUED}),
+        "release": frozenset({JobState.QUEUED_HELD})}
 
-    def __init__(self, state_dir: str | None = None):
+    def __init__(self, state_dir: str | None = None, scheduling: bool = True):
+        """``scheduling``: start a scheduler if work waits and none is alive (one killed,
+        say), as every command does; the scheduler's own tracker does not."""
         super().__init__(state_dir)
         self.boot_id = proc.boot_id()
         self._killed: dict[str, tuple] = {}  # task ID -> its tree, as terminate killed it
+        self.board = Board(self.store)
+        self._ahead: dict[int, int] | None = None  # waiting job -> jobs ahead in its queue
+        if scheduling and self.board.waiting() and not self.board.scheduler_alive():
+            from .scheduler import start
+
+            start(self.store.root)
+
+    # -- scheduling ------------------------------------------------------------------
+
+    def _submit_waiting(self, template: JobTemplate, array: ArraySpec | None) -> str:
+        """Record a job that waits (README, "Scheduling") and leave it to the scheduler.
+
+        In this order, so that a kill at any point loses nothing: the header
+        (with the submitter's environment, which the scheduler starts the job
+        in) and the hold, under the reaper lock; then the board's entry; then
+        the scheduler is told.  Before the entry exists the job reads as an
+        interrupted submission; after, the scheduler owns it.
+        """
+        self._check_waits(template, array)
+        job_id = self.store.allocate_id()
+        try:
+            umask = os.umask(0o77)
+            os.umask(umask)
+            header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id,
+                                environment=dict(os.environ), umask=umask)
+            lock_fd = self.store.open_reaper_lock(job_id)
+            try:
+                if template.submit_as_hold:
+                    self.store.write(job_id, HELD, {"schema": SCHEMA_VERSION, "tasks": None})
+                self.store.write(job_id, HEADER, header.to_dict())
+                self.board.add_waiting(job_id)
+            finally:
+                os.close(lock_fd)
+        except BaseException:
+            try:
+                self.board.remove_waiting(job_id)
+                self.store.remove_job_dir(job_id)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        from .scheduler import poke
+
+        poke(self.store, self.board)
+        return str(job_id)
+
+    def _check_waits(self, template: JobTemplate, array: ArraySpec | None) -> None:
+        """Refuse at submit what could never start: an unknown queue, more slots than it
+        has, a dependency on a job that does not exist."""
+        if template.queue_name is not None:
+            if array is not None:
+                raise UnsupportedOperation("an array cannot wait in a queue yet: submit its "
+                                           "tasks as single jobs, or use --max-parallel")
+            size = self.board.queue_size(template.queue_name)
+            name = template.queue_name
+            if size is None:
+                raise TrackerError(f"no such queue: {name} (create it: ostracker queue "
+                                   f"{name} --slots N)")
+            wanted = template.min_slots or 1
+            if 0 < size < wanted:
+                raise TrackerError(f"queue {name} has {size} slot{'s' * (size > 1)}, the job "
+                                   f"needs {wanted} (grow it: ostracker queue {name} "
+                                   f"--slots {wanted})")
+        if template.dependency is not None:
+            from ..core.schedule import parse_dependency
+
+            # JobNotFound if there is no such job, array or task
+            list(self._targets_of(parse_dependency(template.dependency).job_ids(), None))
+
+    def waiting_record(self, submission: "LocalSubmission") -> dict:
+        """The record of a task that waits for the scheduler: what it waits for."""
+        if not self.board.is_waiting(submission.job_id):
+            return new_record("Undetermined", "its submit was interrupted before it was "
+                                              "queued")
+        return new_record("Queued", self._waits_for(submission.header))
+
+    def _waits_for(self, header: Header) -> str:
+        """What a waiting job waits for, first that which it must see first."""
+        template = header.template
+        if template.start_time is not None:
+            from ..core.models import parse_time
+            import time
+
+            if parse_time(template.start_time).timestamp() > time.time():
+                return f"waiting until {template.start_time}"
+        if template.dependency is not None:
+            from ..core.schedule import parse_dependency
+
+            verdict, why = parse_dependency(template.dependency).evaluate(self._states_of)
+            if verdict == "never":
+                return f"dependency never satisfied: {why}"
+            if verdict == "wait":
+                return f"waiting for {why}"
+        queue = template.queue_name
+        if queue is None:
+            return "waiting for the scheduler"
+        size = self.board.queue_size(queue)
+        if size is None:
+            return f"waiting for queue {queue}, which does not exist"
+        if size == 0:
+            return f"waiting for queue {queue}, which is paused (0 slots)"
+        wanted = template.min_slots or 1
+        ahead = self._jobs_ahead().get(header.job_id, 0)
+        return f"waiting for {wanted} slot{'s' * (wanted > 1)} of queue {queue} " \
+               f"({ahead} job{'s' * (ahead != 1)} ahead)"
+
+    def _states_of(self, job_id: str):
+        try:
+            return [info.state for info in self.job_infos([job_id])]
+        except JobNotFound:
+            return None
+        except TrackerError:
+            return [JobState.UNDETERMINED]
+
+    def _jobs_ahead(self) -> dict[int, int]:
+        """Waiting job -> how many waiting jobs of its queue start before it (read once)."""
+        if self._ahead is None:
+            order: dict[str, list] = {}
+            for job_id in self.board.waiting():
+                try:
+                    template = self._header(job_id).template
+                except TrackerError:
+                    continue
+                if template.queue_name is not None:
+                    order.setdefault(template.queue_name, []).append(
+                        (-(template.priority or 0), job_id))
+            self._ahead = {job_id: place for jobs in order.values()
+                           for place, (_, job_id) in enumerate(sorted(jobs))}
+        return self._ahead
+
+    # -- queues -------------------------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        return sorted(self.board.queues())
+
+    def queues(self) -> list[dict]:
+        """Every queue: name, slots, slots in use, and its jobs running, queued and held."""
+        sizes = self.board.queues()
+        counts = {name: {"in_use": 0, "running": 0, "queued": 0, "held": 0} for name in sizes}
+        for job_id in self.board.waiting():
+            try:
+                info = self.job_info(str(job_id))
+            except TrackerError:
+                continue
+            if info.queue_name in counts:
+                key = "held" if info.state is JobState.QUEUED_HELD else "queued"
+                counts[info.queue_name][key] += 1
+        holders: dict[str, int] = {}  # a slot whose holder has ended is free (its file,
+        for (queue, _), holder in self.board.claims().items():  # the scheduler's to remove)
+            holders[holder] = holders.get(holder, 0) + 1
+        for holder, slots in holders.items():
+            try:
+                info = self.job_info(holder)
+            except TrackerError:
+                continue
+            if info.queue_name in counts and not info.state.ended:
+                counts[info.queue_name]["running"] += 1
+                counts[info.queue_name]["in_use"] += slots
+        return [{"name": name, "slots": sizes[name], **counts[name]} for name in sorted(sizes)]
+
+    def queue(self, name: str) -> dict:
+        for queue in self.queues():
+            if queue["name"] == name:
+                return queue
+        raise JobNotFound(f"no such queue: {name} (create it: ostracker queue {name} "
+                          "--slots N)")
+
+    def set_queue(self, name: str, slots: int) -> None:
+        """Create or resize a queue; a larger one starts waiting jobs at once."""
+        from .scheduler import poke
+
+        self.board.set_queue(name, slots)
+        poke(self.store, self.board)
+
+    def delete_queue(self, name: str) -> None:
+        """Remove a queue that no job waits in or runs in."""
+        queue = self.queue(name)
+        if queue["in_use"] or queue["queued"] or queue["held"] or queue["running"]:
+            raise InvalidState(f"queue {name} is not empty: {queue['running']} running, "
+                               f"{queue['queued']} queued, {queue['held']} held")
+        self.board.delete_queue(name)
 
     # -- submitting ----------------------------------------------------------------
 
@@ -209,6 +415,8 @@ class JobTracker(TrackerBase):
         from .launch import launch
 
         template = complete_template(template, array is not None)
+        if template.waits:
+            return self._submit_waiting(template, array)
         job_id = self.store.allocate_id()
         try:
             header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
@@ -341,14 +549,19 @@ class JobTracker(TrackerBase):
         return infos
 
     def _act(self, submission, index, infos, action):
-        """Signal each task's whole tree; cancel the queued ones of a terminate."""
+        """Signal each task's whole tree; cancel the queued ones of a terminate; hold or
+        release queued ones."""
+        if action in ("hold", "release"):
+            return self._hold(submission, index, infos, action == "hold")
         acted = []
-        queued = [info.task_id for info in infos if info.state is JobState.QUEUED]
+        queued = [info.task_id for info in infos
+                  if info.state in (JobState.QUEUED, JobState.QUEUED_HELD)]
         if queued and index is None and submission.is_array:
             self._cancel_queued(submission)  # every task not started, in one marker
             acted += queued
             queued = []
-        started = [info.task_id for info in infos if info.state is not JobState.QUEUED]
+        started = [info.task_id for info in infos
+                   if info.state not in (JobState.QUEUED, JobState.QUEUED_HELD)]
         for task_index in queued:
             record = self._cancel_task(submission, task_index)
             if record is None:
@@ -364,7 +577,48 @@ class JobTracker(TrackerBase):
                 refusals.append(refusal)
         if refusals and not acted:
             raise refusals[0]
+        if acted and len(started) < len(infos):  # queued ones were cancelled
+            self._changed(submission)
         return acted
+
+    def _hold(self, submission: "LocalSubmission", index, infos, hold: bool) -> list:
+        """Hold (or release) the tasks ``infos`` that have not started, under the job lock,
+        which a reaper takes to start a task: each is started or held, never both.
+
+        ``held.json`` lists the held tasks; ``"tasks": null`` holds every task
+        that has not started (a single job, a whole array).
+        """
+        job_id = submission.job_id
+        array = submission.array
+        with self.store.job_lock(job_id):
+            targets = [info.task_id for info in infos
+                       if not self.store.exists(job_id, task_record_name(info.task_id))]
+            if not targets:
+                return []
+            marker = self.store.read(job_id, HELD)
+            held = set(held_tasks(marker, array))
+            if hold:
+                tasks = None if index is None else sorted(held | set(targets))
+            elif index is None:
+                tasks = []
+            else:
+                tasks = sorted(held - set(targets))
+            if tasks == []:
+                self.store.unlink(job_id, HELD)
+            else:
+                self.store.write(job_id, HELD, {"schema": SCHEMA_VERSION, "tasks": tasks})
+        if not hold:
+            self._changed(submission)
+        return targets
+
+    def _changed(self, submission: "LocalSubmission") -> None:
+        """Tell whoever starts the job's tasks to look again: its reaper, the scheduler."""
+        if submission.reaper_alive():
+            _tell_reaper(self.store.job_dir(submission.job_id), "changed")
+        if submission.template.waits:
+            from .scheduler import poke
+
+            poke(self.store, self.board)
 
     def _control_task(self, submission: LocalSubmission, index, record, action) -> bool:
         """Signal one started task's whole tree; False if it had ended meanwhile.
@@ -449,7 +703,8 @@ class JobTracker(TrackerBase):
     def _cancel_queued(self, submission: LocalSubmission) -> None:
         """Cancel every task of an array that has not started (under the job lock)."""
         with self.store.job_lock(submission.job_id):
-            if submission.reaper_alive() and submission.cancel_marker() is None:
+            if (submission.reaper_alive() or submission.template.waits) and \
+                    submission.cancel_marker() is None:
                 self.store.write(submission.job_id, CANCEL, {
                     "schema": SCHEMA_VERSION, "time": timestamp(),
                     "reason": "cancelled before it started"})

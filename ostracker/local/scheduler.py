@@ -1,0 +1,434 @@
+"""The scheduler: the one process that decides when waiting jobs start, alive only while
+some job waits (README, "Scheduling").
+
+No job that waits has a process of its own.  What waits is written on the
+board (``board``): ``wait.N`` entries, queues, taken slots.  The scheduler
+is started by whichever command leaves work waiting and finds the board's
+lock free (``poke``), by a reaper that exits while work waits, and by any
+later ``ostracker`` command that finds work waiting and no scheduler
+(``JobTracker``); a second one finds the lock taken and exits at once.
+
+Its loop: one pass over the board (``schedule``), then sleep in ``poll`` on
+its socket (a datagram from submit, hold, release, terminate, ``queue``, and
+each reaper whose task ends), the pidfds of the reapers whose tasks hold
+slots or are waited on (a reaper killed with ``kill -9`` says nothing), and
+the next begin time.  Nothing wakes it while nothing changes.
+
+A pass, in order:
+1. entries of jobs that have a record (started, failed to start, cancelled)
+   are removed: they wait no more;
+2. slots whose task has ended, and whose process group is empty, are freed;
+   so are slots taken for a task that never started (a scheduler killed
+   between taking them and starting it);
+3. held jobs are passed over; a job whose begin time has not come sets the
+   next wake-up; a dependency that can never be met fails the job
+   ("dependency never satisfied: ..."); one not yet met is passed over;
+4. a job that waits for nothing else starts; one in a queue starts if its
+   queue has the slots it needs free, in order of priority, then ID (no
+   backfill: the first that does not fit stops its queue for this pass).
+
+Starting a job takes its reaper lock first (``flock``, non-blocking): a job
+is started by whoever holds it, and a job whose reaper lives is never started
+again; the reaper then records the task under the job lock unless
+``terminate`` cancelled it or ``hold`` held it meanwhile.  So no kill at any
+point starts a job twice or loses one: the entry stays until the job's first
+record exists, and the next pass (of this or the next scheduler) starts it.
+
+When nothing waits, the scheduler closes its socket, drops its lock, and
+looks once more: work that came in between is its own again, or the next
+scheduler's.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+
+from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
+from ..core.models import JobState, parse_job_id, task_id_string, timestamp
+from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record, task_record_name
+from ..core.store import Store
+from .board import Board
+
+_BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "from ostracker.local.scheduler import main; main(sys.argv[2:])")
+LEFTOVER_RECHECK = 0.05  # seconds between looks at a group that outlives its ended leader
+LONGEST_SLEEP = 3600.0  # a begin time is looked at again at least this often (clock changes)
+
+
+# -- the client side: any command that leaves work waiting ---------------------------------
+
+def poke(store: Store, board: Board | None = None) -> None:
+    """Tell the scheduler that something changed; start one if none is alive and work waits."""
+    import socket
+
+    board = board or Board(store)
+    path = board.socket_path()
+    if path is not None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
+                sender.setblocking(False)
+                sender.sendto(b"changed", path)
+                return
+        except BlockingIOError:
+            return  # its queue is full: it has plenty to wake up for
+        except OSError:
+            pass  # ENOENT, ECONNREFUSED: no scheduler listens
+    ensure(store, board)
+
+
+def ensure(store: Store, board: Board | None = None) -> None:
+    """Start a scheduler if work waits and none is alive."""
+    board = board or Board(store)
+    try:
+        if board.waiting() and not board.scheduler_alive():
+            start(store.root)
+    except StorageError:
+        pass  # the next command tries again; its own reading reports the damage
+
+
+def start(root: str) -> None:
+    """Start a scheduler, detached (double fork, ``setsid``), in a lean interpreter."""
+    try:
+        child = os.fork()
+    except OSError:
+        return  # the next command tries again
+    if child:
+        os.waitpid(child, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            package_parent = os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__))))
+            os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP,
+                                      package_parent, root])
+    finally:
+        os._exit(0)
+
+
+# -- the scheduler process ------------------------------------------------------------------
+
+def main(argv: list[str]) -> None:
+    """Entry point of the scheduler's lean interpreter: schedule while anything waits."""
+    store = Store(argv[0])
+    board = Board(store)
+    lock = board.take_lock()
+    if lock is not None:
+        Scheduler(store, board, lock).run()
+
+
+class Waiting:
+    """What the scheduler keeps of a waiting job's header: its scheduling fields."""
+
+    __slots__ = ("job_id", "header", "queue", "slots", "priority", "begin", "dependency")
+
+    def __init__(self, header: Header):
+        from ..core.schedule import parse_dependency
+
+        template = header.template
+        self.job_id = header.job_id
+        self.header = header
+        self.queue = template.queue_name
+        self.slots = template.min_slots or 1
+        self.priority = template.priority or 0
+        self.begin = _epoch(template.start_time) if template.start_time else None
+        self.dependency = parse_dependency(template.dependency) if template.dependency else None
+
+
+class Scheduler:
+    """The loop of the module doc."""
+
+    def __init__(self, store: Store, board: Board, lock: int):
+        from .tracker import JobTracker
+
+        self.store = store
+        self.board = board
+        self.lock = lock
+        self.tracker = JobTracker(store.root, scheduling=False)
+        self.known: dict[int, Waiting] = {}  # job ID -> its scheduling fields
+        self.watched: dict[int, int] = {}  # PID -> pidfd, of reapers and leftover groups
+        self.wake_at: float | None = None  # time.time() of the next begin time or recheck
+        self.socket = None
+
+    def run(self) -> None:
+        while True:
+            self._listen()
+            while self.schedule():
+                self._sleep()
+            self._close_socket()
+            os.close(self.lock)
+            if not self.board.waiting():
+                return
+            lock = self.board.take_lock()  # work came in as we were leaving
+            if lock is None:
+                return  # and another scheduler has it
+            self.lock = lock
+
+    def _listen(self) -> None:
+        import socket
+
+        fd = self.board._dir(create=True)
+        path = f"/proc/self/fd/{fd}/socket"
+        try:
+            os.unlink("socket", dir_fd=fd)  # a dead scheduler's: we hold the lock
+        except FileNotFoundError:
+            pass
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        umask = os.umask(0o177)
+        try:
+            self.socket.bind(path)
+        finally:
+            os.umask(umask)
+        self.socket.setblocking(False)
+
+    def _close_socket(self) -> None:
+        try:
+            os.unlink("socket", dir_fd=self.board._dir())
+        except (OSError, TypeError):
+            pass
+        self.socket.close()
+        for pidfd in self.watched.values():
+            os.close(pidfd)
+        self.watched = {}
+
+    def _sleep(self) -> None:
+        """Until a datagram, a watched process's end, or the next begin time."""
+        poller = select.poll()
+        poller.register(self.socket.fileno(), select.POLLIN)
+        for pidfd in self.watched.values():
+            poller.register(pidfd, select.POLLIN)
+        timeout = None
+        if self.wake_at is not None:
+            timeout = int(max(0.0, min(self.wake_at - time.time(), LONGEST_SLEEP)) * 1000) + 1
+        poller.poll(timeout)
+        while True:
+            try:
+                self.socket.recv(64)
+            except OSError:  # BlockingIOError: drained
+                break
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def schedule(self) -> bool:
+        """One pass (module doc); True while some job still waits."""
+        self.wake_at = None
+        waiting = []
+        for job_id in self.board.waiting():
+            entry = self._waiting(job_id)
+            if entry is not None:
+                waiting.append(entry)
+        taken = self._free_slots()
+        queues = self.board.queues()
+        ready: dict[str | None, list[Waiting]] = {}
+        now = time.time()
+        for entry in waiting:
+            if self._held(entry):
+                continue
+            if entry.begin is not None and entry.begin > now:
+                self._wake(entry.begin)
+                continue
+            if entry.dependency is not None and not self._dependency_met(entry):
+                continue
+            ready.setdefault(entry.queue, []).append(entry)
+        for entry in ready.pop(None, []):
+            self._start(entry, [])
+        for queue, entries in ready.items():
+            size = queues.get(queue, 0)
+            free = [slot for slot in range(size) if (queue, slot) not in taken]
+            for entry in sorted(entries, key=lambda e: (-e.priority, e.job_id)):
+                if entry.slots > len(free):
+                    break  # no backfill: those behind it wait too
+                slots, free = free[:entry.slots], free[entry.slots:]
+                self._start(entry, slots, queue)
+        self._watch_dependencies(waiting)
+        return bool(self.board.waiting())
+
+    def _waiting(self, job_id: int) -> Waiting | None:
+        """The entry of a job that still waits; None (and its entry removed) otherwise."""
+        entry = self.known.get(job_id)
+        try:
+            if entry is None:
+                header = Header.from_dict(job_id, self.store.read(job_id, HEADER),
+                                          self.store.path(job_id, HEADER))
+                entry = self.known[job_id] = Waiting(header)
+            first = entry.header.array.begin if entry.header.array else None
+            if not (self.store.exists(job_id, task_record_name(first)) or
+                    self.store.exists(job_id, CANCEL)):
+                return entry
+        except (JobNotFound, StorageError, AttributeError, TrackerError):
+            pass  # deleted, or damaged: it cannot start; its readers report it
+        self.known.pop(job_id, None)
+        self.board.remove_waiting(job_id)
+        return None
+
+    def _held(self, entry: Waiting) -> bool:
+        from ..core.records import HELD
+
+        held = self.store.read(entry.job_id, HELD) if self.store.exists(entry.job_id, HELD) \
+            else None
+        if held is None:
+            return False
+        tasks = held.get("tasks")
+        if tasks is None or entry.header.array is None:
+            return True
+        return set(entry.header.array.indices()) <= set(tasks)
+
+    def _dependency_met(self, entry: Waiting) -> bool:
+        verdict, why = entry.dependency.evaluate(self._states_of)
+        if verdict == "never":
+            self._fail(entry, f"dependency never satisfied: {why}")
+        return verdict == "met"
+
+    def _states_of(self, job_id: str):
+        try:
+            return [info.state for info in self.tracker.job_infos([job_id])]
+        except JobNotFound:
+            return None
+        except TrackerError:
+            return [JobState.UNDETERMINED]  # damaged: it will never end Done
+
+    def _fail(self, entry: Waiting, reason: str) -> None:
+        """End a waiting job that can never start, under its lock, unless it started."""
+        job_id = entry.job_id
+        try:
+            with self.store.job_lock(job_id):
+                if entry.header.array is not None:
+                    if not self.store.exists(job_id, CANCEL):
+                        self.store.write(job_id, CANCEL, {"schema": SCHEMA_VERSION,
+                                                          "time": timestamp(),
+                                                          "reason": reason})
+                elif not self.store.exists(job_id, task_record_name(None)):
+                    record = new_record("Failed", reason, str(job_id))
+                    record["finish_time"] = timestamp()
+                    self.store.write(job_id, task_record_name(None), record)
+        except (JobNotFound, StorageError):
+            return  # the next pass tries again
+        self.board.remove_waiting(job_id)
+        self.known.pop(job_id, None)
+
+    def _wake(self, moment: float) -> None:
+        self.wake_at = moment if self.wake_at is None else min(self.wake_at, moment)
+
+    # -- slots --------------------------------------------------------------------------
+
+    def _free_slots(self) -> set[tuple[str, int]]:
+        """Free the slots whose holder is done with them; the rest, taken."""
+        taken = set()
+        for (queue, slot), holder in self.board.claims().items():
+            if self._holds(holder):
+                taken.add((queue, slot))
+            else:
+                self.board.free(queue, slot)
+        return taken
+
+    def _holds(self, task_id: str) -> bool:
+        """Whether the task still needs its slots: it runs, or its reaper is starting it,
+        or its group outlives its ended leader."""
+        try:
+            job_id, index = parse_job_id(task_id)
+            info = self.tracker.job_info(task_id)
+        except TrackerError:
+            return False  # deleted, damaged, or nonsense written there: the slot is free
+        if not info.state.ended:
+            if info.state is JobState.QUEUED and not self.store.reaper_alive(job_id):
+                return False  # taken for a start that never came: the job waits again
+            self._watch(job_id, index)
+            return True
+        if info.pid is not None and _group_lives(info.pid):
+            self._wake(time.time() + LEFTOVER_RECHECK)
+            return True
+        return False
+
+    def _watch(self, job_id: int, index: int | None) -> None:
+        """Wake up when the task's reaper exits (a killed reaper pokes nobody)."""
+        try:
+            record = self.store.read(job_id, task_record_name(index))
+        except StorageError:
+            return
+        reaper = record.get("reaper_pid") if record else None
+        if isinstance(reaper, int) and reaper not in self.watched:
+            try:
+                self.watched[reaper] = os.pidfd_open(reaper)
+            except OSError:
+                self._wake(time.time())  # gone already: look again now
+        pid = record.get("pid") if record else None
+        if isinstance(pid, int) and pid not in self.watched and \
+                not self.store.reaper_alive(job_id):
+            try:  # its reaper is gone: the task's own end frees the slot
+                self.watched[pid] = os.pidfd_open(pid)
+            except OSError:
+                self._wake(time.time() + LEFTOVER_RECHECK)
+
+    def _watch_dependencies(self, waiting: list[Waiting]) -> None:
+        """Watch the reapers of the jobs that waiting jobs depend on; forget ended ones."""
+        for pid, pidfd in list(self.watched.items()):
+            if select.select([pidfd], [], [], 0)[0]:
+                os.close(pidfd)
+                del self.watched[pid]
+        for entry in waiting:
+            if entry.dependency is None:
+                continue
+            for job_id in entry.dependency.job_ids():
+                number, index = parse_job_id(job_id)
+                try:
+                    header = self.tracker._header(number)
+                except TrackerError:
+                    continue
+                first = header.array.begin if header.array else None
+                if self.store.reaper_alive(number):
+                    self._watch(number, first if index is None else index)
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _start(self, entry: Waiting, slots: list[int], queue: str | None = None) -> None:
+        """Start the job (module doc): its reaper lock, the slots, then its reaper."""
+        from .launch import launch
+
+        job_id = entry.job_id
+        try:
+            lock = self.store.open_reaper_lock(job_id, existing=True)
+        except (JobNotFound, StorageError):
+            return
+        if lock is None:
+            return  # its reaper lives: started already
+        task_id = task_id_string(job_id, entry.header.array.begin if entry.header.array
+                                 else None)
+        try:
+            taken = []
+            for slot in slots:
+                if not self.board.claim(queue, slot, task_id):
+                    raise StorageError(f"slot {slot} of queue {queue} is taken")
+                taken.append(slot)
+            try:
+                launch(self.store, entry.header, lock, queue=queue, slots=slots, lean=True)
+            except StartError:
+                pass  # its reaper wrote why, or found it held or cancelled: the next pass sees
+        except StorageError:
+            for slot in taken:
+                self.board.free(queue, slot)
+        finally:
+            os.close(lock)
+
+
+def _group_lives(leader: int) -> bool:
+    """Whether process group ``leader`` still has a member."""
+    try:
+        os.killpg(leader, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _epoch(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
