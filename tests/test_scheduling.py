@@ -409,3 +409,63 @@ def test_the_job_starts_as_the_submit_would_have_started_it(run, info, tmp_path)
     umask = os.umask(0o22)
     os.umask(umask)
     assert int(lines[2], 8) == umask
+
+
+def test_array_tasks_take_slots_one_task_at_a_time(run, submit, info, tmp_path):
+    """An array in a queue: each task takes its slots; other jobs of the queue share it,
+    in order (priority, then ID and task index); --max-parallel still bounds the array."""
+    assert run("queue", "q", "--slots", "3").returncode == 0
+    log = tmp_path / "log"
+    body = (f'echo "$JOB_ID $OSTRACKER_SLOTS|$(date +%s%N)" >> {log}; sleep 0.2; '
+            f'echo "$JOB_ID end|$(date +%s%N)" >> {log}')
+    wide = submit("-q", "q", "--array", "1-6", "--", "sh", "-c", body)
+    narrow = submit("-q", "q", "--array", "1-3%1", "--", "sh", "-c", body)
+    wait_ended(run, wide, narrow)
+    starts, ends, slots = {}, {}, {}
+    for line in open(log).read().splitlines():
+        head, _, moment = line.rpartition("|")
+        task, _, rest = head.partition(" ")
+        if rest == "end":
+            ends[task] = int(moment)
+        else:
+            starts[task], slots[task] = int(moment), [int(n) for n in rest.split()]
+    assert len(starts) == len(ends) == 9
+    assert overlap([(starts[t], ends[t]) for t in starts]) <= 3
+    assert overlap([(starts[t], ends[t]) for t in starts if t.startswith(f"{narrow}.")]) == 1
+    for a in starts:
+        for b in starts:
+            if a < b and starts[a] < ends[b] and starts[b] < ends[a]:
+                assert set(slots[a]).isdisjoint(slots[b]), (a, b)
+    assert [info(f"{wide}.{i}")["slots"] for i in (1, 2)] == [slots[f"{wide}.1"],
+                                                              slots[f"{wide}.2"]]
+    # the first array's tasks are ahead of the second's: they start in order
+    assert sorted(range(1, 7), key=lambda i: starts[f"{wide}.{i}"]) == list(range(1, 7))
+    poll(lambda: json.loads(run("queue", "q", "--json").stdout)["in_use"] == 0,
+         message="every slot free")
+
+
+def test_hold_a_task_of_an_array_in_a_queue(run, submit, info, tmp_path):
+    assert run("queue", "q", "--slots", "0").returncode == 0
+    array = submit("-q", "q", "--array", "1-3", "--", "sh", "-c",
+                   f"echo $TASK_ID >> {tmp_path}/ran")
+    assert run("hold", f"{array}.2").returncode == 0
+    assert run("queue", "q", "--slots", "2").returncode == 0
+    poll(lambda: info(f"{array}.3")["state"] == "Done", message="task 3 to end")
+    assert info(f"{array}.2")["state"] == "QueuedHeld"
+    assert run("release", f"{array}.2").returncode == 0
+    wait_ended(run, array)
+    assert sorted(open(tmp_path / "ran").read().split()) == ["1", "2", "3"]
+    assert run("status", "-q", array).stdout.split() == [f"{array}.{i}" for i in (1, 2, 3)]
+
+
+def test_terminate_an_array_waiting_in_a_queue(run, submit, info, tmp_path):
+    assert run("queue", "q", "--slots", "1").returncode == 0
+    flag = tmp_path / "go"
+    array = submit("-q", "q", "--array", "1-3", "--", "sh", "-c",
+                   f"echo $TASK_ID >> {tmp_path}/ran; while [ ! -e {flag} ]; do sleep 0.01; done")
+    poll(lambda: info(f"{array}.1")["state"] == "Running", message="task 1 to start")
+    assert run("terminate", array).returncode == 0
+    assert {task["state"] for task in info(array)} == {"Failed"}
+    poll(lambda: json.loads(run("queue", "q", "--json").stdout)["in_use"] == 0,
+         message="the slot to be free")
+    assert open(tmp_path / "ran").read().split() == ["1"]

@@ -679,14 +679,20 @@ class Store:
         if dir_fd is None:
             raise JobNotFound(f"job directory {self.job_dir(job_id)} is gone")
         if existing:
-            fd = self._open_lock(job_id, REAPER_LOCK, lambda: None)
-            if fd is None:
-                raise StorageError(f"damaged job {self.job_dir(job_id)}: no {REAPER_LOCK}")
+            try:  # read and write: the reaper writes its PID there
+                fd = os.open(REAPER_LOCK, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+            except OSError as exc:
+                raise _open_error(exc, path, "lock", "open") from None
             try:
+                _check_file(fd, path, "lock")
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 return None
+            except BaseException:
+                os.close(fd)
+                raise
             return fd
         try:
             fd = os.open(REAPER_LOCK, (_CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR, 0o600,

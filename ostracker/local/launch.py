@@ -19,12 +19,13 @@ from . import reaper
 
 
 def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
-           slots: list[int] = (), lean: bool = False) -> int:
+           slots: list[int] = (), lean: bool = False, first: int | None = None) -> int:
     """Start the reaper of the submission ``header``; return the PID of its first task.
 
     ``lock_fd`` is the reaper lock, already taken by the caller so that no reader
     takes the job for reaper-less before the reaper exists; the reaper inherits it.
-    ``queue`` and ``slots``: the slots of that queue the scheduler gave the job.
+    ``queue`` and ``slots``: the slots of that queue the scheduler gave the job (an
+    array: its task ``first``).
     ``lean``: the caller is a lean interpreter already (the scheduler), which the
     reaper can go on in, instead of executing a fresh one.
     """
@@ -36,7 +37,7 @@ def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
         os.close(write_end)
         raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
     if child == 0:
-        _become_reaper(store, header, read_end, write_end, lock_fd, (queue, list(slots), lean))
+        _become_reaper(store, header, read_end, write_end, lock_fd, (queue, list(slots), lean, first))
     os.close(write_end)
     os.waitpid(child, 0)  # the middle process exits at once
     try:

@@ -123,7 +123,7 @@ class Reaper:
     """Starts the tasks of one submission and turns their wait statuses into records."""
 
     def __init__(self, store: Store, header: Header, queue: str | None = None,
-                 slots: list[int] = ()):
+                 slots: list[int] = (), first: int | None = None):
         self.store = store
         self.job_id = header.job_id
         self.header = header
@@ -134,9 +134,13 @@ class Reaper:
         self.environment = dict(os.environ if header.environment is None
                                 else header.environment, **self.template.job_environment)
         if queue is not None:
-            self.environment.update(OSTRACKER_QUEUE=queue,
-                                    OSTRACKER_SLOTS=" ".join(map(str, slots)))
-        self.slots = list(slots) if queue is not None else None
+            self.environment["OSTRACKER_QUEUE"] = queue
+        self.queue = queue
+        # index -> the slots of its queue that the scheduler gave the task; the scheduler
+        # grants an array's tasks one at a time, and this reaper starts only those.
+        self.task_slots: dict[int | None, list[int]] = {}
+        if queue is not None:
+            self.task_slots[first] = list(slots)
         self.running: dict[int, Task] = {}  # pid -> task
         self.queued: list[int] = []          # array indices not started yet, in order
         self.held: list[int] = []            # array indices that `hold` held, not started
@@ -226,6 +230,8 @@ class Reaper:
             except FileNotFoundError as exc:
                 raise StartError(str(exc)) from None
         environment = dict(self.environment, JOB_ID=task_id)
+        if self.queue is not None:
+            environment["OSTRACKER_SLOTS"] = " ".join(map(str, self.task_slots[index]))
         if index is not None:
             environment["TASK_ID"] = str(index)
         else:
@@ -269,8 +275,8 @@ class Reaper:
         record.update(pid=pid, start_ticks=started.start_ticks if started else None,
                       boot_id=self.boot_id, reaper_pid=os.getpid(), dispatch_time=timestamp(),
                       dispatch_monotonic=time.monotonic(), **extra)
-        if self.slots is not None:
-            record["slots"] = self.slots
+        if self.queue is not None:
+            record["slots"] = self.task_slots[index]
         return record
 
     def _spawn_direct(self, index, argv, environment, stdin, outputs) -> Task:
@@ -558,11 +564,18 @@ class Reaper:
             self.command(data.decode(errors="replace").strip())
 
     def command(self, line: str) -> None:
-        """A command from the control socket: ``terminated INDEX`` (``-`` for a single job),
-        or ``changed``: tasks were released, or held ones cancelled."""
+        """A command from the control socket: ``terminated INDEX`` (``-`` for a single job);
+        ``changed``: tasks were released, or held ones cancelled; ``grant INDEX SLOT...``:
+        the scheduler gives a task of an array in a queue its slots."""
         word, _, argument = line.partition(" ")
         if word == "changed":
             self.recheck_held()
+        elif word == "grant" and self.queue is not None and self.array is not None:
+            index, *slots = argument.split()
+            if index.isdigit() and all(slot.isdigit() for slot in slots) and \
+                    int(index) in self.array and int(index) not in self.task_slots:
+                self.task_slots[int(index)] = [int(slot) for slot in slots]
+                self.queued = sorted(self.queued + [int(index)])
         elif word == "terminated":
             index = None if argument == "-" else int(argument) if argument.isdigit() else -1
             for task in self.running.values():
@@ -617,7 +630,8 @@ class Reaper:
         for task in self.running.values():
             if task.status_fd is not None:
                 poller.register(task.status_fd, _READABLE)
-        self._control = self._open_control()
+        if self._control is None:
+            self._control = self._open_control()
         if self._control is not None:
             poller.register(self._control.fileno(), _READABLE)
         children = self.reap()
@@ -701,8 +715,15 @@ class Reaper:
 
         The one step whose cost grows with the array; it runs once, at the end.
         Each JobInfo leaves its template out: it is in the header, and readers put it in.
+        The reaper of an array in a queue ends whenever no task it was given runs: it
+        writes the summary only once every task has ended.
         """
-        cancelled = cancelled_record(self.store.read(self.job_id, CANCEL))
+        marker = self.store.read(self.job_id, CANCEL)
+        if self.queue is not None and marker is None and not all(
+                self.store.exists(self.job_id, task_record_name(index))
+                for index in self.array.indices()):
+            return
+        cancelled = cancelled_record(marker)
         infos = [info_from_record(self.header, index,
                                   self.store.read(self.job_id, task_record_name(index))
                                   or cancelled)
@@ -875,6 +896,15 @@ def _detach_descriptors(keep: set[int]) -> None:
         low = fd + 1
 
 
+def _say_who(lock_fd: int) -> None:
+    """The reaper's PID in its lock file, so that the scheduler can watch it (a pidfd)."""
+    try:
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, b"%d\n" % os.getpid(), 0)
+    except OSError:
+        pass  # a lock opened for reading only: the scheduler finds the reaper otherwise
+
+
 def _report(ready_fd: int, word: str) -> None:
     """Tell the submitter; if it was killed meanwhile, the job goes on all the same."""
     try:
@@ -885,21 +915,26 @@ def _report(ready_fd: int, word: str) -> None:
 
 
 def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str | None = None,
-          slots: list[int] = (), lean: bool = False) -> None:
+          slots: list[int] = (), lean: bool = False, first: int | None = None) -> None:
     """First act of the reaper, in the freshly forked and detached child: see module doc.
 
-    ``queue``, ``slots``: what the scheduler gave the job.  ``lean``: this
+    ``queue``, ``slots``: what the scheduler gave the job (an array: its task
+    ``first``, the one this reaper starts first).  ``lean``: this
     process is a lean interpreter already (forked from the scheduler), so the
     reaper goes on in it instead of executing a fresh one.  Never returns: it
     runs (or execs) the lean reaper, or exits when nothing is left to watch.
     """
     _detach_descriptors({ready_fd, lock_fd})
     _become_subreaper()
+    _say_who(lock_fd)
     if header.umask is not None:
         os.umask(header.umask)
-    reaper = Reaper(store, header, queue, slots)
+    if first is None and header.array is not None:
+        first = header.array.begin
+    reaper = Reaper(store, header, queue, slots, first)
     job_id = header.job_id
-    indices = iter(reaper.array.indices() if reaper.array else [None])
+    indices = iter([first] if queue is not None else
+                   reaper.array.indices() if reaper.array else [None])
     first = next(indices)
     try:
         try:
@@ -933,6 +968,8 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
             reaper.write_summary()
         reaper.settle()
         os._exit(0)
+    if lean:  # listening before the scheduler hears "started": it may grant a task at once
+        reaper._control = reaper._open_control()
     _report(ready_fd, f"started {task.pid}")
     if lean:
         store.flusher = Flusher()
@@ -968,9 +1005,9 @@ def main(argv: list[str]) -> None:
     store = Store(root, Flusher())
     store.hold_job_dir(job_id, directory)
     queue, slots = json.loads(given)
-    reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
-                                            store.path(job_id, HEADER)), queue, slots)
     index = int(first_index) if first_index else None
+    reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
+                                            store.path(job_id, HEADER)), queue, slots, index)
     status = int(status_fd) if status_fd else None
     if status is not None:
         os.set_inheritable(status, False)
@@ -987,6 +1024,6 @@ def _carry_on(reaper: Reaper, task: Task) -> None:
     """The reaper's life after its first task started: the loop, until the end."""
     reaper.store.flush_later(reaper.job_id, HEADER)  # written by submit without an fsync
     task.said = _WAITING  # begin() heard this much
-    if reaper.array is not None:
+    if reaper.array is not None and reaper.queue is None:  # else the scheduler gives them
         reaper.queued = [i for i in reaper.array.indices() if i != task.index]
     reaper.run()

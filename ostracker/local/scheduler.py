@@ -48,7 +48,8 @@ import time
 
 from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import JobState, parse_job_id, task_id_string, timestamp
-from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record, task_record_name
+from ..core.records import (CANCEL, HEADER, REAPER_LOCK, SCHEMA_VERSION, Header, new_record,
+                            task_record_name)
 from ..core.store import Store
 from .board import Board
 
@@ -127,7 +128,8 @@ def main(argv: list[str]) -> None:
 class Waiting:
     """What the scheduler keeps of a waiting job's header: its scheduling fields."""
 
-    __slots__ = ("job_id", "header", "queue", "slots", "priority", "begin", "dependency")
+    __slots__ = ("job_id", "header", "queue", "slots", "priority", "begin", "dependency",
+                 "cursor")
 
     def __init__(self, header: Header):
         from ..core.schedule import parse_dependency
@@ -135,6 +137,9 @@ class Waiting:
         template = header.template
         self.job_id = header.job_id
         self.header = header
+        # An array in a queue waits until its last task has started; below this
+        # index every task has (the scheduler starts them in order, holds aside).
+        self.cursor = header.array.begin if header.array else None
         self.queue = template.queue_name
         self.slots = template.min_slots or 1
         self.priority = template.priority or 0
@@ -155,6 +160,7 @@ class Scheduler:
         self.known: dict[int, Waiting] = {}  # job ID -> its scheduling fields
         self.watched: dict[int, int] = {}  # PID -> pidfd, of reapers and leftover groups
         self.wake_at: float | None = None  # time.time() of the next begin time or recheck
+        self.holders: set[str] = set()  # IDs of the tasks that hold slots
         self.socket = None
 
     def run(self) -> None:
@@ -219,6 +225,7 @@ class Scheduler:
     def schedule(self) -> bool:
         """One pass (module doc); True while some job still waits."""
         self.wake_at = None
+        self._forget_ended()
         waiting = []
         for job_id in self.board.waiting():
             entry = self._waiting(job_id)
@@ -242,13 +249,40 @@ class Scheduler:
         for queue, entries in ready.items():
             size = queues.get(queue, 0)
             free = [slot for slot in range(size) if (queue, slot) not in taken]
-            for entry in sorted(entries, key=lambda e: (-e.priority, e.job_id)):
+            units = []  # (order, entry, task index): one per job, one per task of an array
+            for entry in entries:
+                # at least one, so that one that does not fit stops those behind it
+                for index in self._next_tasks(entry, max(1, len(free) // entry.slots)):
+                    units.append(((-entry.priority, entry.job_id, index or 0), entry, index))
+            for _, entry, index in sorted(units, key=lambda unit: unit[0]):
                 if entry.slots > len(free):
                     break  # no backfill: those behind it wait too
                 slots, free = free[:entry.slots], free[entry.slots:]
-                self._start(entry, slots, queue)
+                self._start(entry, slots, queue, index)
         self._watch_dependencies(waiting)
         return bool(self.board.waiting())
+
+    def _next_tasks(self, entry: Waiting, most: int) -> list:
+        """The tasks of the job that may take slots now, in order, at most ``most``: a
+        single job itself (None); an array's next tasks that have not started, are not
+        held, were not given slots already, within its --max-parallel."""
+        array = entry.header.array
+        if array is None:
+            return [None]
+        prefix = f"{entry.job_id}."
+        given = {holder for holder in self.holders if holder.startswith(prefix)}
+        if array.max_parallel is not None:
+            most = min(most, array.max_parallel - len(given))
+        held = self._held_tasks(entry)
+        found = []
+        for index in range(entry.cursor, array.end + 1, array.step):
+            if len(found) >= most:
+                break
+            if f"{prefix}{index}" in given or index in held or \
+                    self.store.exists(entry.job_id, task_record_name(index)):
+                continue
+            found.append(index)
+        return found
 
     def _waiting(self, job_id: int) -> Waiting | None:
         """The entry of a job that still waits; None (and its entry removed) otherwise."""
@@ -258,9 +292,7 @@ class Scheduler:
                 header = Header.from_dict(job_id, self.store.read(job_id, HEADER),
                                           self.store.path(job_id, HEADER))
                 entry = self.known[job_id] = Waiting(header)
-            first = entry.header.array.begin if entry.header.array else None
-            if not (self.store.exists(job_id, task_record_name(first)) or
-                    self.store.exists(job_id, CANCEL)):
+            if not self._started(entry):
                 return entry
         except (JobNotFound, StorageError, AttributeError, TrackerError):
             pass  # deleted, or damaged: it cannot start; its readers report it
@@ -268,17 +300,38 @@ class Scheduler:
         self.board.remove_waiting(job_id)
         return None
 
-    def _held(self, entry: Waiting) -> bool:
-        from ..core.records import HELD
-
-        held = self.store.read(entry.job_id, HELD) if self.store.exists(entry.job_id, HELD) \
-            else None
-        if held is None:
-            return False
-        tasks = held.get("tasks")
-        if tasks is None or entry.header.array is None:
+    def _started(self, entry: Waiting) -> bool:
+        """Whether the job waits no more: it (an array in a queue: its every task) has a
+        record, or the array was cancelled."""
+        job_id, array = entry.job_id, entry.header.array
+        if array is None:
+            return self.store.exists(job_id, task_record_name(None))
+        if self.store.exists(job_id, CANCEL):
             return True
-        return set(entry.header.array.indices()) <= set(tasks)
+        if entry.queue is None:
+            return self.store.exists(job_id, task_record_name(array.begin)) or \
+                self.store.reaper_alive(job_id)
+        while entry.cursor <= array.end and \
+                self.store.exists(job_id, task_record_name(entry.cursor)):
+            entry.cursor += array.step
+        return entry.cursor > array.end
+
+    def _held_tasks(self, entry: Waiting):
+        from ..core.records import HELD, held_tasks
+
+        try:
+            return held_tasks(self.store.read(entry.job_id, HELD), entry.header.array)
+        except (StorageError, TypeError, AttributeError):
+            return entry.header.array.indices() if entry.header.array else (None,)
+
+    def _held(self, entry: Waiting) -> bool:
+        """Whether every task of the job that has not started is held."""
+        held = self._held_tasks(entry)
+        array = entry.header.array
+        if array is None or not held:
+            return bool(held)
+        return all(index in held for index in range(entry.cursor, array.end + 1, array.step)
+                   if not self.store.exists(entry.job_id, task_record_name(index)))
 
     def _dependency_met(self, entry: Waiting) -> bool:
         verdict, why = entry.dependency.evaluate(self._states_of)
@@ -319,11 +372,17 @@ class Scheduler:
     # -- slots --------------------------------------------------------------------------
 
     def _free_slots(self) -> set[tuple[str, int]]:
-        """Free the slots whose holder is done with them; the rest, taken."""
+        """Free the slots whose holder is done with them; the rest, taken (and their
+        holders in ``self.holders``)."""
         taken = set()
+        self.holders = set()
+        verdicts: dict[str, bool] = {}
         for (queue, slot), holder in self.board.claims().items():
-            if self._holds(holder):
+            if holder not in verdicts:
+                verdicts[holder] = self._holds(holder)
+            if verdicts[holder]:
                 taken.add((queue, slot))
+                self.holders.add(holder)
             else:
                 self.board.free(queue, slot)
         return taken
@@ -347,16 +406,23 @@ class Scheduler:
         return False
 
     def _watch(self, job_id: int, index: int | None) -> None:
-        """Wake up when the task's reaper exits (a killed reaper pokes nobody)."""
+        """Wake up when the task's reaper exits (a killed reaper pokes nobody), or, if it
+        is gone, when the task's process does."""
         try:
             record = self.store.read(job_id, task_record_name(index))
+            reaper = _number(self.store.read_bytes(job_id, REAPER_LOCK))
         except StorageError:
             return
-        reaper = record.get("reaper_pid") if record else None
-        if isinstance(reaper, int) and reaper not in self.watched:
+        if reaper is not None and reaper not in self.watched:
             try:
-                self.watched[reaper] = os.pidfd_open(reaper)
+                pidfd = os.pidfd_open(reaper)
             except OSError:
+                pidfd = None
+            if pidfd is not None and self.store.reaper_alive(job_id):  # no PID reused
+                self.watched[reaper] = pidfd
+            else:
+                if pidfd is not None:
+                    os.close(pidfd)
                 self._wake(time.time())  # gone already: look again now
         pid = record.get("pid") if record else None
         if isinstance(pid, int) and pid not in self.watched and \
@@ -366,12 +432,15 @@ class Scheduler:
             except OSError:
                 self._wake(time.time() + LEFTOVER_RECHECK)
 
-    def _watch_dependencies(self, waiting: list[Waiting]) -> None:
-        """Watch the reapers of the jobs that waiting jobs depend on; forget ended ones."""
+    def _forget_ended(self) -> None:
+        """Stop watching what has ended: before a pass, which then sees its end."""
         for pid, pidfd in list(self.watched.items()):
             if select.select([pidfd], [], [], 0)[0]:
                 os.close(pidfd)
                 del self.watched[pid]
+
+    def _watch_dependencies(self, waiting: list[Waiting]) -> None:
+        """Watch the reapers of the jobs that waiting jobs depend on."""
         for entry in waiting:
             if entry.dependency is None:
                 continue
@@ -387,34 +456,40 @@ class Scheduler:
 
     # -- starting -----------------------------------------------------------------------
 
-    def _start(self, entry: Waiting, slots: list[int], queue: str | None = None) -> None:
-        """Start the job (module doc): its reaper lock, the slots, then its reaper."""
+    def _start(self, entry: Waiting, slots: list[int], queue: str | None = None,
+               index: int | None = None) -> None:
+        """Start the job, or task ``index`` of an array in a queue (module doc): the slots,
+        then its reaper lock and a reaper, or a word to the array's reaper that lives."""
         from .launch import launch
+        from .tracker import tell_reaper
 
         job_id = entry.job_id
+        task_id = task_id_string(job_id, index)
+        taken = []
         try:
-            lock = self.store.open_reaper_lock(job_id, existing=True)
-        except (JobNotFound, StorageError):
-            return
-        if lock is None:
-            return  # its reaper lives: started already
-        task_id = task_id_string(job_id, entry.header.array.begin if entry.header.array
-                                 else None)
-        try:
-            taken = []
             for slot in slots:
                 if not self.board.claim(queue, slot, task_id):
                     raise StorageError(f"slot {slot} of queue {queue} is taken")
                 taken.append(slot)
+            lock = self.store.open_reaper_lock(job_id, existing=True)
+            if lock is None:
+                if index is None or not tell_reaper(
+                        self.store.job_dir(job_id), f"grant {index} {' '.join(map(str, slots))}"):
+                    raise StorageError("its reaper lives")  # started already, or not listening
+                self._watch(job_id, index)
+                self.holders.add(task_id)
+                return
             try:
-                launch(self.store, entry.header, lock, queue=queue, slots=slots, lean=True)
+                launch(self.store, entry.header, lock, queue=queue, slots=slots, lean=True,
+                       first=index)
             except StartError:
                 pass  # its reaper wrote why, or found it held or cancelled: the next pass sees
-        except StorageError:
+            finally:
+                os.close(lock)
+            self.holders.add(task_id)
+        except (JobNotFound, StorageError):
             for slot in taken:
                 self.board.free(queue, slot)
-        finally:
-            os.close(lock)
 
 
 def _group_lives(leader: int) -> bool:
@@ -426,6 +501,12 @@ def _group_lives(leader: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _number(data: bytes | None) -> int | None:
+    """The PID a lock file holds (its holder wrote it), or None."""
+    text = (data or b"").strip()
+    return int(text) if text.isdigit() and len(text) < 10 else None
 
 
 def _epoch(text: str) -> float:

@@ -16,8 +16,7 @@ import signal
 from collections.abc import Iterable
 
 from ..core.base import ALLOWED, Submission, Target, TrackerBase
-from ..core.errors import (InvalidState, JobNotFound, StartError, StorageError, TrackerError,
-                           UnsupportedOperation)
+from ..core.errors import InvalidState, JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
                            JobTemplate, complete_template, task_id_string, timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
@@ -96,8 +95,9 @@ class LocalSubmission(Submission):
                 return cancelled_record(marker)
             if index in self.held():
                 return new_record("QueuedHeld", "held")
-            if self.template.waits and not self.reaper_alive():
-                return self.tracker.waiting_record(self)
+            if self.template.waits and (self.template.queue_name is not None or
+                                        not self.reaper_alive()):
+                return self.tracker.waiting_record(self)  # the scheduler starts it
             if self.header.boot_id != self.boot_id:
                 return new_record("Undetermined", "machine rebooted before the job started")
         elif record.get("boot_id") != self.boot_id:
@@ -277,9 +277,6 @@ class JobTracker(TrackerBase):
         """Refuse at submit what could never start: an unknown queue, more slots than it
         has, a dependency on a job that does not exist."""
         if template.queue_name is not None:
-            if array is not None:
-                raise UnsupportedOperation("an array cannot wait in a queue yet: submit its "
-                                           "tasks as single jobs, or use --max-parallel")
             size = self.board.queue_size(template.queue_name)
             name = template.queue_name
             if size is None:
@@ -614,7 +611,7 @@ class JobTracker(TrackerBase):
     def _changed(self, submission: "LocalSubmission") -> None:
         """Tell whoever starts the job's tasks to look again: its reaper, the scheduler."""
         if submission.reaper_alive():
-            _tell_reaper(self.store.job_dir(submission.job_id), "changed")
+            tell_reaper(self.store.job_dir(submission.job_id), "changed")
         if submission.template.waits:
             from .scheduler import poke
 
@@ -651,7 +648,7 @@ class JobTracker(TrackerBase):
             proc.signal_members(proc.job_tree(*tree), signal.SIGCONT, leader)
         else:
             if reaper is not None:
-                _tell_reaper(self.store.job_dir(submission.job_id),
+                tell_reaper(self.store.job_dir(submission.job_id),
                              f"terminated {'-' if index is None else index}")
             proc.signal_members(proc.job_tree(*tree), signal.SIGKILL, leader)
             self._killed[task_id] = tree
@@ -780,19 +777,20 @@ def _await_stopped(tree: tuple, grace: float) -> list:
         delay = min(delay * 2, 0.05)
 
 
-def _tell_reaper(job_dir: str, message: str) -> None:
-    """One command to a job's reaper through its control socket; nothing if nobody listens."""
+def tell_reaper(job_dir: str, message: str) -> bool:
+    """One command to a job's reaper through its control socket; False if nobody heard it."""
     import socket
 
     try:
         directory = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return
+        return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
             sender.setblocking(False)
             sender.sendto(message.encode(), f"/proc/self/fd/{directory}/{CONTROL}")
+        return True
     except OSError:
-        pass  # ECONNREFUSED, ENOENT: the reaper is gone; EAGAIN: it is flooded
+        return False  # ECONNREFUSED, ENOENT: the reaper is gone; EAGAIN: it is flooded
     finally:
         os.close(directory)
