@@ -469,3 +469,15 @@ def test_terminate_an_array_waiting_in_a_queue(run, submit, info, tmp_path):
     poll(lambda: json.loads(run("queue", "q", "--json").stdout)["in_use"] == 0,
          message="the slot to be free")
     assert open(tmp_path / "ran").read().split() == ["1"]
+
+
+def test_a_long_chain_of_dependencies(run, submit, info):
+    """Each link waits for the one before; reading one reads one level, not the chain."""
+    first = submit("--hold", "--", "true")
+    chain = [first]
+    for _ in range(150):
+        chain.append(submit("-d", f"afterok:{chain[-1]}", "--", "true"))
+    assert info(chain[-1])["sub_state"] == f"waiting for afterok:{chain[-2]}"
+    assert run("release", first).returncode == 0
+    wait_ended(run, chain[-1], timeout=60)
+    assert {job["state"] for job in json.loads(run("status", "--json").stdout)} == {"Done"}

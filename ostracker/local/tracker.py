@@ -230,6 +230,7 @@ class JobTracker(TrackerBase):
         self._killed: dict[str, tuple] = {}  # task ID -> its tree, as terminate killed it
         self.board = Board(self.store)
         self._ahead: dict[int, int] | None = None  # waiting job -> jobs ahead in its queue
+        self._explaining = False  # reading what a waiting job waits for (one level deep)
         if scheduling and self.board.waiting() and not self.board.scheduler_alive():
             from .scheduler import start
 
@@ -294,11 +295,21 @@ class JobTracker(TrackerBase):
             list(self._targets_of(parse_dependency(template.dependency).job_ids(), None))
 
     def waiting_record(self, submission: "LocalSubmission") -> dict:
-        """The record of a task that waits for the scheduler: what it waits for."""
+        """The record of a task that waits for the scheduler: what it waits for.
+
+        Only the state of the jobs it depends on is read, not what they wait for:
+        a chain of a thousand dependencies costs one level, not a thousand.
+        """
         if not self.board.is_waiting(submission.job_id):
             return new_record("Undetermined", "its submit was interrupted before it was "
                                               "queued")
-        return new_record("Queued", self._waits_for(submission.header))
+        if self._explaining:
+            return new_record("Queued", "waiting")
+        self._explaining = True
+        try:
+            return new_record("Queued", self._waits_for(submission.header))
+        finally:
+            self._explaining = False
 
     def _waits_for(self, header: Header) -> str:
         """What a waiting job waits for, first that which it must see first."""
@@ -409,11 +420,11 @@ class JobTracker(TrackerBase):
     # -- submitting ----------------------------------------------------------------
 
     def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
-        from .launch import launch
-
         template = complete_template(template, array is not None)
         if template.waits:
             return self._submit_waiting(template, array)
+        from .launch import launch
+
         job_id = self.store.allocate_id()
         try:
             header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
