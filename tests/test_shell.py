@@ -189,6 +189,20 @@ def test_completion_of_array_tasks_states_pids_and_paths(submit, run, shell_env)
     assert complete(shell_env, ["ostracker", "submit", "--", ""]) == [("file", "")]
 
 
+def test_completion_of_queue_names_and_queued_jobs(submit, run, shell_env):
+    """-q and `queue` offer the queues; hold offers queued jobs, release held ones."""
+    for name in ("gpu", "cpu", "gpu-big"):
+        assert run("queue", name, "--slots", "0").returncode == 0
+    assert values(shell_env, ["ostracker", "queue", ""]) == ["cpu", "gpu", "gpu-big"]
+    assert values(shell_env, ["ostracker", "submit", "-q", "gp"]) == ["gpu", "gpu-big"]
+    assert values(shell_env, ["ostracker", "submit", "--queue", "x"]) == []
+    queued = submit("-q", "gpu", "--", "true")
+    held = submit("--hold", "--", "true")
+    assert values(shell_env, ["ostracker", "hold", ""]) == [queued]
+    assert values(shell_env, ["ostracker", "release", ""]) == [held]
+    assert values(shell_env, ["ostracker", "terminate", ""]) == [queued, held]
+
+
 def test_completion_never_fails(tmp_path, shell_env):
     """A state dir that cannot be read, or nonsense typed: no candidates, no traceback."""
     not_a_dir = tmp_path / "file"
