@@ -24,9 +24,10 @@ import pytest
 
 from conftest import SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
 from ostracker.slurm import commands as slurm
-from ostracker.core.errors import InvalidArgument, InvalidState, JobNotFound, TrackerError
+from ostracker.core.errors import (InvalidArgument, InvalidState, JobNotFound, TrackerError,
+                                   UnsupportedOperation)
 from ostracker.core.models import JobState, JobTemplate
-from ostracker.slurm.script import batch_script, slurm_path
+from ostracker.slurm.script import batch_script, scheduling_args, slurm_path
 
 
 # Arguments no shell may touch on their way to the job; the last one is not UTF-8.
@@ -337,6 +338,65 @@ def test_batch_script_command_that_looks_like_an_option(tmp_path, shell):
     assert (tmp_path / "ran").read_text() == "ran hi\n"
 
 
+@pytest.mark.parametrize("fields, dependency, expected", [
+    ({}, None, []),
+    ({"queue_name": "gpu"}, None, ["-p", "gpu"]),
+    ({"queue_name": "gpu", "min_slots": 2}, None, ["-p", "gpu", "--cpus-per-task=2"]),
+    ({"priority": -5}, None, ["--nice=5"]),
+    ({"priority": 0}, None, []),
+    ({"submit_as_hold": True}, None, ["--hold"]),
+    ({"dependency": "afterok:7?afternotok:8.2"}, "afterok:40?afternotok:41_2",
+     ["--dependency=afterok:40?afternotok:41_2"]),
+    ({"queue_name": "q", "min_slots": 3, "priority": -1, "submit_as_hold": True,
+      "dependency": "afterany:7"}, "afterany:40",
+     ["-p", "q", "--cpus-per-task=3", "--nice=1", "--hold", "--dependency=afterany:40"]),
+])
+def test_scheduling_args(fields, dependency, expected):
+    assert scheduling_args(JobTemplate("true", **fields), dependency) == expected
+
+
+def test_a_priority_above_0_is_refused_by_name():
+    with pytest.raises(UnsupportedOperation, match=r"^the Slurm backend cannot raise "
+                       r"--priority above 0 \(Slurm lets only administrators raise priority\)$"):
+        scheduling_args(JobTemplate("true", priority=1), None)
+
+
+@pytest.mark.parametrize("start_time, local", [
+    ("2026-12-01T10:00:00.000000+00:00", "2026-12-01T05:00:00"),
+    ("2026-12-01T10:00:00.000001+00:00", "2026-12-01T05:00:01"),  # no sooner than asked
+    ("2026-12-31T23:59:59.500000+01:00", "2026-12-31T18:00:00"),
+])
+def test_begin_time_is_sbatchs_local_time(monkeypatch, start_time, local):
+    import time
+
+    monkeypatch.setenv("TZ", "EST5")
+    time.tzset()
+    try:
+        assert scheduling_args(JobTemplate("true", start_time=start_time), None) == \
+            [f"--begin={local}"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_partitions_sum_their_lines(monkeypatch):
+    printed = "debug|1/1/0/2|\ngpu|4/0/4/8|\ndebug|2/0/0/2|\nodd|N/A|\n"
+    monkeypatch.setattr(slurm, "run", lambda args: printed)
+    assert slurm.partitions() == {"debug": (4, 3), "gpu": (8, 4), "odd": (None, None)}
+
+
+def test_active_jobs_as_drmaa2_states(monkeypatch):
+    printed = ("debug|RUNNING|None|100\ngpu,debug|PENDING|Resources|100\n"
+               "debug|PENDING|JobHeldUser|0\ndebug|PENDING|None|0\n"
+               "debug|PENDING|DependencyNeverSatisfied|100\n")
+    monkeypatch.setattr(slurm, "run", lambda args: printed)
+    assert slurm.active_jobs() == [
+        (["debug"], JobState.RUNNING, "None"), (["gpu", "debug"], JobState.QUEUED, "Resources"),
+        (["debug"], JobState.QUEUED_HELD, "JobHeldUser"),
+        (["debug"], JobState.QUEUED_HELD, "None"),
+        (["debug"], JobState.QUEUED, "DependencyNeverSatisfied")]
+
+
 # =========================================================================================
 # The cluster: skipped, with the reason, when there is none
 # =========================================================================================
@@ -454,6 +514,78 @@ def test_output_path_with_a_backslash_names_that_file(cluster, run, submit, tmp_
     created = sorted(p.name for p in tmp_path.glob("back*"))
     assert created == [f"back\\slash-{job_id}.txt"], created
     assert run("output", job_id).stdout == "out\n"
+
+
+def read_time(path) -> float:
+    """The ``date +%s.%N`` a job wrote to ``path``."""
+    with open(path) as handle:
+        return float(handle.read())
+
+
+def test_a_dependency_starts_the_job_after_the_first_ended_done(cluster, run, submit, info,
+                                                                tmp_path):
+    """afterok: the job starts once the first ended Done; after one that failed it never
+    starts, reads Failed, and is no longer left pending in Slurm."""
+    first = submit("--", "sh", "-c", f"sleep 1; date +%s.%N > {tmp_path}/first")
+    second = submit("-d", f"afterok:{first}", "--", "sh", "-c",
+                    f"date +%s.%N > {tmp_path}/second")
+    failing = submit("--", "sh", "-c", "exit 3")
+    never = submit("-d", f"afterok:{failing}", "--", "touch", str(tmp_path / "never"))
+    assert info(second)["dependency"] == f"afterok:{first}"
+    assert finish(run, second).returncode == 0
+    assert info(first)["state"] == "Done"
+    assert read_time(tmp_path / "second") >= read_time(tmp_path / "first")
+    assert finish(run, never).returncode == 1
+    job = info(never)
+    assert (job["state"], job["sub_state"], job["exit_status"]) == \
+        ("Failed", f"dependency never satisfied: afterok:{failing}", None)
+    assert squeue_field(slurm_id(job), "%T") == "CANCELLED"
+    assert not (tmp_path / "never").exists()
+
+
+def test_hold_at_submit_then_release(cluster, run, submit, info, tmp_path):
+    job_id = submit("--hold", "--", "touch", str(tmp_path / "ran"))
+    job = info(job_id)
+    assert job["state"] == "QueuedHeld" and job["sub_state"].startswith("PENDING (JobHeld")
+    result = run("release", job_id)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert finish(run, job_id).returncode == 0
+    assert (tmp_path / "ran").exists()
+
+
+def test_begin_waits_for_its_time(cluster, run, submit, info, tmp_path):
+    """--begin now+3: Queued (BeginTime) until then, and no sooner.
+
+    Slurm starts a job whose time has come at its next scheduling pass, which
+    may be 30 s away (bf_interval); a job submitted after the time makes one at once.
+    """
+    import time
+
+    before = time.time()
+    job_id = submit("--begin", "now+3", "--", "sh", "-c", f"date +%s.%N > {tmp_path}/began")
+    job = info(job_id)
+    assert (job["state"], job["sub_state"]) == ("Queued", "PENDING (BeginTime)")
+    time.sleep(max(0.0, before + 3.5 - time.time()))
+    submit("--", "true")
+    assert finish(run, job_id).returncode == 0
+    assert read_time(tmp_path / "began") >= before + 3
+
+
+def test_queue_lists_the_partitions_and_q_submits_to_one(cluster, run, submit, info):
+    listed = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True,
+                            timeout=60).stdout.split()
+    queues = json.loads(run("queue", "--json").stdout)
+    assert [queue["name"] for queue in queues] == list(dict.fromkeys(listed))
+    queue = queues[0]
+    assert queue["slots"] >= 1 and 0 <= queue["in_use"] <= queue["slots"]
+    cpus = min(2, queue["slots"])
+    job_id = submit("-q", queue["name"], "--slots", cpus, "--priority", "-5", "--", "true")
+    assert squeue_field(slurm_id(info(job_id)), "%P|%C|%y") == f"{queue['name']}|{cpus}|5"
+    assert finish(run, job_id).returncode == 0
+    assert info(job_id)["queue_name"] == queue["name"]
+    assert json.loads(run("queue", queue["name"], "--json").stdout)["name"] == queue["name"]
+    refused = run("queue", queue["name"], "--slots", "1")
+    assert refused.returncode == 1 and "cannot create or resize" in one_line(refused.stderr)
 
 
 def test_cancelled_queued_tasks_never_ran(cluster, run, submit):
@@ -826,7 +958,7 @@ def test_a_failed_job_never_reports_exit_status_0():
     assert (job.state, job.exit_status, job.terminating_signal) == (JobState.FAILED, None, None)
     account = slurm._sacct_job(dict(zip(slurm.SACCT_FIELDS, [
         "5", "NODE_FAIL", "0:0", "2026-11-24T04:37:48", "2026-11-24T04:37:49", "vm", "",
-        "00:00.001", "00:00:00"])))
+        "00:00.001", "00:00:00", "None"])))
     assert (account["state"], account["exit_status"]) == (JobState.FAILED, None)
 
 

@@ -34,7 +34,8 @@ from ostracker import (InvalidState, JobNotFound, JobState, JobTemplate, SlurmTr
 FAKES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_slurm")
 SLURM_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sacct", "sinfo")
 SQUEUE = ["squeue", "--json", "--states=all", "--me"]
-SACCT_FORMAT = "--format=JobID,State,ExitCode,Start,End,NodeList,MaxRSS,UserCPU,SystemCPU"
+SACCT_FORMAT = ("--format=JobID,State,ExitCode,Start,End,NodeList,MaxRSS,UserCPU,SystemCPU,"
+                "Reason")
 ME = pwd.getpwuid(os.getuid()).pw_name
 
 
@@ -1154,6 +1155,254 @@ def test_squeue_printing_no_json(fake, run):
     fake.knob("fail-squeue", "")  # no words, exit 1
     result = run("status")
     assert result.returncode == 1 and one_line(result.stderr) == "ostracker: squeue: squeue failed"
+
+
+# =========================================================================================
+# Scheduling: queues are partitions; slots, priority, begin, hold, dependencies
+# =========================================================================================
+
+def scheduling_flags(fake) -> list[str]:
+    """What the last sbatch got after ostracker's own options (those end with -e PATH)."""
+    call = fake.calls("sbatch")[-1]
+    return call[call.index("-e") + 2:]
+
+
+@pytest.mark.parametrize("options, flags", [
+    (["-q", "gpu"], ["-p", "gpu"]),
+    (["-q", "gpu", "--slots", "2"], ["-p", "gpu", "--cpus-per-task=2"]),
+    (["--priority", "-5"], ["--nice=5"]),
+    (["--priority", "0"], []),
+    (["--hold"], ["--hold"]),
+    (["--begin", "2026-12-01T10:00:00+00:00"], ["--begin=2026-12-01T05:00:00"]),
+    (["--begin", "2026-12-01T10:00:00.25Z"], ["--begin=2026-12-01T05:00:01"]),
+    (["-q", "gpu", "--slots", "3", "--priority", "-1", "--hold"],
+     ["-p", "gpu", "--cpus-per-task=3", "--nice=1", "--hold"]),
+])
+def test_scheduling_options_become_sbatch_options(fake, run, monkeypatch, options, flags):
+    monkeypatch.setenv("TZ", "EST5")  # --begin is local time, as sbatch reads it
+    fake("node", "idle", "debug*", "gpu")
+    ok(run("submit", *options, "--", "true"))
+    assert scheduling_flags(fake) == flags
+    assert ok(run("submit", "--array", "1-2", *options, "--", "true")) == "2\n"
+    assert scheduling_flags(fake) == ["--array=1-2:1", *flags]
+
+
+@pytest.mark.parametrize("dependency, slurms", [
+    ("afterok:1", "afterok:4711"),
+    ("afterok:1:2.3,afterany:2", "afterok:4711:4712_3,afterany:4712"),
+    ("afternotok:2.1?after:1", "afternotok:4712_1?after:4711"),
+])
+def test_a_dependency_names_slurms_jobs(fake, run, dependency, slurms):
+    """Job N is its Slurm job, task N.I is A_I, array N is Slurm's array job (all its tasks)."""
+    ok(run("submit", "--", "true"))
+    ok(run("submit", "--array", "1-3", "--", "true"))
+    ok(run("submit", "-d", dependency, "--", "true"))
+    assert scheduling_flags(fake) == [f"--dependency={slurms}"]
+    job = info(run, "3")
+    assert (job["dependency"], job["job_template"]["dependency"]) == (dependency, dependency)
+    assert (job["state"], job["sub_state"]) == ("Queued", "PENDING (Dependency)")
+
+
+def test_scheduling_fields_of_a_slurm_jobinfo(fake, run):
+    fake("node", "idle", "debug*", "gpu")
+    ok(run("submit", "-q", "gpu", "--slots", "2", "--", "true"))
+    job = info(run, "1")
+    assert (job["queue_name"], job["slots"], job["attempt"], job["dependency"]) == \
+        ("gpu", None, 1, None)
+    assert job["job_template"]["queue_name"] == "gpu" and job["job_template"]["min_slots"] == 2
+    assert fake.job("4711")["partition"] == "gpu"
+
+
+def test_an_unknown_partition_is_sbatchs_refusal(fake, run, state_dir):
+    result = run("submit", "-q", "nosuch", "--", "true")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == "ostracker: sbatch: invalid partition specified: nosuch"
+    assert job_dirs(state_dir) == []
+
+
+def test_a_priority_above_0_is_refused_before_sbatch(fake, run, state_dir):
+    result = run("submit", "--priority", "1", "--", "true")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert one_line(result.stderr) == ("ostracker: the Slurm backend cannot raise --priority "
+                                       "above 0 (Slurm lets only administrators raise priority)")
+    assert fake.calls() == [] and job_dirs(state_dir) == []
+    assert ok(run("submit", "--", "true")) == "1\n"
+
+
+@pytest.mark.parametrize("dependency, message", [
+    ("afterok:9", "dependency on 9: no such job: 9"),
+    ("afterok:1:9", "dependency on 9: no such job: 9"),
+    ("afterany:1.2", "dependency on 1.2: no such job: 1.2 (job 1 is not an array)"),
+    ("afterok:2.7", "dependency on 2.7: no such job: 2.7 (not a task of array 2)"),
+    ("afterok:3", "dependency on 3: no such job: 3 with the slurm backend (it is a local "
+                  "job: give --backend local)"),
+])
+def test_a_dependency_on_no_slurm_job_of_this_state_dir_is_refused(fake, run, state_dir,
+                                                                  dependency, message):
+    ok(run("submit", "--", "true"))
+    ok(run("submit", "--array", "1-3", "--", "true"))
+    ok(run("--backend", "local", "submit", "--", "true"))  # job 3
+    fake.clear_calls()
+    result = run("submit", "-d", dependency, "--", "true")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert one_line(result.stderr) == f"ostracker: {message}"
+    assert fake.calls("sbatch") == [] and job_dirs(state_dir) == ["1", "2", "3"]
+
+
+def test_a_dependency_never_met_on_a_job_slurm_forgot_is_refused(fake, run, state_dir):
+    """Slurm takes a job it no longer knows for a dependency met, however it ended."""
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")
+    fake("end", "4711", "3")
+    ok(run("submit", "-d", "afterok:1", "--", "true"))  # Slurm knows 4711: it judges
+    fake("forget", "4711")
+    result = run("submit", "-d", "afterok:1", "--", "true")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == (
+        "ostracker: dependency never satisfied: afterok:1 (1 Failed); not submitted, since "
+        "Slurm, which no longer knows job 4711, would take it for satisfied")
+    assert len(fake.calls("sbatch")) == 2 and job_dirs(state_dir) == ["1", "2"]
+    ok(run("submit", "-d", "afternotok:1", "--", "true"))  # met: Slurm agrees
+    assert scheduling_flags(fake) == ["--dependency=afternotok:4711"]
+    ok(run("submit", "--", "true"))  # job 4, Slurm's 4714 (a refusal takes no ID)
+    ok(run("submit", "-d", "afterok:1?afterok:4", "--", "true"))  # the other decides
+    assert scheduling_flags(fake) == ["--dependency=afterok:4714"]
+    ok(run("submit", "-d", "afterok:1?afterany:1", "--", "true"))  # met: Slurm agrees
+    assert scheduling_flags(fake) == ["--dependency=afterany:4711"]
+    result = run("submit", "-d", "afterok:1?afterok:1.0", "--", "true")
+    assert one_line(result.stderr) == (
+        "ostracker: dependency on 1.0: no such job: 1.0 (job 1 is not an array)")
+    result = run("submit", "-d", "afterok:1?afterok:1", "--", "true")
+    assert one_line(result.stderr) == (
+        "ostracker: dependency never satisfied: afterok:1 (1 Failed); not submitted, since "
+        "Slurm, which no longer knows job 4711, would take it for satisfied")
+    assert job_dirs(state_dir) == ["1", "2", "3", "4", "5", "6"]
+
+
+@pytest.mark.parametrize("array", [False, True])
+def test_a_dependency_never_satisfied_fails_the_job_and_cancels_it(fake, run, array):
+    """Slurm leaves such a job pending (without kill_invalid_depend): ostracker reports it
+    Failed, as locally, and the first read that sees it cancels it."""
+    ok(run("submit", "--", "true"))
+    ok(run("submit", *(["--array", "1-2"] if array else []), "-d", "afterok:1", "--", "true"))
+    fake("start", "4711")
+    fake("end", "4711", "3")
+    fake("set", "4712", "PENDING", "DependencyNeverSatisfied")
+    fake.clear_calls()
+    never = "dependency never satisfied: afterok:1"
+    jobs = json.loads(ok(run("status", "--json", "2")))
+    assert [(job["state"], job["sub_state"], job["exit_status"]) for job in jobs] == \
+        [("Failed", never, None)] * len(jobs)
+    assert fake.control_calls() == [["scancel", "4712"]]  # an array whole
+    assert fake.job("4712")["state"] == "CANCELLED"
+    fake.clear_calls()
+    waited = run("wait", "2", "--json", "--timeout", "5")
+    assert waited.returncode == 1, waited.stderr
+    printed = json.loads(waited.stdout)  # an array's tasks as a list
+    assert {job["sub_state"] for job in (printed if array else [printed])} == {never}
+    assert fake.control_calls() == []  # cancelled once
+    fake("forget", "4712")  # slurmctld forgot it: sacct keeps the reason
+    assert {job["sub_state"] for job in statuses(run, "2").values()} == {never}
+    assert all(job["finish_time"] for job in statuses(run, "2").values())
+    ok(run("delete", "2"))
+
+
+def test_hold_at_submit_and_release(fake, run):
+    ok(run("submit", "--hold", "--", "true"))
+    assert (info(run, "1")["state"], info(run, "1")["sub_state"]) == \
+        ("QueuedHeld", "PENDING (JobHeldUser)")
+    ok(run("release", "1"))
+    assert fake.control_calls() == [["scontrol", "release", "4711"]]
+    assert state_of(run, "1") == "Queued"
+    fake("start", "4711")
+    fake("end", "4711", "0")
+    assert ok(run("wait", "1")) == ""
+
+
+def test_a_held_array_is_released_whole(fake, run):
+    ok(run("submit", "--hold", "--array", "1-3", "--", "true"))
+    assert {job["state"] for job in statuses(run, "1").values()} == {"QueuedHeld"}
+    ok(run("release", "1"))
+    assert {job["state"] for job in statuses(run, "1").values()} == {"Queued"}
+
+
+def test_a_job_waiting_for_its_begin_time(fake, run):
+    ok(run("submit", "--begin", "now+1h", "--", "true"))
+    job = info(run, "1")
+    assert (job["state"], job["sub_state"]) == ("Queued", "PENDING (BeginTime)")
+    assert job["job_template"]["start_time"].endswith("+00:00")
+    waited = run("wait", "1", "--timeout", "0.3")
+    assert waited.returncode == 124, waited.stderr
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+QUEUE_CALLS = [["sinfo", "-h", "-O", "PartitionName:|,CPUsState:|"],
+               ["squeue", "--me", "-h", "-r", "-o", "%P|%T|%r|%Q"]]
+
+
+@pytest.fixture
+def partitions(fake, run):
+    """debug (fake1, 4 CPUs) and gpu (fake1 and g1: 12), with jobs in both; calls cleared."""
+    fake("node", "idle", "debug*", "gpu")
+    fake("add-node", "g1", "8", "gpu")
+    ok(run("submit", "-q", "gpu", "--slots", "3", "--", "true"))  # 4711: runs on g1
+    fake("start", "4711", "g1")
+    ok(run("submit", "--array", "1-3", "--", "true"))  # 4712: three queued in debug
+    ok(run("submit", "--hold", "--", "true"))  # 4713: held in debug
+    ok(run("submit", "-q", "gpu", "-d", "afterok:1", "--", "true"))  # 4714
+    fake("set", "4714", "PENDING", "DependencyNeverSatisfied")  # Failed, to ostracker
+    fake("foreign", "alices-job", "alice", "4242", "RUNNING")  # 4715 on fake1: in use only
+    fake.clear_calls()
+    return fake
+
+
+def test_queue_lists_the_partitions(partitions, run):
+    header, *rows = ok(run("queue")).splitlines()
+    assert header.split() == ["QUEUE", "SLOTS", "IN", "USE", "RUNNING", "QUEUED", "HELD"]
+    assert [row.split() for row in rows] == [["debug", "4", "1", "0", "3", "1"],
+                                             ["gpu", "12", "4", "1", "0", "0"]]
+    assert partitions.calls() == QUEUE_CALLS  # one sinfo, one squeue
+    partitions.clear_calls()
+    assert json.loads(ok(run("queue", "--json"))) == [
+        {"name": "debug", "slots": 4, "in_use": 1, "running": 0, "queued": 3, "held": 1},
+        {"name": "gpu", "slots": 12, "in_use": 4, "running": 1, "queued": 0, "held": 0}]
+    assert partitions.calls() == QUEUE_CALLS
+
+
+def test_queue_shows_one_partition(partitions, run):
+    assert json.loads(ok(run("queue", "gpu", "--json"))) == \
+        {"name": "gpu", "slots": 12, "in_use": 4, "running": 1, "queued": 0, "held": 0}
+    assert ok(run("queue", "debug")).splitlines()[1].split() == \
+        ["debug", "4", "1", "0", "3", "1"]
+    result = run("queue", "nosuch")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert one_line(result.stderr) == "ostracker: no such queue: nosuch"
+
+
+def test_a_down_node_counts_in_slots_not_in_use(fake, run):
+    fake("node", "down*", "debug*")
+    assert json.loads(ok(run("queue", "debug", "--json")))["slots"] == 4
+    assert json.loads(ok(run("queue", "debug", "--json")))["in_use"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gpu", "--slots", "2"], "cannot create or resize queues"),
+    (["new", "--slots", "1"], "cannot create or resize queues"),
+    (["gpu", "--delete"], "cannot delete queues"),
+])
+def test_queues_are_not_ostrackers_to_change(fake, run, args, message):
+    result = run("queue", *args)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert one_line(result.stderr) == (f"ostracker: the Slurm backend {message}: its queues "
+                                       "are Slurm partitions, which an administrator "
+                                       "configures")
+    assert fake.calls() == []
+
+
+def test_queue_names_for_completion(partitions, state_dir):
+    assert SlurmTracker(state_dir).queue_names() == ["debug", "gpu"]
+    assert partitions.calls() == QUEUE_CALLS[:1]
 
 
 # =========================================================================================

@@ -60,6 +60,10 @@ FLAG_ORDER = ("COMPLETING", "CONFIGURING", "RESIZING", "RESV_DEL_HOLD", "REQUEUE
               "REQUEUE_HOLD", "REQUEUED", "SPECIAL_EXIT", "STOPPED", "REVOKED", "SIGNALING",
               "STAGE_OUT")
 HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+# The reason of a pending job whose dependency can no longer be met: Slurm leaves it
+# pending (unless slurm.conf says kill_invalid_depend), and keeps the reason once it
+# is cancelled, in squeue and in sacct.
+NEVER_SATISFIED = "DependencyNeverSatisfied"
 SIG_OOM = 125  # Slurm's "signal" for a job the out-of-memory killer ended (really SIGKILL)
 # Slurm's commands print what these ask, whatever the user's own settings say:
 # times as ISO 8601, and array task lists whole (by default cut after 64 bytes).
@@ -180,9 +184,9 @@ def iso_time(epoch: int | float | None) -> str | None:
 class SlurmJob:
     """One job or array task as Slurm reports it, in DRMAA2's terms."""
 
-    __slots__ = ("slurm_id", "state", "sub_state", "exit_status", "terminating_signal",
-                 "submit_time", "start_time", "end_time", "nodes", "name", "user", "uid",
-                 "restarts", "extra")
+    __slots__ = ("slurm_id", "state", "sub_state", "reason", "exit_status",
+                 "terminating_signal", "submit_time", "start_time", "end_time", "nodes", "name",
+                 "user", "uid", "restarts", "extra")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -231,8 +235,9 @@ def _from_squeue(data: dict) -> SlurmJob:
     array_job = _number(data.get("array_job_id")) or 0
     slurm_id = f"{array_job}_{task}" if array_job and task is not None else str(data["job_id"])
     return SlurmJob(
-        slurm_id=slurm_id, state=state, sub_state=sub_state, exit_status=exit_status,
-        terminating_signal=sig, submit_time=_number(data.get("submit_time")),
+        slurm_id=slurm_id, state=state, sub_state=sub_state, reason=reason,
+        exit_status=exit_status, terminating_signal=sig,
+        submit_time=_number(data.get("submit_time")),
         start_time=_number(data.get("start_time")) if started else None,
         end_time=_number(data.get("end_time")) if state.ended else None,
         nodes=data.get("nodes") or None, name=data.get("name"), user=data.get("user_name"),
@@ -279,6 +284,24 @@ def squeue(everyone: bool = False) -> dict[str, SlurmJob]:
                 jobs[f"{array_job}_{index}"] = job
         else:
             jobs[job.slurm_id] = job
+    return jobs
+
+
+def active_jobs() -> list[tuple[list[str], JobState, str]]:
+    """This user's jobs that have not ended, each array task on its own line (``-r``):
+    (the partitions it may run in, its DRMAA2 state, Slurm's reason).
+
+    Text, not ``--json``: 22.05 honours ``--me`` only there, and a pending job
+    submitted to several partitions lists them all (``gpu,debug``).
+    """
+    jobs = []
+    for line in run(["squeue", "--me", "-h", "-r", "-o", "%P|%T|%r|%Q"]).splitlines():
+        fields = line.split("|")
+        if len(fields) != 4:
+            continue
+        partitions, slurm_state, reason, priority = (field.strip() for field in fields)
+        held = reason in HELD_REASONS or priority == "0"
+        jobs.append((partitions.split(","), job_state(slurm_state, reason, held, 0)[0], reason))
     return jobs
 
 
@@ -332,15 +355,16 @@ def _expand_host(pattern: str) -> list[str]:
 # -- sacct ---------------------------------------------------------------------------------
 
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Start", "End", "NodeList", "MaxRSS",
-                "UserCPU", "SystemCPU")
+                "UserCPU", "SystemCPU", "Reason")
 
 
 def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
     """Accounting of ended jobs by Slurm ID, or None when the cluster keeps none.
 
-    For each job: state, exit status or signal and times from the job's own
-    line (a cancelled job's signal from its batch step, where the job line
-    says 0:0), MaxRSS (KiB) from its steps, CPU times (ms) summed over them.
+    For each job: state, exit status or signal, times and Slurm's reason from
+    the job's own line (a cancelled job's signal from its batch step, where the
+    job line says 0:0), MaxRSS (KiB) from its steps, CPU times (ms) summed over
+    them.
 
     An array's tasks that never started share one line, ``9_[3-5%1]``, which
     22.05 prints only for ``-j 9`` (never for ``-j 9_3``), and which may still
@@ -403,8 +427,8 @@ def _sacct_job(fields: dict) -> dict:
     exit_status = _failed_exit(state, exit_status)
     if state.ended and not started:
         sub_state = f"{slurm_state}, before it started"
-    return {"state": state, "sub_state": sub_state, "exit_status": exit_status,
-            "terminating_signal": signal_name,
+    return {"state": state, "sub_state": sub_state, "reason": fields["Reason"] or None,
+            "exit_status": exit_status, "terminating_signal": signal_name,
             "start": _sacct_time(fields["Start"]) if started else None,
             "end": _sacct_time(fields["End"]) if state.ended else None,
             "nodes": fields["NodeList"] if started else None,
@@ -496,6 +520,30 @@ def nodes() -> list[dict]:
     return list(machines.values())
 
 
+def partitions() -> dict[str, tuple[int | None, int | None]]:
+    """The partitions this user may see, in sinfo's order: name -> (CPUs in all, CPUs
+    allocated), None where sinfo gives no number.
+
+    sinfo prints a line per group of a partition's nodes (``A/I/O/T``: allocated,
+    idle, other, total); a partition's CPUs are the sum of its lines.
+    """
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for line in run(["sinfo", "-h", "-O", "PartitionName:|,CPUsState:|"]).splitlines():
+        name, _, cpus = (part.strip() for part in line.partition("|"))
+        if not name:
+            continue
+        counts = cpus.rstrip("|").split("/")
+        total, allocated = (_int(counts[3]), _int(counts[0])) if len(counts) == 4 else \
+            (None, None)
+        before = found.get(name, (0, 0))
+        found[name] = (_sum(before[0], total), _sum(before[1], allocated))
+    return found
+
+
+def _sum(first: int | None, second: int | None) -> int | None:
+    return None if first is None or second is None else first + second
+
+
 def node_systems() -> dict[str, tuple[str | None, str | None]]:
     """Each node's (Arch, OS) from ``scontrol -o show node``: one line per node,
     ``NodeName=n1 Arch=x86_64 ... OS=Linux 6.1.0-18-amd64 #1 SMP ... RealMemory=...``.
@@ -529,3 +577,4 @@ def _float(text: str) -> float | None:
 
 def _mebibytes(text: str) -> int | None:
     return int(text) * 1024 * 1024 if text.isdigit() else None
+

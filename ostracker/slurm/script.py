@@ -1,15 +1,17 @@
 """A job as sbatch takes it: the batch script and the command line that submit it.
 
 Every word of the job is quoted into a generated sh script that sbatch reads
-on its stdin; ostracker's ``%j``/``%a`` path patterns are spelled as Slurm's.
+on its stdin; ostracker's ``%j``/``%a`` path patterns are spelled as Slurm's,
+and its scheduling fields as sbatch's options.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from ..core.errors import InvalidArgument
-from ..core.models import ArraySpec, JobTemplate, expand_path, is_per_task, substitute_codes
+from ..core.errors import InvalidArgument, UnsupportedOperation
+from ..core.models import ArraySpec, JobTemplate, expand_path, is_per_task, parse_time, \
+    substitute_codes
 from ..core.records import captured_output_name
 from ..core.store import Store
 
@@ -60,8 +62,49 @@ def batch_script(job_id: int, template: JobTemplate, is_array: bool) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
-def sbatch_args(store: Store, job_id: int, template: JobTemplate,
-                array: ArraySpec | None) -> list[str]:
+def scheduling_args(template: JobTemplate, dependency: str | None) -> list[str]:
+    """sbatch's options for the template's scheduling fields; ``dependency`` is the
+    template's, already in Slurm's job IDs.
+
+    A queue is a partition (``-p``), slots are CPUs of the job (``--cpus-per-task``),
+    a begin time is ``--begin`` in local time, as sbatch reads it.  Slurm lets a user
+    lower a job's priority only (``--nice=N`` lowers it by N): a priority below 0 is
+    that, one above 0 is refused rather than dropped without a word.
+    """
+    if template.priority is not None and template.priority > 0:
+        raise UnsupportedOperation("the Slurm backend cannot raise --priority above 0 "
+                                   "(Slurm lets only administrators raise priority)")
+    args = []
+    if template.queue_name is not None:
+        args += ["-p", template.queue_name]
+    if template.min_slots is not None:
+        args.append(f"--cpus-per-task={template.min_slots}")
+    if template.priority:
+        args.append(f"--nice={-template.priority}")
+    if template.start_time is not None:
+        args.append(f"--begin={begin_time(template.start_time)}")
+    if template.submit_as_hold:
+        args.append("--hold")
+    if dependency is not None:
+        args.append(f"--dependency={dependency}")
+    return args
+
+
+def begin_time(text: str) -> str:
+    """A time with a UTC offset (the template's) as ``--begin`` takes it: local time,
+    ``YYYY-MM-DDTHH:MM:SS``, a fraction of a second rounded up (no sooner than asked)."""
+    from datetime import timedelta
+
+    moment = parse_time(text).astimezone()
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + timedelta(seconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def sbatch_args(store: Store, job_id: int, template: JobTemplate, array: ArraySpec | None,
+                scheduling: list[str]) -> list[str]:
+    """sbatch's command line: the job's name, directory, streams, array, and ``scheduling``
+    (``scheduling_args``)."""
     is_array = array is not None
     job_dir = store.job_dir(job_id).replace("%", "%%")
 
@@ -79,4 +122,4 @@ def sbatch_args(store: Store, job_id: int, template: JobTemplate,
         spec = f"{array.begin}-{array.end}:{array.step}"
         args.append(f"--array={spec}%{array.max_parallel}" if array.max_parallel else
                     f"--array={spec}")
-    return args
+    return args + scheduling

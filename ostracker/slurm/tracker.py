@@ -19,6 +19,13 @@ Slurm does not tell what happened:
   it Failed, "CANCELLED, before it started"; what Slurm says of the task, if
   anything, wins over the note.
 
+A job whose dependency can no longer be met stays pending in Slurm (unless
+slurm.conf sets ``kill_invalid_depend``), with the reason
+``DependencyNeverSatisfied``: ostracker reports it Failed, "dependency never
+satisfied: ...", as the local backend does, and the first read that sees it
+so cancels it, so that it does not wait in the cluster for ever.  Slurm keeps
+the reason after the cancel, in ``squeue`` and in ``sacct``.
+
 IDs are ostracker's own series, shared with the local backend in one state
 directory: a script keeps using ``N`` and ``N.I`` whichever backend runs
 the job, and IDs are never reused even when a cluster's are.
@@ -30,16 +37,23 @@ import signal
 import time
 
 from ..core.base import Submission, TrackerBase
-from ..core.errors import InvalidArgument, PermissionDenied, StorageError, TrackerError
+from ..core.errors import (InvalidArgument, InvalidState, JobNotFound, PermissionDenied,
+                           StorageError, TrackerError, UnsupportedOperation)
 from ..core.models import ArraySpec, JobInfo, JobState, JobTemplate, complete_template, \
-    task_id_string
+    parse_job_id, task_id_string
 from ..core.records import DROPPED, HEADER, SCHEMA_VERSION, STOPPED, Header, damaged
+from ..core.schedule import Dependency, parse_dependency
 from . import commands as slurm
-from .script import batch_script, sbatch_args
+from .script import batch_script, sbatch_args, scheduling_args
 
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 _NOT_STARTED = frozenset({JobState.QUEUED, JobState.QUEUED_HELD})
 _CANCELLED_QUEUED = "CANCELLED, before it started"  # as Slurm's own such jobs read
+# The column of the ``queue`` table that a job in each state counts in.
+_QUEUE_COLUMN = {JobState.RUNNING: "running", JobState.QUEUED: "queued",
+                 JobState.REQUEUED: "queued", JobState.QUEUED_HELD: "held",
+                 JobState.REQUEUED_HELD: "held"}
+_FIXED_QUEUES = "its queues are Slurm partitions, which an administrator configures"
 
 
 class SlurmSubmission(Submission):
@@ -90,25 +104,28 @@ class SlurmSubmission(Submission):
         extension = {"slurm_job_id": slurm_task}
         if job is None and account and "state" in account and \
                 not (account.get("shared") and slurm_task in dropped):
-            state, sub_state = account["state"], account["sub_state"]
+            state, sub_state, reason = account["state"], account["sub_state"], account["reason"]
             exit_status, signal_name = account["exit_status"], account["terminating_signal"]
             start, end, nodes = account["start"], account["end"], account["nodes"]
         elif job is None and slurm_task in dropped:
             state, sub_state = JobState.FAILED, _CANCELLED_QUEUED
-            exit_status = signal_name = start = nodes = None
+            exit_status = signal_name = start = nodes = reason = None
             end = dropped[slurm_task]
         elif job is None:
             state, sub_state = JobState.UNDETERMINED, \
                 f"Slurm no longer knows job {slurm_task} and keeps no accounting of it"
-            exit_status = signal_name = start = end = nodes = None
+            exit_status = signal_name = start = end = nodes = reason = None
         else:
-            state, sub_state = job.state, job.sub_state
+            state, sub_state, reason = job.state, job.sub_state, job.reason
             exit_status, signal_name = job.exit_status, job.terminating_signal
             start, end, nodes = job.start_time, job.end_time, job.nodes
             run = self.runs[slurm_task] = {"start": job.start_time, "restarts": job.restarts}
             if state is JobState.RUNNING and slurm_task in stopped and \
                     _same_run(stopped[slurm_task], run):  # not a run before a requeue
                 state, sub_state = JobState.SUSPENDED, f"{sub_state}; stopped by SIGTSTP"
+        if reason == slurm.NEVER_SATISFIED and start is None:  # pending, or cancelled for it
+            state = JobState.FAILED
+            sub_state = f"dependency never satisfied: {self.template.dependency}"
         if state.ended:  # null where there is no accounting (yet)
             extension.update({key: (account or {}).get(key) for key in
                               ("ru_maxrss", "user_time_ms", "system_time_ms")})
@@ -131,7 +148,8 @@ class SlurmTracker(TrackerBase):
 
     ``add_job`` returns once ``sbatch`` accepted the job.  Hold and release
     work here; suspend and resume use ``scontrol`` where the user may
-    (operators), else SIGTSTP and SIGCONT through ``scancel``.
+    (operators), else SIGTSTP and SIGCONT through ``scancel``.  Queues are
+    Slurm's partitions: listed, never created, resized or deleted.
     """
 
     BACKEND = "slurm"
@@ -149,6 +167,7 @@ class SlurmTracker(TrackerBase):
             if not (key.isascii() and key.isidentifier()):
                 raise InvalidArgument(f"environment variable name {key!r} cannot be passed "
                                       "to a Slurm job (letters, digits and _ only)")
+        scheduling = scheduling_args(template, self._slurm_dependency(template.dependency))
         job_id = self.store.allocate_id()
         # From sbatch to the written record, an interrupt (Ctrl-C, a kill from a
         # script's timeout) would leave a Slurm job that ostracker knows nothing
@@ -156,14 +175,15 @@ class SlurmTracker(TrackerBase):
         # mask) finishes its submission.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
-            return self._sbatch(job_id, template, array)
+            return self._sbatch(job_id, template, array, scheduling)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    def _sbatch(self, job_id: int, template: JobTemplate, array: ArraySpec | None) -> str:
+    def _sbatch(self, job_id: int, template: JobTemplate, array: ArraySpec | None,
+                scheduling: list[str]) -> str:
         """Hand the job to sbatch and record it; nothing is left of it if either fails."""
         try:
-            args = sbatch_args(self.store, job_id, template, array)
+            args = sbatch_args(self.store, job_id, template, array, scheduling)
             printed = slurm.run(args, stdin=batch_script(job_id, template, array is not None))
             slurm_id = printed.strip().split(";")[0]
             if not slurm_id.isdigit():
@@ -183,6 +203,115 @@ class SlurmTracker(TrackerBase):
             self.store.remove_job_dir(job_id)
             raise
         return str(job_id)
+
+    def _slurm_dependency(self, text: str | None) -> str | None:
+        """The template's dependency in Slurm's job IDs: job N (a single job, or an array
+        whole) is its Slurm job ID, task N.I is ``A_I``; the same types and joiner.
+
+        An ID that is no Slurm job of this state dir is refused before anything
+        is submitted.  So is what Slurm would get wrong: it takes a job that
+        slurmctld no longer knows (``MinJobAge`` after its end) for a dependency
+        met, however the job ended (``_without_forgotten``).  A dependency that
+        Slurm itself finds never met reads Failed (module doc), as locally.
+        """
+        if text is None:
+            return None
+        dependency = parse_dependency(text)
+        targets = {}
+        for job_id in dependency.job_ids():
+            number, index = parse_job_id(job_id)
+            try:
+                submission = self._submission(number)
+                submission.check_index(index)
+            except JobNotFound as error:
+                raise JobNotFound(f"dependency on {job_id}: {error}") from None
+            targets[job_id] = (submission, index)
+        dependency = self._without_forgotten(dependency, targets)
+        return str(Dependency([(kind, [targets[job_id][0].slurm_task_id(targets[job_id][1])
+                                       for job_id in ids])
+                               for kind, ids in dependency.items], dependency.any))
+
+    def _without_forgotten(self, dependency: Dependency, targets: dict) -> Dependency:
+        """``dependency`` without the IDs it can never be met on whose jobs slurmctld has
+        forgotten, which Slurm would take for met.
+
+        Joined by ``,`` (all), one such ID makes the whole never met: InvalidState,
+        nothing submitted.  Joined by ``?`` (any), it is left out: the others decide,
+        and InvalidState only if none is left.  One read (a ``squeue``) and, only if
+        some ID can never be met, one more ``squeue``.
+        """
+        read = self._read(list(targets.values()), final=False)
+        states = {job_id: [info.state for info in infos]
+                  for job_id, (_, infos) in zip(targets, read)}
+        never = {}
+        for kind, ids in dependency.items:
+            for job_id in ids:
+                verdict, why = Dependency([(kind, [job_id])], False).evaluate(states.get)
+                if verdict == "never":
+                    never[kind, job_id] = why
+        if not never:
+            return dependency
+        known = slurm.squeue()
+        forgotten = {}
+        for (kind, job_id), why in never.items():
+            submission, index = targets[job_id]
+            if any(submission.slurm_task_id(i) not in known
+                   for i in (submission.indices() if index is None else [index])):
+                forgotten[kind, job_id] = (why, submission.slurm_id)
+        items = [(kind, [job_id for job_id in ids if (kind, job_id) not in forgotten])
+                 for kind, ids in dependency.items]
+        items = [(kind, ids) for kind, ids in items if ids]
+        if forgotten and (not dependency.any or not items):
+            whys = ("?" if dependency.any else ",").join(why for why, _ in forgotten.values())
+            jobs = sorted({slurm_id for _, slurm_id in forgotten.values()})
+            raise InvalidState(f"dependency never satisfied: {whys}; not submitted, since "
+                               f"Slurm, which no longer knows job{'s' * (len(jobs) > 1)} "
+                               f"{', '.join(jobs)}, would take it for satisfied")
+        return Dependency(items, dependency.any)
+
+    # -- queues ----------------------------------------------------------------------------
+
+    def queue_names(self) -> list[str]:
+        """The names of the partitions this user may see (one ``sinfo``)."""
+        return list(slurm.partitions())
+
+    def queues(self) -> list[dict]:
+        """Every partition as a queue: name, slots (its CPUs), in_use (those allocated),
+        and the counts of running, queued and held jobs (array tasks one by one).
+
+        Those counts are of the user's own jobs in the partition, whoever submitted
+        them (this state dir, another, sbatch itself), as ``squeue --me`` lists them:
+        on a cluster, what waits ahead of one's job is the user's other jobs as much
+        as this state dir's.  Other users' jobs show only in in_use.  One ``sinfo``
+        and one ``squeue``.
+        """
+        sizes = slurm.partitions()
+        counts = {name: dict.fromkeys(("running", "queued", "held"), 0) for name in sizes}
+        for partitions, state, reason in slurm.active_jobs():
+            column = _QUEUE_COLUMN.get(state)
+            if column is None or reason == slurm.NEVER_SATISFIED:  # Failed, to ostracker
+                continue
+            for name in partitions:
+                if name in counts:
+                    counts[name][column] += 1
+        return [{"name": name, "slots": slots, "in_use": in_use, **counts[name]}
+                for name, (slots, in_use) in sizes.items()]
+
+    def queue(self, name: str) -> dict:
+        """One partition as ``queues`` gives it; JobNotFound if there is no such one."""
+        for queue in self.queues():
+            if queue["name"] == name:
+                return queue
+        raise JobNotFound(f"no such queue: {name}")
+
+    def set_queue(self, name: str, slots: int) -> None:
+        """Refused: a partition's size is slurm.conf's."""
+        raise UnsupportedOperation(f"the Slurm backend cannot create or resize queues: "
+                                   f"{_FIXED_QUEUES}")
+
+    def delete_queue(self, name: str) -> None:
+        """Refused: a partition is slurm.conf's."""
+        raise UnsupportedOperation(f"the Slurm backend cannot delete queues: {_FIXED_QUEUES}")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -222,10 +351,25 @@ class SlurmTracker(TrackerBase):
         accounts = slurm.sacct(list(dict.fromkeys(
             submission.slurm_id if submission.slurm_id in whole else submission.slurm_task_id(i)
             for submission, i, _ in asked))) or {}
+        self._cancel_never_satisfied(tasks)
         return [(target, [submission.info(i, job, accounts.get(submission.slurm_task_id(i)),
                                           *notes[submission.job_id])
                           for submission, i, job in group])
                 for target, group in zip(targets, tasks)]
+
+    @staticmethod
+    def _cancel_never_satisfied(tasks):
+        """scancel the jobs that squeue shows pending for a dependency never to be met
+        (module doc): an array whole, since none of its tasks could start.  Best effort:
+        a read reports them Failed all the same, and the next one tries again."""
+        doomed = sorted({submission.slurm_id for group in tasks for submission, _, job in group
+                         if job is not None and not job.ended
+                         and job.reason == slurm.NEVER_SATISFIED})
+        if doomed:
+            try:
+                slurm.run(["scancel", ",".join(doomed)])
+            except TrackerError:
+                pass
 
     # -- control ---------------------------------------------------------------------------
 

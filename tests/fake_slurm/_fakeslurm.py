@@ -38,6 +38,12 @@ Knobs, files in ``$FAKE_SLURM_DIR`` (``fake-slurm`` writes them):
   (until then squeue shows the job as before).
 * ``sbatch-cluster``: sbatch --parsable prints ``ID;CLUSTER``.
 * ``sbatch-sleep``: seconds sbatch waits between Slurm taking the job and printing its ID.
+
+sbatch honours what ostracker's scheduling options become: ``-p`` (a partition
+of a node, else 22.05's refusal), ``--hold`` (priority 0, JobHeldUser),
+``--dependency`` (reason Dependency), ``--begin`` (reason BeginTime),
+``--cpus-per-task`` (the CPUs the job takes on its node, which sinfo's
+``CPUsState`` counts), ``--nice`` (subtracted from the priority).
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ def new_job(data: dict, **fields) -> dict:
         "submit_time": int(time.time()), "start_time": 0, "end_time": 0, "nodes": "",
         "name": "sbatch", "user_name": user_name(uid), "user_id": uid, "partition": "debug",
         "cwd": os.getcwd(), "script": "", "options": {}, "signals": [], "forgotten": False,
-        "cancelled_by": None, "started": False,
+        "cancelled_by": None, "started": False, "cpus": 1,
         "account": {"maxrss": "3200K", "user_cpu": "00:00.010", "system_cpu": "00:00.005"},
     }
     job.update(fields)
@@ -332,7 +338,7 @@ def squeue_record(job: dict) -> dict:
         "array_max_tasks": job["max_parallel"] or 0,
         "array_task_string": task_string,
         "batch_flag": True, "batch_host": job["nodes"].split(",")[0] if job["nodes"] else "",
-        "command": "", "comment": "", "cpus": 1,
+        "command": "", "comment": "", "cpus": job.get("cpus", 1),
         "current_working_directory": job["cwd"],
         "derived_exit_code": 0, "end_time": job["end_time"], "exit_code": job["exit_code"],
         "group_id": os.getgid(), "job_id": job["job_id"], "job_state": printed_state(job),
@@ -381,7 +387,7 @@ def squeue(args: list[str]) -> str:
     known = {"--json", "--states=all", "--me", "-h", "--noheader", "-a", "--all"}
     rest = [arg for arg in args if arg not in known]
     if not json_out:
-        return squeue_lines(rest)
+        return squeue_lines(rest, "--me" in args)
     if rest:
         raise Failure(f"squeue: unrecognized option '{rest[0]}'\n"
                       "Try \"squeue --help\" for more information")
@@ -403,9 +409,14 @@ def squeue(args: list[str]) -> str:
     return json.dumps({"meta": meta, "errors": [], "jobs": records}, indent=2)
 
 
-def squeue_lines(args: list[str]) -> str:
-    """``squeue -h -o %i [-t all] [-j IDS]``: the active jobs' IDs (conftest uses it)."""
-    ids, states, fmt = None, "active", "%i"
+SQUEUE_CODES = {"i": None, "P": "partition", "T": None, "r": "reason", "Q": "priority"}
+
+
+def squeue_lines(args: list[str], me: bool) -> str:
+    """``squeue -h [-r] -o FORMAT [-t all] [-j IDS]``, FORMAT of ``%i %P %T %r %Q`` and
+    text between them: the active jobs (conftest asks ``%i``; ``queue`` the rest).
+    With ``-r`` each pending task of an array is a line of its own."""
+    ids, states, fmt, expand = None, "active", "%i", False
     words = iter(args)
     for arg in words:
         if arg in ("-j", "--jobs"):
@@ -414,21 +425,60 @@ def squeue_lines(args: list[str]) -> str:
             states = next(words, "")
         elif arg in ("-o", "--format"):
             fmt = next(words, "")
+        elif arg in ("-r", "--array"):
+            expand = True
         else:
             raise Failure(f"squeue: unrecognized option '{arg}'")
-    if fmt != "%i":
-        raise Failure(f"squeue: the fake prints only -o %i, not {fmt!r}")
+    codes = fmt.split("%")[1:]
+    if not all(code[:1] in SQUEUE_CODES for code in codes):
+        raise Failure(f"squeue: the fake prints only %i %P %T %r %Q, not {fmt!r}")
     with State(write=False) as data:
-        jobs = [job for job in visible(data) if states.lower() == "all" or
-                job["state"] in ("PENDING", "RUNNING", "SUSPENDED")]
+        jobs = [job for job in visible(data) if (states.lower() == "all" or
+                job["state"] in ("PENDING", "RUNNING", "SUSPENDED")) and
+                (not me or job["user_id"] == os.getuid())]
     lines = []
     for job in jobs:
-        label = f"{job['array_job_id']}_[{format_indices(job['pending'], job['max_parallel'])}]" \
-            if pending_meta(job) else task_label(job)
-        if ids is None or label in ids or str(job["job_id"]) in ids or \
-                str(job["array_job_id"]) in ids:
-            lines.append(label)
+        if pending_meta(job) and expand:
+            labels = [task_label(job, index) for index in job["pending"]]
+        elif pending_meta(job):
+            pending = format_indices(job["pending"], job["max_parallel"])
+            labels = [f"{job['array_job_id']}_[{pending}]"]
+        else:
+            labels = [task_label(job)]
+        for label in labels:
+            if ids is None or label in ids or str(job["job_id"]) in ids or \
+                    str(job["array_job_id"]) in ids:
+                values = {"i": label, "T": printed_state(job)}
+                lines.append(fmt.split("%")[0] + "".join(
+                    str(values.get(code[0], job.get(SQUEUE_CODES[code[0]]))) + code[1:]
+                    for code in codes))
     return "".join(line + "\n" for line in lines)
+
+
+# -- partitions ----------------------------------------------------------------------------
+
+def partition_names(data: dict) -> list[str]:
+    """The partitions of the nodes, in the order they first appear (without the ``*``)."""
+    names = [name.rstrip("*") for node in data["nodes"] for name in node["partitions"]]
+    return list(dict.fromkeys(names))
+
+
+def default_partition(data: dict) -> str:
+    marked = [name.rstrip("*") for node in data["nodes"] for name in node["partitions"]
+              if name.endswith("*")]
+    return marked[0] if marked else partition_names(data)[0]
+
+
+def cpus_state(data: dict, node: dict) -> list[int]:
+    """A node's CPUs as sinfo's ``CPUsState`` counts them: allocated (to the jobs running
+    there), idle, other (a node down or drained), total."""
+    total = node["cpus"]
+    if node["state"].rstrip("*~#$@+").split("+")[0] in ("down", "drained", "draining", "fail"):
+        return [0, 0, total, total]
+    allocated = min(total, sum(job.get("cpus", 1) for job in visible(data)
+                               if job["state"] in ("RUNNING", "SUSPENDED")
+                               and job["nodes"] == node["name"]))
+    return [allocated, total - allocated, 0, total]
 
 
 # -- sbatch --------------------------------------------------------------------------------
@@ -438,7 +488,10 @@ SBATCH_OPTIONS = {  # option -> key in the job's options; True: takes a value
     "-o": "output", "--output": "output", "-e": "error", "--error": "error",
     "-i": "input", "--input": "input", "-a": "array", "--array": "array",
     "--export": "export", "-p": "partition", "--partition": "partition",
+    "-c": "cpus_per_task", "--cpus-per-task": "cpus_per_task", "-d": "dependency",
+    "--dependency": "dependency", "-b": "begin", "--begin": "begin", "--nice": "nice",
 }
+SBATCH_FLAGS = {"-H": "hold", "--hold": "hold"}  # options that take no value
 
 
 def sbatch(args: list[str], stdin: bytes) -> str:
@@ -447,6 +500,9 @@ def sbatch(args: list[str], stdin: bytes) -> str:
     for arg in words:
         if arg == "--parsable":
             parsable = True
+            continue
+        if arg in SBATCH_FLAGS:
+            options[SBATCH_FLAGS[arg]] = True
             continue
         name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if not arg.startswith("--") and len(arg) > 2 and arg[:2] in SBATCH_OPTIONS:
@@ -473,6 +529,13 @@ def sbatch(args: list[str], stdin: bytes) -> str:
     if "\r\n" in script:
         raise Failure("sbatch: error: Batch script contains DOS line breaks (\\r\\n)\n"
                       "sbatch: error: instead of expected UNIX line breaks (\\n).")
+    begin = None
+    if "begin" in options:
+        try:
+            begin = time.mktime(time.strptime(options["begin"], "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            raise Failure(f"sbatch: error: Invalid time specification {options['begin']}") \
+                from None
     indices, limit = None, None
     if "array" in options:
         try:
@@ -480,11 +543,21 @@ def sbatch(args: list[str], stdin: bytes) -> str:
         except ValueError:
             raise Failure("sbatch: error: Invalid job array specification") from None
     with State() as data:
+        partition = options.get("partition")
+        if partition is not None and partition not in partition_names(data):
+            raise Failure(f"sbatch: error: invalid partition specified: {partition}\n"
+                          "sbatch: error: Batch job submission failed: Invalid partition name "
+                          "specified")
+        reason = "JobHeldUser" if options.get("hold") else "Dependency" \
+            if options.get("dependency") else "BeginTime" if begin and begin > time.time() \
+            else "Priority"
         fields = {"name": options.get("job_name") or "sbatch",
                   "cwd": os.path.abspath(options.get("chdir") or os.getcwd()),
-                  "partition": options.get("partition") or "debug", "script": script,
-                  "options": options, "argv": ["sbatch", *args],
-                  "reason": "Priority"}
+                  "partition": partition or default_partition(data), "script": script,
+                  "options": options, "argv": ["sbatch", *args], "reason": reason,
+                  "cpus": int(options.get("cpus_per_task", 1)),
+                  "priority": 0 if options.get("hold") else
+                  BASE_PRIORITY - int(options.get("nice", 0))}
         if indices is not None:
             # slurmdbd's copy of the pending tasks lags behind slurmctld's: 22.05's
             # sacct printed 6_[5,7,9%3] where 5 and 7 had run.  The fake's is the
@@ -697,7 +770,7 @@ def _cancel(data: dict, job: dict, index: int | None, whole: bool) -> None:
 # -- sacct ---------------------------------------------------------------------------------
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "Start", "End",
-                "NodeList", "MaxRSS", "UserCPU", "SystemCPU")
+                "NodeList", "MaxRSS", "UserCPU", "SystemCPU", "Reason")
 
 
 def local_time(epoch: int | None, unset: str = "Unknown") -> str:
@@ -786,12 +859,15 @@ def sacct_lines(job: dict, fields: list[str], as_pending: bool) -> list[str]:
         "NodeList": job["nodes"] if started else "None assigned",
         "MaxRSS": "", "UserCPU": account["user_cpu"] if started and ended else "00:00:00",
         "SystemCPU": account["system_cpu"] if started and ended else "00:00:00",
+        # 22.05 keeps the reason of a job that never started (DependencyNeverSatisfied)
+        "Reason": "None" if started else job["reason"],
     }
     lines = ["|".join(values[field] for field in fields)]
     if started:
         step = dict(values, JobID=f"{label}.batch", JobIDRaw=f"{job['job_id']}.batch",
                     JobName="batch", State=state if state != "CANCELLED" else "CANCELLED",
-                    ExitCode=f"{code}:{sig}", MaxRSS=account["maxrss"] if ended else "")
+                    ExitCode=f"{code}:{sig}", MaxRSS=account["maxrss"] if ended else "",
+                    Reason="")
         lines.append("|".join(step[field] for field in fields))
     return lines
 
@@ -802,7 +878,7 @@ def sacct_lines(job: dict, fields: list[str], as_pending: bool) -> list[str]:
 SINFO_FIELDS = {"NodeList": "name", "NodeHost": "name", "StateLong": "state", "CPUs": "cpus",
                 "Sockets": "sockets", "Cores": "cores", "Threads": "threads",
                 "Memory": "memory", "CPUsLoad": "load", "FreeMem": "free_memory",
-                "Partition": None, "PartitionName": None}
+                "Partition": None, "PartitionName": None, "CPUsState": None}
 
 
 def sinfo(args: list[str]) -> str:
@@ -820,8 +896,8 @@ def sinfo(args: list[str]) -> str:
     if knob("down") is not None:
         raise Failure("slurm_load_partitions: Unable to contact slurm controller "
                       "(connect failure)")
-    if spec is None or flags != {"h", "N"}:
-        raise Failure("sinfo: the fake prints only -h -N -O FIELDS")
+    if spec is None or "h" not in flags:
+        raise Failure("sinfo: the fake prints only -h [-N] -O FIELDS")
     columns = []
     warnings = []
     for item in spec.split(","):
@@ -831,22 +907,29 @@ def sinfo(args: list[str]) -> str:
             warnings.append(f"sinfo: error: Invalid job format specification: {name}")
         columns.append((name, suffix))
     with State(write=False) as data:
-        nodes = data["nodes"]
+        # -N: a line per node and partition; else by partition, a line per node of it
+        # (22.05 puts alike nodes on one line: the fake takes none for alike)
+        pairs = [(node, partition) for node in data["nodes"] for partition in node["partitions"]]
+        if "N" not in flags:
+            order = partition_names(data)
+            pairs.sort(key=lambda pair: order.index(pair[1].rstrip("*")))
+        cpus = {node["name"]: cpus_state(data, node) for node in data["nodes"]}
     lines = []
-    for node in nodes:
-        for partition in node["partitions"]:
-            cells = []
-            for name, suffix in columns:
-                if name == "Partition":
-                    value = partition
-                elif name == "PartitionName":
-                    value = partition.rstrip("*")
-                elif name in SINFO_FIELDS:
-                    value = str(node[SINFO_FIELDS[name]])
-                else:
-                    value = ""
-                cells.append(value + suffix)
-            lines.append("".join(cells))
+    for node, partition in pairs:
+        cells = []
+        for name, suffix in columns:
+            if name == "Partition":
+                value = partition
+            elif name == "PartitionName":
+                value = partition.rstrip("*")
+            elif name == "CPUsState":
+                value = "/".join(map(str, cpus[node["name"]]))
+            elif name in SINFO_FIELDS:
+                value = str(node[SINFO_FIELDS[name]])
+            else:
+                value = ""
+            cells.append(value + suffix)
+        lines.append("".join(cells))
     if warnings:  # 22.05 warns about the field, prints it empty, and exits 0
         sys.stderr.write("\n".join(warnings) + "\n")
     return "".join(line + "\n" for line in lines)
@@ -870,6 +953,7 @@ CONTROL_HELP = """usage: fake-slurm COMMAND ...
   forget ID                      slurmctld forgets it (MinJobAge); sacct still knows
   foreign NAME USER UID [STATE]  a job of another user
   node STATE [PARTITION...]      the node's state (and its partitions)
+  add-node NAME CPUS PARTITION...  one more node (idle)
   platform [ARCH [OS]]           the node's Arch and OS (none: it never registered)
   knob NAME [TEXT] | unknob NAME set or remove a knob file
   show [ID[_I]]                  the records, as JSON
@@ -878,7 +962,8 @@ CONTROL_HELP = """usage: fake-slurm COMMAND ...
 
 def control(args: list[str]) -> str:
     known = {"start", "end", "run", "set", "flag", "hold-admin", "priority", "requeue", "reap",
-             "account", "forget", "foreign", "node", "platform", "knob", "unknob", "show"}
+             "account", "forget", "foreign", "node", "add-node", "platform", "knob", "unknob",
+             "show"}
     if not args or args[0] not in known:
         raise Failure(CONTROL_HELP, 2)
     command, rest = args[0], args[1:]
@@ -914,6 +999,10 @@ def control(args: list[str]) -> str:
             node["state"] = rest[0]
             if len(rest) > 1:
                 node["partitions"] = rest[1:]
+            return ""
+        if command == "add-node":
+            data["nodes"].append(dict(DEFAULT_NODE, name=rest[0], cpus=int(rest[1]),
+                                      cores=int(rest[1]), partitions=rest[2:]))
             return ""
         if command == "platform":
             node = data["nodes"][0]
