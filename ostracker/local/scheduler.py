@@ -410,10 +410,27 @@ class Scheduler:
         is gone, when the task's process does."""
         try:
             record = self.store.read(job_id, task_record_name(index))
-            reaper = _number(self.store.read_bytes(job_id, REAPER_LOCK))
         except StorageError:
             return
-        if reaper is not None and reaper not in self.watched:
+        if self.store.reaper_alive(job_id):
+            self._watch_reaper(job_id)
+            return
+        pid = record.get("pid") if record else None
+        if isinstance(pid, int) and pid not in self.watched:
+            try:  # its reaper is gone: the task's own end frees the slot
+                self.watched[pid] = os.pidfd_open(pid)
+            except OSError:
+                self._wake(time.time() + LEFTOVER_RECHECK)
+
+    def _watch_reaper(self, job_id: int) -> None:
+        """Wake up when the job's reaper (alive a moment ago) exits; soon, if it has."""
+        try:
+            reaper = _number(self.store.read_bytes(job_id, REAPER_LOCK))
+        except StorageError:
+            reaper = None
+        if reaper is None:
+            self._wake(time.time() + LEFTOVER_RECHECK)  # it has not said who it is yet
+        elif reaper not in self.watched:
             try:
                 pidfd = os.pidfd_open(reaper)
             except OSError:
@@ -423,14 +440,7 @@ class Scheduler:
             else:
                 if pidfd is not None:
                     os.close(pidfd)
-                self._wake(time.time())  # gone already: look again now
-        pid = record.get("pid") if record else None
-        if isinstance(pid, int) and pid not in self.watched and \
-                not self.store.reaper_alive(job_id):
-            try:  # its reaper is gone: the task's own end frees the slot
-                self.watched[pid] = os.pidfd_open(pid)
-            except OSError:
-                self._wake(time.time() + LEFTOVER_RECHECK)
+                self._wake(time.time() + LEFTOVER_RECHECK)  # gone already: look again
 
     def _forget_ended(self) -> None:
         """Stop watching what has ended: before a pass, which then sees its end."""
@@ -473,10 +483,12 @@ class Scheduler:
                 taken.append(slot)
             lock = self.store.open_reaper_lock(job_id, existing=True)
             if lock is None:
+                # Its reaper lives: its end brings the next pass, which gives a task it
+                # did not take (it was leaving) to the next reaper.
+                self._watch_reaper(job_id)
                 if index is None or not tell_reaper(
                         self.store.job_dir(job_id), f"grant {index} {' '.join(map(str, slots))}"):
                     raise StorageError("its reaper lives")  # started already, or not listening
-                self._watch(job_id, index)
                 self.holders.add(task_id)
                 return
             try:
