@@ -162,7 +162,7 @@ class SectionedGroup(click.Group):
 
     SECTIONS = [
         ("Submit and watch", ["submit", "status", "info", "output", "wait"]),
-        ("Control", ["suspend", "resume", "terminate", "hold", "release"]),
+        ("Control", ["suspend", "resume", "terminate", "signal", "hold", "release"]),
         ("Schedule", ["queue"]),
         ("Clean up", ["delete"]),
         ("Monitor", ["monitor"]),
@@ -300,13 +300,31 @@ def parse_environment(ctx, param, values):
 @click.option("--begin", metavar="TIME", help="Start no sooner than TIME: now+N[s|m|h|d], "
               "HH:MM[:SS], YYYY-MM-DD[THH:MM[:SS]].")
 @click.option("--hold", is_flag=True, help="Hold the job: it starts once released.")
+@click.option("-t", "--time", "time_limit", metavar="DURATION", help="Time limit: SIGTERM "
+              "then, --kill-after later, SIGKILL (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]], "
+              "90s, 15m, 2h, 1d).")
+@click.option("--kill-after", metavar="SEC", help="Seconds from SIGTERM at a limit to "
+              "SIGKILL [default: 30].")
+@click.option("--deadline", metavar="TIME", help="End the job at TIME (as --begin), or "
+              "never start it after.")
+@click.option("--signal", "warning", metavar="SIG[@SEC]", help="Send SIG SEC seconds "
+              "[default: 60] before the time limit or deadline.")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE", help="A resource "
+              "limit (repeatable): CPU_TIME, VIRTUAL_MEMORY, OPEN_FILES, FILE_SIZE, DATA_SIZE, "
+              "STACK_SIZE, CORE_FILE_SIZE, WALLCLOCK_TIME.")
+@click.option("--retries", metavar="N", help="Run a failed job again, up to N more times.")
+@click.option("--retry-delay", metavar="SEC", help="Seconds between attempts [default: 0].")
+@click.option("--on-end", metavar="CMD", help="Run CMD with /bin/sh once the job (an array: "
+              "all of it) has ended.")
+@click.option("--join", is_flag=True, help="Send stderr where stdout goes.")
 @click.option("-w", "--wait", "wait_for_end", is_flag=True,
               help="Wait for the job to end and exit like 'wait'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record, not the ID.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- COMMAND [ARG]...", shell_complete=complete_path("file"))
 def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel, queue,
-           slots, priority, dependency, begin, hold, wait_for_end, as_json, command):
+           slots, priority, dependency, begin, hold, time_limit, kill_after, deadline, warning,
+           limits, retries, retry_delay, on_end, join, wait_for_end, as_json, command):
     """Start a job (or a job array) and print its ID.
 
     Returns once the job (an array's first task) has started; fails with the
@@ -331,7 +349,9 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     template = JobTemplate(remote_command=command[0], args=list(command[1:]), job_name=name,
                            working_directory=cwd, job_environment=environment,
                            input_path=stdin, output_path=stdout, error_path=stderr,
-                           **scheduling(queue, slots, priority, dependency, begin, hold))
+                           **scheduling(queue, slots, priority, dependency, begin, hold),
+                           **lifetime(time_limit, kill_after, deadline, warning, limits,
+                                      retries, retry_delay, on_end, join))
     tracker = open_tracker()
     if spec is None:
         job_id = tracker.add_job(template)
@@ -370,6 +390,46 @@ def scheduling(queue, slots, priority, dependency, begin, hold) -> dict:
         fields["dependency"] = str(schedule.parse_dependency(dependency))
     if begin is not None:
         fields["start_time"] = schedule.time_text(schedule.parse_time_spec(begin))
+    return fields
+
+
+def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_delay, on_end,
+             join) -> dict:
+    """The JobTemplate's limit and lifetime fields from submit's options (README, "Limits
+    and retries"); bad ones are usage errors."""
+    from .core import limits as parse
+    from .core.models import parse_count
+
+    fields = {"join_files": join}
+    resource_limits = dict(parse.parse_limit(text) for text in limits)
+    if time_limit is not None:
+        if "WALLCLOCK_TIME" in resource_limits:
+            raise click.UsageError("give the time limit once: -t/--time or --limit "
+                                   "WALLCLOCK_TIME")
+        resource_limits["WALLCLOCK_TIME"] = parse.parse_duration(time_limit)
+    if resource_limits:
+        fields["resource_limits"] = resource_limits
+    if deadline is not None:
+        from .core import schedule
+
+        fields["deadline_time"] = schedule.time_text(schedule.parse_time_spec(deadline))
+    if kill_after is not None:
+        fields["kill_after"] = parse.parse_seconds(kill_after, "--kill-after")
+    if warning is not None:
+        if "WALLCLOCK_TIME" not in resource_limits and deadline is None:
+            raise click.UsageError("--signal warns before a time limit or a deadline: give "
+                                   "-t/--time or --deadline")
+        name, seconds = parse.parse_warning(warning)
+        fields["warning_signal"] = f"{name}@{seconds}"
+    if retries is not None:
+        fields["retries"] = 0 if retries.strip("0") == "" and retries.isdigit() \
+            else parse_count(retries)
+    if retry_delay is not None:
+        fields["retry_delay"] = parse.parse_seconds(retry_delay, "--retry-delay")
+    if on_end is not None:
+        if not on_end.strip() or "\0" in on_end:
+            raise click.BadParameter("cannot be empty", param_hint="--on-end")
+        fields["on_end"] = on_end
     return fields
 
 
@@ -532,11 +592,15 @@ def show_progress(tracker, job_ids, timeout, any_job):
 
 
 def exit_status_of(info) -> int:
-    """A single job's exit status as a shell sees it: the code, or 128 + signal number."""
+    """A single job's exit status as a shell sees it: the code, or 128 + signal number.
+
+    A job that ended Failed never gives 0: one that exited 0 after a time
+    limit's SIGTERM, or after ``terminate --grace``, gives 1.
+    """
     import signal
 
     if info.exit_status is not None:
-        return info.exit_status
+        return 1 if info.exit_status == 0 and info.state is JobState.FAILED else info.exit_status
     if info.terminating_signal is not None:
         name = info.terminating_signal
         if name in signal.Signals.__members__:
@@ -573,10 +637,14 @@ def _control(action: str):
     @click.argument("job_ids", nargs=-1, required=True, metavar="ID...",
                     shell_complete=complete_jobs(action))
     @click.pass_context
-    def command(ctx, job_ids):
+    def command(ctx, job_ids, grace=None):
         tracker = open_tracker()
-        for_each_job(ctx, job_ids, lambda job_id: tracker.job_control(job_id, action))
+        for_each_job(ctx, job_ids, lambda job_id: tracker.job_control(job_id, action,
+                                                                      grace=grace))
     command.__name__ = action
+    if action == "terminate":
+        command = click.option("--grace", type=Seconds(), help="SIGTERM first, and SIGKILL "
+                               "SEC seconds later to what is left.")(command)
     return command
 
 
@@ -621,8 +689,10 @@ _CONTROL_HELP = {
                "Returns once the job runs again.  An array ID resumes every suspended "
                "task of the array.  With --backend slurm: scontrol resume, or SIGCONT "
                "through scancel."),
-    "terminate": ("Terminate jobs: SIGKILL to each job's process group.",
-                  "Returns once every process of the group is gone.  A queued array task "
+    "terminate": ("Terminate jobs: SIGKILL to every process of each job.",
+                  "Returns once every process of the job is gone.  With --grace SEC: "
+                  "SIGTERM first, so that a job can clean up, and SIGKILL SEC seconds later "
+                  "to what is left.  A queued (or requeued) task "
                   "is cancelled and never starts; an array ID terminates every task of "
                   "the array that has not ended.  With --backend slurm: scancel."),
     "hold": ("Hold queued jobs: they do not start until released.",
@@ -637,6 +707,37 @@ for _action, (_summary, _paragraph) in _CONTROL_HELP.items():
     cli.command(_action, help=f"{_summary}\n\n{_paragraph}\n\n\b\nExample:\n"
                 f"  ostracker {_action} 7 8.2", short_help=_summary)(
         _control(_action))
+
+
+def complete_signals(ctx, param, incomplete):
+    import signal
+
+    names = [member.name[3:] for member in signal.Signals if not member.name.startswith("SIG_")]
+    return [name for name in names if name.startswith(incomplete.upper().removeprefix("SIG"))]
+
+
+@cli.command(short_help="Send a signal to every process of jobs.")
+@click.option("-s", "--signal", "signal_name", required=True, metavar="SIG",
+              shell_complete=complete_signals, help="The signal: TERM, SIGUSR1, 10...")
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...",
+                shell_complete=complete_jobs("signal"))
+@click.pass_context
+def signal(ctx, signal_name, job_ids):
+    """Send a signal to every process of running or suspended jobs.
+
+    As Slurm's scancel --signal: the job's state follows what its processes
+    do (a job that dies of it is Failed, one that stops is Suspended).
+
+    \b
+    Example:
+      ostracker signal -s USR1 7
+    """
+    from .core.limits import signal_number
+
+    number = signal_number(signal_name)
+    tracker = open_tracker()
+    for_each_job(ctx, job_ids, lambda job_id: tracker.job_control(job_id, "signal",
+                                                                  signum=number))
 
 
 @cli.command(short_help="Create, resize, pause, show, list or delete queues.")

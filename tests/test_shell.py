@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 OSTRACKER = os.path.join(BIN, "ostracker")
 COMMANDS = ["submit", "status", "info", "output", "wait", "suspend", "resume", "terminate",
-            "hold", "release", "queue", "delete", "monitor"]
+            "signal", "hold", "release", "queue", "delete", "monitor"]
 
 
 def load_script(name):
@@ -107,7 +107,7 @@ def test_bash_completion_offers_the_jobs_that_fit(jobs, shell_env):
     assert got["resume "] == [jobs["suspended"]], got
     assert got["delete "] == [jobs["ended"]], got
     assert got["terminate "] == [jobs["running"], jobs["suspended"]], got
-    assert got["status --state R"] == ["Running"], got
+    assert got["status --state R"] == ["Running", "Requeued"], got
 
 
 ZSH_COMPLETE = """\

@@ -38,6 +38,7 @@ ALLOWED = {
                             JobState.SUSPENDED, JobState.REQUEUED, JobState.REQUEUED_HELD}),
     "hold": frozenset({JobState.QUEUED, JobState.REQUEUED}),
     "release": frozenset({JobState.QUEUED_HELD, JobState.REQUEUED_HELD}),
+    "signal": frozenset({JobState.RUNNING, JobState.SUSPENDED}),
 }
 # ... and the states that show it took effect.  A job that ends while it is
 # being resumed, held or released is fine; one that ends while it is being
@@ -49,11 +50,12 @@ WANTED = {
     "hold": frozenset({JobState.QUEUED_HELD, JobState.REQUEUED_HELD, JobState.RUNNING,
                        *ENDED_STATES}),
     "release": frozenset({JobState.QUEUED, JobState.REQUEUED, JobState.RUNNING, *ENDED_STATES}),
+    "signal": frozenset(JobState),  # the state follows what the processes do: no waiting
 }
 PAST = {"suspend": "suspended", "resume": "resumed", "terminate": "terminated",
-        "hold": "held", "release": "released"}
+        "hold": "held", "release": "released", "signal": "signalled"}
 _VERB = {"suspend": "stop", "resume": "continue", "terminate": "end", "hold": "be held",
-         "release": "be released"}
+         "release": "be released", "signal": "be signalled"}
 
 
 class Submission:
@@ -127,9 +129,11 @@ class TrackerBase(abc.ABC):
 
     @abc.abstractmethod
     def _act(self, submission: Submission, index: int | None, infos: list[JobInfo],
-             action: str) -> list:
+             action: str, signum: int | None = None, grace: float | None = None) -> list:
         """Apply ``action`` to the tasks ``infos`` (each in a state that allows it) of the
-        job named by ``index`` (None: the single job, or the whole array).
+        job named by ``index`` (None: the single job, or the whole array).  ``signum``:
+        the signal of ``signal``; ``grace``: seconds a ``terminate`` waits after
+        SIGTERM before SIGKILL (None: SIGKILL at once).
 
         Returns the indices of the tasks it acted on (None for a single job);
         a task that ended by itself meanwhile is left out.
@@ -391,12 +395,15 @@ class TrackerBase(abc.ABC):
 
     # -- control --------------------------------------------------------------------------
 
-    def job_control(self, job_id: str, action: str) -> None:
-        """DRMAA2 job control: suspend, resume, terminate, hold, release.
+    def job_control(self, job_id: str, action: str, signum: int | None = None,
+                    grace: float | None = None) -> None:
+        """DRMAA2 job control: suspend, resume, terminate (``grace``: SIGTERM first, SIGKILL
+        that many seconds later), hold, release; and ``signal`` (``signum`` to every
+        process of the job, as Slurm's ``scancel --signal``).
 
         An array ID acts on every task that can take the action, and fails only
         if none could.  Returns once the job shows the effect (bounded by
-        ``CONTROL_TIMEOUT``).
+        ``CONTROL_TIMEOUT``, after the grace); ``signal`` returns at once.
         """
         if action not in ALLOWED:
             raise InvalidArgument(f"unknown job control action {action!r}")
@@ -411,12 +418,14 @@ class TrackerBase(abc.ABC):
             if index is not None or not submission.is_array:
                 raise InvalidState(f"job {job_id} is {infos[0].state.value}: cannot {action} it")
             raise InvalidState(f"array {job_number} has no task that can be {PAST[action]}")
-        acted = self._act(submission, index, fitting, action)
-        self._await_effect(submission, acted, action)
+        acted = self._act(submission, index, fitting, action, signum=signum, grace=grace)
+        if action != "signal":
+            self._await_effect(submission, acted, action, grace or 0.0)
 
-    def _await_effect(self, submission: Submission, indices: list, action: str) -> None:
+    def _await_effect(self, submission: Submission, indices: list, action: str,
+                      grace: float = 0.0) -> None:
         """Wait (bounded) until each task acted on shows what the action did."""
-        deadline = time.monotonic() + self.CONTROL_TIMEOUT
+        deadline = time.monotonic() + self.CONTROL_TIMEOUT + grace
         remaining = list(indices)
         delay, longest = self.WAIT_BACKOFF
         while remaining:

@@ -59,17 +59,21 @@ STATE_BY_NAME = {state.value: state for state in JobState}  # faster than JobSta
 class JobTemplate:
     """What to run and how (DRMAA2 JobTemplate, the fields ostracker uses).
 
-    The scheduling fields (README, "Scheduling") are None (``submit_as_hold``
-    False) when not given, and only given ones are written out: a template
-    without them reads and prints as it did before they existed.
-    ``dependency`` is no DRMAA2 field: it is Slurm's ``--dependency`` text.
+    The optional fields (README, "Scheduling" and "Limits and retries") are
+    None (``submit_as_hold``, ``join_files`` False) when not given, and only given
+    ones are written out: a template without them reads and prints as it did
+    before they existed.  ``dependency`` is Slurm's ``--dependency`` text;
+    ``kill_after``, ``warning_signal`` (``SIGUSR1@60``), ``retry_delay`` and
+    ``on_end`` are ostracker's own; ``resource_limits`` maps DRMAA2's keys to
+    seconds, bytes or counts.
     """
 
     FIELDS = ("remote_command", "args", "job_name", "working_directory", "job_environment",
               "input_path", "output_path", "error_path")
-    SCHEDULING = ("queue_name", "min_slots", "priority", "start_time", "submit_as_hold",
-                  "dependency")
-    __slots__ = FIELDS + SCHEDULING
+    OPTIONAL = ("queue_name", "min_slots", "priority", "start_time", "submit_as_hold",
+                "dependency", "join_files", "resource_limits", "deadline_time", "retries",
+                "retry_delay", "kill_after", "warning_signal", "on_end")
+    __slots__ = FIELDS + OPTIONAL
 
     def __init__(self, remote_command: str, args: list[str] | None = None,
                  job_name: str | None = None, working_directory: str | None = None,
@@ -77,7 +81,11 @@ class JobTemplate:
                  output_path: str | None = None, error_path: str | None = None, *,
                  queue_name: str | None = None, min_slots: int | None = None,
                  priority: int | None = None, start_time: str | None = None,
-                 submit_as_hold: bool = False, dependency: str | None = None):
+                 submit_as_hold: bool = False, dependency: str | None = None,
+                 join_files: bool = False, resource_limits: dict[str, int] | None = None,
+                 deadline_time: str | None = None, retries: int | None = None,
+                 retry_delay: float | None = None, kill_after: float | None = None,
+                 warning_signal: str | None = None, on_end: str | None = None):
         self.remote_command = remote_command
         self.args = list(args or [])
         self.job_name = job_name
@@ -92,6 +100,14 @@ class JobTemplate:
         self.start_time = start_time
         self.submit_as_hold = bool(submit_as_hold)
         self.dependency = dependency
+        self.join_files = bool(join_files)
+        self.resource_limits = dict(resource_limits) if resource_limits else None
+        self.deadline_time = deadline_time
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.kill_after = kill_after
+        self.warning_signal = warning_signal
+        self.on_end = on_end
 
     @property
     def waits(self) -> bool:
@@ -102,7 +118,7 @@ class JobTemplate:
 
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in self.FIELDS}
-        for name in self.SCHEDULING:
+        for name in self.OPTIONAL:
             value = getattr(self, name)
             if value is not None and value is not False:
                 data[name] = value
@@ -111,7 +127,7 @@ class JobTemplate:
     @classmethod
     def from_dict(cls, data: dict) -> "JobTemplate":
         return cls(**{name: data.get(name) for name in cls.FIELDS},
-                   **{name: data[name] for name in cls.SCHEDULING if name in data})
+                   **{name: data[name] for name in cls.OPTIONAL if name in data})
 
     def __eq__(self, other) -> bool:
         return isinstance(other, JobTemplate) and self.to_dict() == other.to_dict()
@@ -423,6 +439,8 @@ def complete_template(template: JobTemplate, is_array: bool) -> JobTemplate:
             raise InvalidArgument(f"bad environment variable name {key!r}")
     if template.job_name is not None and not template.job_name.strip():
         raise InvalidArgument("job name cannot be empty")
+    if template.join_files and template.error_path is not None:
+        raise InvalidArgument("--join sends stderr where stdout goes: not with --stderr")
     try:
         cwd = os.path.abspath(template.working_directory or os.getcwd())
     except FileNotFoundError:
@@ -447,5 +465,5 @@ def complete_template(template: JobTemplate, is_array: bool) -> JobTemplate:
         input_path=template.input_path,
         output_path=template.output_path,
         error_path=template.error_path,
-        **{name: getattr(template, name) for name in JobTemplate.SCHEDULING},
+        **{name: getattr(template, name) for name in JobTemplate.OPTIONAL},
     )

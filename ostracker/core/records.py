@@ -16,6 +16,7 @@ Layout of a state directory (mode 0700, every file 0600)::
         control      a Unix socket: what commands tell the job's reaper ("terminated I"),
                      while it lives
         held.json    which of its tasks that have not started are held ("release" removes it)
+        on_end.json  how the job's --on-end command ended
         stdout, stderr, I.stdout, I.stderr   output captured by default
     schedule/        what waits to start, and who decides when (local backend)
         lock         held (flock) by the scheduler for as long as it lives
@@ -65,6 +66,7 @@ STARTING = "starting"
 TOKEN_VARIABLE = "OSTRACKER_TOKEN"
 CONTROL = "control"  # the socket on which a reaper hears commands, while it lives
 HELD = "held.json"
+ON_END = "on_end.json"
 
 # The summary file: this prefix, a JSON list of JobInfo objects, then its check
 # (``SUMMARY_CHECK``: the array's ID, the list's inside's length and CRC-32), then "}".
@@ -75,7 +77,8 @@ SUMMARY_CHECK = b'], "array_id": "%d", "length": %d, "crc32": %d}'
 _LIMIT = 1 << 63
 _PID_LIMIT = 1 << 31
 # The task states the local backend records (the others are Slurm's).
-RECORD_STATES = frozenset({"Queued", "Running", "Suspended", "Done", "Failed", "Undetermined"})
+RECORD_STATES = frozenset({"Queued", "Running", "Suspended", "Requeued", "Done", "Failed",
+                           "Undetermined"})
 # Where a listing's JobInfos leave their template out (``JobInfo.to_dict(False)``).
 # Inside a JSON string a quote is escaped, so these bytes can only be that key and
 # its value, wherever the key stands in the object.
@@ -329,7 +332,26 @@ def _template(data) -> JobTemplate:
                        priority=_integer(get("priority"), True, -_LIMIT),
                        start_time=_time(get("start_time"), True),
                        submit_as_hold=_flag(get("submit_as_hold")),
-                       dependency=_text(get("dependency"), True))
+                       dependency=_text(get("dependency"), True),
+                       join_files=_flag(get("join_files")),
+                       resource_limits=_limits(get("resource_limits")),
+                       deadline_time=_time(get("deadline_time"), True),
+                       retries=_integer(get("retries"), True),
+                       retry_delay=_number(get("retry_delay")),
+                       kill_after=_number(get("kill_after")),
+                       warning_signal=_text(get("warning_signal"), True),
+                       on_end=_path(get("on_end"), True))
+
+
+def _limits(value):
+    """resource_limits: DRMAA2 key names to whole numbers, or null."""
+    if value is not None:
+        if not isinstance(value, dict):
+            raise TypeError("resource_limits")
+        for key, number in value.items():
+            _text(key)
+            _integer(number)
+    return value
 
 
 def _flag(value) -> bool:

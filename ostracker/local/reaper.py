@@ -58,7 +58,7 @@ import time
 
 from ..core.errors import JobNotFound, StartError, StorageError
 from ..core.models import expand_path, is_per_task, task_id_string, timestamp
-from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
+from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
                             held_tasks, info_from_record, new_record, summary_chunks,
                             task_record_name)
@@ -79,6 +79,8 @@ _RETRY_FIRST, _RETRY_LONGEST = 0.05, 2.0  # seconds between attempts at an unwri
 _WAITING = b"W"  # it is about to open a FIFO, which may block until someone opens the other end
 _FAILED = b"E"   # followed by the reason it could not start; it exits 127
 _CANCELLED = "cancelled before it started"
+_EXPIRED = "DEADLINE: passed before it started"
+KILL_AFTER = 30.0  # seconds from SIGTERM at a limit to SIGKILL, unless --kill-after says (Slurm's KillWait)
 _HELD = "held"
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENFILE, errno.EMFILE})
 
@@ -108,7 +110,7 @@ def _become_subreaper() -> None:
 class Task:
     """A task whose process the reaper started: its record, and how its start went."""
 
-    __slots__ = ("index", "pid", "record", "status_fd", "said", "terminated")
+    __slots__ = ("index", "pid", "record", "status_fd", "said", "terminated", "limit")
 
     def __init__(self, index: int | None, pid: int, record: dict, status_fd: int | None):
         self.index = index
@@ -117,6 +119,7 @@ class Task:
         self.status_fd = status_fd  # open until the process has exec'd (or failed to)
         self.said = b""             # what it said on its status pipe
         self.terminated = False     # `terminate` said it is killing it
+        self.limit = None           # "TIMEOUT" or "DEADLINE" once a limit ended it
 
 
 class Reaper:
@@ -144,6 +147,10 @@ class Reaper:
         self.running: dict[int, Task] = {}  # pid -> task
         self.queued: list[int] = []          # array indices not started yet, in order
         self.held: list[int] = []            # array indices that `hold` held, not started
+        self.attempts: dict[int | None, int] = {}  # index -> its run, once it ran more than once
+        self.retrying: set[int | None] = set()  # indices that wait for their next attempt
+        self.lock_fd: int | None = None  # the reaper lock, which no child of ours may keep
+        self.outcome: tuple | None = None  # (state, exit status, signal) once the job ended
         self.unwritten: dict[str, tuple[list[bytes] | dict, bool]] = {}  # name -> (data, durable)
         self._retry_delay = _RETRY_FIRST
         self._retry_at: float | None = None
@@ -197,20 +204,22 @@ class Reaper:
         them; a path None: the same file as stdout."""
         task_id = task_id_string(self.job_id, index)
         template = self.template
+        again = self.attempts.get(index, 1) > 1  # a later attempt appends to what ran before
         stdin = None if template.input_path is None else \
             expand_path(template.input_path, task_id, index)
         outputs = []
         for stream, pattern in (("stdout", template.output_path),
                                 ("stderr", template.error_path)):
-            if stream == "stderr" and pattern is not None and pattern == template.output_path:
+            if stream == "stderr" and (template.join_files or (
+                    pattern is not None and pattern == template.output_path)):
                 outputs.append((stream, None, False, False))  # the same file as stdout
             elif pattern is None:  # captured in the state dir
                 path = self.store.path(self.job_id, captured_output_name(index, stream))
-                outputs.append((stream, path, True, True))
+                outputs.append((stream, path, True, not again))
             else:
                 # A path shared by all tasks of an array is truncated once, by the first.
                 outputs.append((stream, expand_path(pattern, task_id, index), False,
-                                first or is_per_task(pattern)))
+                                (first or is_per_task(pattern)) and not again))
         return stdin, outputs
 
     def spawn(self, index: int | None, first: bool = False) -> Task:
@@ -229,7 +238,10 @@ class Reaper:
                                                         self.environment.get("PATH"))
             except FileNotFoundError as exc:
                 raise StartError(str(exc)) from None
-        environment = dict(self.environment, JOB_ID=task_id)
+        if self._deadline() is not None and self._deadline() <= time.time():
+            raise _Expired(_EXPIRED)
+        environment = dict(self.environment, JOB_ID=task_id,
+                           OSTRACKER_ATTEMPT=str(self.attempts.get(index, 1)))
         if self.queue is not None:
             environment["OSTRACKER_SLOTS"] = " ".join(map(str, self.task_slots[index]))
         if index is not None:
@@ -238,13 +250,63 @@ class Reaper:
             environment.pop("TASK_ID", None)  # submitted from inside an array task
         stdin, outputs = self._paths(index, first)
         argv = [self.template.remote_command, *self.template.args]
-        if _is_fifo(stdin) or any(_is_fifo(path) for _, path, captured, _ in outputs
-                                  if path is not None and not captured):
-            task = self._spawn_gated(index, argv, environment, stdin, outputs)
+        limits = _rlimits(self.template.resource_limits)
+        if limits or _is_fifo(stdin) or any(_is_fifo(path) for _, path, captured, _ in outputs
+                                            if path is not None and not captured):
+            task = self._spawn_gated(index, argv, environment, stdin, outputs, limits)
         else:
             task = self._spawn_direct(index, argv, environment, stdin, outputs)
         self.running[task.pid] = task
+        if not first:  # the first task's timers are set by the loop's process (_carry_on)
+            self._arm(task)
         return task
+
+    # -- limits --------------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        """The job's deadline (``--deadline``) as a time.time(), or None."""
+        if self.template.deadline_time is None:
+            return None
+        from datetime import datetime
+
+        return datetime.fromisoformat(self.template.deadline_time).timestamp()
+
+    def _arm(self, task: Task) -> None:
+        """The timers of a task that has started: its time limit or deadline, whichever
+        comes first, and the warning signal before it (README, "Limits and retries")."""
+        limits = self.template.resource_limits or {}
+        ends = []
+        if "WALLCLOCK_TIME" in limits:
+            # From its dispatch (CLOCK_MONOTONIC is one clock for every process of a boot).
+            ran = time.monotonic() - (task.record.get("dispatch_monotonic") or time.monotonic())
+            ends.append((limits["WALLCLOCK_TIME"] - ran, "TIMEOUT"))
+        deadline = self._deadline()
+        if deadline is not None:
+            ends.append((deadline - time.time(), "DEADLINE"))
+        if not ends:
+            return
+        seconds, reason = min(ends)
+        self.after(max(0.0, seconds), lambda: self._stop_at_limit(task, reason))
+        if self.template.warning_signal:
+            name, _, before = self.template.warning_signal.partition("@")
+            self.after(max(0.0, seconds - int(before or 60)),
+                       lambda: self._signal_tree(task, getattr(signal.Signals, name)))
+
+    def _signal_tree(self, task: Task, signum: int) -> None:
+        """``signum`` to every process of the task's tree, if the task still runs."""
+        if self.running.get(task.pid) is task:
+            proc.signal_members(proc.job_tree(task.pid, task_id_string(self.job_id, task.index),
+                                              os.getpid()), signum)
+
+    def _stop_at_limit(self, task: Task, reason: str) -> None:
+        """SIGTERM to the tree at the limit; SIGKILL ``--kill-after`` seconds later."""
+        if self.running.get(task.pid) is not task:
+            return
+        task.limit = reason
+        self._signal_tree(task, signal.SIGTERM)
+        grace = self.template.kill_after
+        self.after(KILL_AFTER if grace is None else grace,
+                   lambda: self._signal_tree(task, signal.SIGKILL))
 
     def _claim(self, index: int | None, record: dict) -> None:
         """Write the task's first record, unless ``terminate`` cancelled the task first,
@@ -257,8 +319,10 @@ class Reaper:
         name = task_record_name(index)
         try:
             with self.store.job_lock(self.job_id):
-                if self.store.exists(self.job_id, name) or \
-                        (index is not None and self.store.exists(self.job_id, CANCEL)):
+                if (self.store.exists(self.job_id, name) and
+                        (index not in self.retrying or
+                         (self.store.read(self.job_id, name) or {}).get("state") != "Requeued")) \
+                        or (index is not None and self.store.exists(self.job_id, CANCEL)):
                     raise _Cancelled(_CANCELLED)
                 if self.store.exists(self.job_id, HELD) and index in held_tasks(
                         self.store.read(self.job_id, HELD), self.array):
@@ -277,6 +341,7 @@ class Reaper:
                       dispatch_monotonic=time.monotonic(), **extra)
         if self.queue is not None:
             record["slots"] = self.task_slots[index]
+        record["attempt"] = self.attempts.get(index, 1)
         return record
 
     def _spawn_direct(self, index, argv, environment, stdin, outputs) -> Task:
@@ -294,7 +359,7 @@ class Reaper:
                     if path is None:
                         opened.append(opened[-1])
                     elif captured:
-                        opened.append(self._open_captured(index, stream))
+                        opened.append(self._open_captured(index, stream, truncate))
                     else:
                         opened.append(_open_output(stream, path, False, truncate, opened[0],
                                                    None))
@@ -322,9 +387,10 @@ class Reaper:
         self.write(task_record_name(index), record, durable=False)  # kept until written
         return Task(index, pid, record, None)
 
-    def _open_captured(self, index: int | None, stream: str) -> int:
+    def _open_captured(self, index: int | None, stream: str, truncate: bool = True) -> int:
         """The task's captured stdout or stderr, created private in the job's (held)
-        directory, emptied; never through a link or a FIFO planted at its name."""
+        directory, emptied (``truncate``: not for a later attempt, which appends); never
+        through a link or a FIFO planted at its name."""
         name = captured_output_name(index, stream)
         try:
             # Emptied only once checked: O_TRUNC would empty a file linked there first.
@@ -338,13 +404,14 @@ class Reaper:
             raise _Refused(message) from None
         try:
             os.set_blocking(fd, True)
-            os.ftruncate(fd, 0)
+            if truncate:
+                os.ftruncate(fd, 0)
         except OSError:
             os.close(fd)
             raise
         return fd
 
-    def _spawn_gated(self, index, argv, environment, stdin, outputs) -> Task:
+    def _spawn_gated(self, index, argv, environment, stdin, outputs, limits=()) -> Task:
         """Fork the task's process, which waits at a gate; record it; open the gate.
 
         The process opens its own stdin and outputs, so a FIFO that nobody opens
@@ -361,7 +428,7 @@ class Reaper:
             raise StartError(f"cannot fork: {exc.strerror}") from None
         if pid == 0:
             _run_task(gate_read, status_write, self._executable, argv, environment, stdin,
-                      outputs)
+                      outputs, limits)
         os.close(gate_read)
         os.close(status_write)
         try:
@@ -411,8 +478,11 @@ class Reaper:
         return None
 
     def record_start_failure(self, index: int | None, error: str) -> None:
-        record = new_record("Failed", f"could not start: {error}",
-                            task_id_string(self.job_id, index))
+        self.record_end(index, f"could not start: {error}")
+
+    def record_end(self, index: int | None, sub_state: str) -> None:
+        """The record of a task that ends without having run: ``Failed``, and why."""
+        record = new_record("Failed", sub_state, task_id_string(self.job_id, index))
         record["finish_time"] = timestamp()
         self.write(task_record_name(index), record)
 
@@ -439,6 +509,9 @@ class Reaper:
             except _Held:
                 self.held.append(self.queued.pop(0))  # until `release` says otherwise
                 continue
+            except _Expired:
+                self.cancel_rest(_EXPIRED)  # the deadline has passed for every task left
+                return
             except JobNotFound:
                 self.queued = []
                 return
@@ -481,18 +554,28 @@ class Reaper:
                       wallclock_time=time.monotonic() - record["dispatch_monotonic"])
         if os.WIFSIGNALED(status):
             name = _signal_name(os.WTERMSIG(status))
-            record.update(state="Failed", terminating_signal=name,
-                          sub_state="terminated" if task.terminated else f"killed by {name}")
+            record.update(state="Failed", terminating_signal=name, sub_state=f"killed by {name}")
+            if name == "SIGXCPU" and "CPU_TIME" in (self.template.resource_limits or {}):
+                record["sub_state"] = "CPU_TIME limit reached: killed by SIGXCPU"
         else:
             code = os.WEXITSTATUS(status)
             record.update(state="Done" if code == 0 else "Failed", exit_status=code,
                           sub_state=None if code == 0 else f"exit status {code}")
+        if task.limit is not None:  # ended by its limit, however it exited
+            record.update(state="Failed",
+                          sub_state=f"{task.limit}; {record['sub_state'] or 'exit status 0'}")
+        elif task.terminated:
+            record.update(state="Failed", sub_state="terminated")
+        elif record["state"] == "Failed" and self._retry_later(task, record):
+            return
         left = self.end_leftovers(task)
         if left:
             ended = f"{left} leftover process{'es' if left > 1 else ''} ended"
             record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
                 else ended
         self.write(task_record_name(task.index), record)
+        if self.array is None:
+            self.outcome = (record["state"], record["exit_status"], record["terminating_signal"])
         self.tell_scheduler()
 
     def tell_scheduler(self) -> None:
@@ -508,6 +591,45 @@ class Reaper:
                 sender.sendto(b"ended", path)
         except OSError:
             pass  # no scheduler: the one that starts next reads the records
+
+    def _retry_later(self, task: Task, record: dict) -> bool:
+        """A failed task with attempts left: ``Requeued``, and started again after
+        ``--retry-delay`` seconds; False if it has none left."""
+        attempt = self.attempts.get(task.index, 1)
+        if attempt > (self.template.retries or 0):
+            return False
+        delay = self.template.retry_delay or 0.0
+        left = self.end_leftovers(task)
+        record.update(state="Requeued", sub_state=f"attempt {attempt} failed "
+                      f"({record['sub_state']}); attempt {attempt + 1} in {delay:g} s" +
+                      (f"; {left} leftover process{'es' if left > 1 else ''} ended"
+                       if left else ""))
+        self.write(task_record_name(task.index), record)
+        self.attempts[task.index] = attempt + 1
+        self.retrying.add(task.index)
+        self.after(delay, lambda: self._start_again(task.index))
+        return True
+
+    def _start_again(self, index: int | None) -> None:
+        """The next attempt of a requeued task, unless ``terminate`` ended it meanwhile."""
+        try:
+            task = self.spawn(index)
+            if task.status_fd is not None and self._poller is not None:
+                self._poller.register(task.status_fd, _READABLE)
+        except _Cancelled:  # its own record says so, or the array's cancel marker does
+            try:
+                record = self.store.read(self.job_id, task_record_name(index)) or {}
+            except StorageError:
+                record = {"state": "Requeued", "sub_state": "its record unreadable"}
+            if record.get("state") == "Requeued":
+                self.record_end(index, f"terminated while requeued ({record['sub_state']})")
+        except (_NotNow, StorageError):
+            self.after(_RETRY_LONGEST, lambda: self._start_again(index))
+            return
+        except (StartError, _Expired) as error:
+            self.record_end(index, str(error) if isinstance(error, _Expired)
+                            else f"could not start: {error}")
+        self.retrying.discard(index)
 
     def end_leftovers(self, task: Task) -> int:
         """SIGTERM to what the task's leader left running, SIGKILL ``LEFTOVER_GRACE`` s later.
@@ -647,7 +769,8 @@ class Reaper:
                 self.after(LEFTOVER_GRACE, lambda: proc.signal_members(orphans, signal.SIGKILL))
                 orphans_ended = True
             # Timers left (SIGKILL to leftovers) no longer matter once no child is left.
-            if not (children or self.running or self.unwritten or self.queued or self.held):
+            if not (children or self.running or self.unwritten or self.queued or self.held or
+                    self.retrying):
                 break
             for fd, _ in poller.poll(self._next_timeout()):
                 if fd == wake_read:
@@ -670,6 +793,7 @@ class Reaper:
         self._close_control()
         if self.store.flusher is not None:
             self.store.flusher.drain()
+        self.run_on_end()
         if self._board.waiting():  # a scheduler killed meanwhile: start the next one
             from .scheduler import ensure
 
@@ -728,8 +852,58 @@ class Reaper:
                                   self.store.read(self.job_id, task_record_name(index))
                                   or cancelled)
                  for index in self.array.indices()]
+        states = {info.state.value for info in infos}
+        self.outcome = ("Done" if states == {"Done"} else
+                        "Failed" if "Failed" in states else "Undetermined", None, None)
         self.unwritten[SUMMARY] = (summary_chunks(infos), True)
         self.settle(SUMMARY_PATIENCE)
+
+    def run_on_end(self) -> None:
+        """``--on-end CMD``, once the job (an array: all of it) has ended: ``/bin/sh -c CMD``
+        in a process of its own, which outlives the reaper (so that ``wait`` returns as the
+        job ends, not as CMD does), records how CMD ended in ``on_end.json`` and, for a
+        single job whose CMD failed, in its ``sub_state``; the job's state never changes.
+        """
+        if self.template.on_end is None or self.outcome is None:
+            return
+        try:
+            if os.fork():
+                return
+        except OSError:
+            return  # no process left for it: the job stands as it ended
+        try:
+            os.setsid()
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)  # readers take the reaper for gone: so it is
+            self.store.flusher = None  # its thread is the parent's: write durably here
+            state, exit_status, signal_name = self.outcome
+            environment = dict(self.environment, OSTRACKER_JOB_ID=str(self.job_id),
+                               OSTRACKER_JOB_NAME=self.template.job_name or "",
+                               OSTRACKER_JOB_STATE=state,
+                               OSTRACKER_EXIT_STATUS="" if exit_status is None else
+                               str(exit_status),
+                               OSTRACKER_TERMINATING_SIGNAL=signal_name or "")
+            null = os.open(os.devnull, os.O_RDWR)
+            child = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", self.template.on_end],
+                                   environment, setsigdef=proc.DEFAULT_SIGNALS,
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, null, fd)
+                                                 for fd in (0, 1, 2)])
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            self.store.write(self.job_id, ON_END, {"schema": SCHEMA_VERSION, "command":
+                                                   self.template.on_end, "exit_status": code,
+                                                   "finish_time": timestamp()})
+            if code != 0 and self.array is None:
+                with self.store.job_lock(self.job_id):
+                    record = self.store.read(self.job_id, task_record_name(None))
+                    failed = f"--on-end failed: {'exit status ' + str(code) if code > 0 else 'killed by ' + _signal_name(-code)}"
+                    record["sub_state"] = f"{record['sub_state']}; {failed}" \
+                        if record.get("sub_state") else failed
+                    self.store.write(self.job_id, task_record_name(None), record)
+        except BaseException:  # noqa: BLE001 - nothing here may climb back into the reaper's code
+            pass
+        finally:
+            os._exit(0)
 
     def settle(self, patience: float = RECORD_PATIENCE) -> None:
         """Write what is unwritten, retrying for at most ``patience`` seconds.
@@ -756,7 +930,7 @@ def _signal_name(number: int) -> str:
 
 
 def _run_task(gate: int, status: int, executable: str, argv: list[str], environment: dict,
-              stdin: str | None, outputs: list) -> None:
+              stdin: str | None, outputs: list, limits=()) -> None:
     """In the forked process of a task: wait at the gate, set up, exec.  Never returns.
 
     Nothing here may raise out: whatever fails is said on the status pipe,
@@ -781,6 +955,11 @@ def _run_task(gate: int, status: int, executable: str, argv: list[str], environm
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        if limits:
+            import resource
+
+            for which, value in limits:
+                resource.setrlimit(which, (value, resource.getrlimit(which)[1]))
         opened = {0: _open_input(stdin, status)}
         for number, (stream, path, captured, truncate) in enumerate(outputs, start=1):
             opened[number] = opened[1] if path is None else \
@@ -812,8 +991,24 @@ class _Held(Exception):
     """A task that `hold` held before its record existed: it waits for `release`."""
 
 
+class _Expired(Exception):
+    """A task whose deadline passed before it started: it never starts."""
+
+
 class _Refused(Exception):
     """Why a task's process will not exec: one line, said on its status pipe."""
+
+
+def _rlimits(limits: dict | None) -> list[tuple[int, int]]:
+    """(setrlimit resource, value) of the template's resource limits, but the wall clock."""
+    if not limits:
+        return []
+    import resource
+
+    from ..core.limits import RESOURCE_LIMITS
+
+    return [(getattr(resource, RESOURCE_LIMITS[key][0]), value) for key, value in limits.items()
+            if RESOURCE_LIMITS.get(key, (None,))[0] is not None]
 
 
 def _is_fifo(path: str | None) -> bool:
@@ -932,6 +1127,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
     if first is None and header.array is not None:
         first = header.array.begin
     reaper = Reaper(store, header, queue, slots, first)
+    reaper.lock_fd = lock_fd
     job_id = header.job_id
     indices = iter([first] if queue is not None else
                    reaper.array.indices() if reaper.array else [None])
@@ -952,6 +1148,11 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
                 first = next(indices, _HELD)
                 if first == _HELD:
                     raise StartError(_HELD) from None
+            except _Expired:
+                reaper.record_end(first, _EXPIRED)
+                if reaper.array is not None:
+                    reaper.cancel_rest(_EXPIRED)
+                raise StartError(_EXPIRED) from None
         reaper.await_exec(task)
         failure = reaper.start_failure(task)
         if failure is not None:
@@ -959,7 +1160,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
             del reaper.running[task.pid]
             raise StartError(failure)
     except StartError as error:
-        if not isinstance(error, _NotNow) and str(error) not in (_CANCELLED, _HELD):
+        if not isinstance(error, _NotNow) and str(error) not in (_CANCELLED, _HELD, _EXPIRED):
             reaper.record_start_failure(first, str(error))
             if reaper.array is not None:
                 reaper.cancel_rest(f"cancelled: task {first} could not start")
@@ -1008,6 +1209,7 @@ def main(argv: list[str]) -> None:
     index = int(first_index) if first_index else None
     reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
                                             store.path(job_id, HEADER)), queue, slots, index)
+    reaper.lock_fd = lock_fd
     status = int(status_fd) if status_fd else None
     if status is not None:
         os.set_inheritable(status, False)
@@ -1024,6 +1226,7 @@ def _carry_on(reaper: Reaper, task: Task) -> None:
     """The reaper's life after its first task started: the loop, until the end."""
     reaper.store.flush_later(reaper.job_id, HEADER)  # written by submit without an fsync
     task.said = _WAITING  # begin() heard this much
+    reaper._arm(task)
     if reaper.array is not None and reaper.queue is None:  # else the scheduler gives them
         reaper.queued = [i for i in reaper.array.indices() if i != task.index]
     reaper.run()

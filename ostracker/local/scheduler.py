@@ -129,7 +129,7 @@ class Waiting:
     """What the scheduler keeps of a waiting job's header: its scheduling fields."""
 
     __slots__ = ("job_id", "header", "queue", "slots", "priority", "begin", "dependency",
-                 "cursor")
+                 "cursor", "deadline")
 
     def __init__(self, header: Header):
         from ..core.schedule import parse_dependency
@@ -144,6 +144,7 @@ class Waiting:
         self.slots = template.min_slots or 1
         self.priority = template.priority or 0
         self.begin = _epoch(template.start_time) if template.start_time else None
+        self.deadline = _epoch(template.deadline_time) if template.deadline_time else None
         self.dependency = parse_dependency(template.dependency) if template.dependency else None
 
 
@@ -236,6 +237,11 @@ class Scheduler:
         ready: dict[str | None, list[Waiting]] = {}
         now = time.time()
         for entry in waiting:
+            if entry.deadline is not None:
+                if entry.deadline <= now:
+                    self._fail(entry, "DEADLINE: passed before it started")
+                    continue
+                self._wake(entry.deadline)
             if self._held(entry):
                 continue
             if entry.begin is not None and entry.begin > now:

@@ -215,10 +215,10 @@ class JobTracker(TrackerBase):
     DESCRIPTION = "the OS process backend (--backend local)"
     SUBMISSION = LocalSubmission
     STATES = (JobState.QUEUED, JobState.QUEUED_HELD, JobState.RUNNING, JobState.SUSPENDED,
-              JobState.DONE, JobState.FAILED, JobState.UNDETERMINED)
-    ALLOWED = {action: ALLOWED[action] for action in ("suspend", "resume")} | {
+              JobState.REQUEUED, JobState.DONE, JobState.FAILED, JobState.UNDETERMINED)
+    ALLOWED = {action: ALLOWED[action] for action in ("suspend", "resume", "signal")} | {
         "terminate": frozenset({JobState.RUNNING, JobState.SUSPENDED, JobState.QUEUED,
-                                JobState.QUEUED_HELD}),
+                                JobState.QUEUED_HELD, JobState.REQUEUED}),
         "hold": frozenset({JobState.QUEUED}),
         "release": frozenset({JobState.QUEUED_HELD})}
 
@@ -421,6 +421,7 @@ class JobTracker(TrackerBase):
 
     def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
         template = complete_template(template, array is not None)
+        _check_limits(template)
         if template.waits:
             return self._submit_waiting(template, array)
         from .launch import launch
@@ -556,20 +557,20 @@ class JobTracker(TrackerBase):
             infos += submission.infos([queued])
         return infos
 
-    def _act(self, submission, index, infos, action):
-        """Signal each task's whole tree; cancel the queued ones of a terminate; hold or
-        release queued ones."""
+    def _act(self, submission, index, infos, action, signum=None, grace=None):
+        """Signal each task's whole tree; cancel the queued (and requeued) ones of a
+        terminate; hold or release queued ones."""
         if action in ("hold", "release"):
             return self._hold(submission, index, infos, action == "hold")
         acted = []
         queued = [info.task_id for info in infos
-                  if info.state in (JobState.QUEUED, JobState.QUEUED_HELD)]
+                  if info.state in (JobState.QUEUED, JobState.QUEUED_HELD, JobState.REQUEUED)]
         if queued and index is None and submission.is_array:
             self._cancel_queued(submission)  # every task not started, in one marker
             acted += queued
             queued = []
         started = [info.task_id for info in infos
-                   if info.state not in (JobState.QUEUED, JobState.QUEUED_HELD)]
+                   if info.state not in (JobState.QUEUED, JobState.QUEUED_HELD, JobState.REQUEUED)]
         for task_index in queued:
             record = self._cancel_task(submission, task_index)
             if record is None:
@@ -579,7 +580,7 @@ class JobTracker(TrackerBase):
         refusals = []
         for task_index, record in submission.records(started):
             try:
-                if self._control_task(submission, task_index, record, action):
+                if self._control_task(submission, task_index, record, action, signum, grace):
                     acted.append(task_index)
             except InvalidState as refusal:
                 refusals.append(refusal)
@@ -628,7 +629,8 @@ class JobTracker(TrackerBase):
 
             poke(self.store, self.board)
 
-    def _control_task(self, submission: LocalSubmission, index, record, action) -> bool:
+    def _control_task(self, submission: LocalSubmission, index, record, action,
+                      signum: int | None = None, grace: float | None = None) -> bool:
         """Signal one started task's whole tree; False if it had ended meanwhile.
 
         Its record names its process by PID and start time: a PID now given to
@@ -657,10 +659,14 @@ class JobTracker(TrackerBase):
             self._stop(task_id, tree)
         elif action == "resume":
             proc.signal_members(proc.job_tree(*tree), signal.SIGCONT, leader)
+        elif action == "signal":
+            proc.signal_members(proc.job_tree(*tree), signum, leader)
         else:
             if reaper is not None:
                 tell_reaper(self.store.job_dir(submission.job_id),
-                             f"terminated {'-' if index is None else index}")
+                            f"terminated {'-' if index is None else index}")
+            if grace:
+                _end_gracefully(tree, grace)
             proc.signal_members(proc.job_tree(*tree), signal.SIGKILL, leader)
             self._killed[task_id] = tree
             if reaper is None:
@@ -693,18 +699,23 @@ class JobTracker(TrackerBase):
             self.store.write(submission.job_id, task_record_name(index), ended)
 
     def _cancel_task(self, submission: LocalSubmission, index: int) -> dict | None:
-        """Cancel a queued task for good; if the reaper started it meanwhile, its record.
+        """Cancel a queued (or requeued) task for good; if the reaper started it meanwhile,
+        its record.
 
         Under the job lock, which the reaper also holds from its check to the
-        task's first record: the task is either cancelled or started, never both.
+        task's first record (and to the record of its next attempt): the task is
+        either cancelled or started, never both.
         """
         with self.store.job_lock(submission.job_id):
             record = submission.record(index)
-            if record is None:
-                record = new_record("Failed", "cancelled before it started",
-                                    task_id_string(submission.job_id, index))
-                record["finish_time"] = timestamp()
-                self.store.write(submission.job_id, task_record_name(index), record)
+            if record is None or record["state"] == "Requeued":
+                reason = "cancelled before it started" if record is None else \
+                    f"terminated while requeued ({record['sub_state']})"
+                ended = new_record("Failed", reason, task_id_string(submission.job_id, index))
+                if record is not None:
+                    ended = dict(record, state="Failed", sub_state=reason)
+                ended["finish_time"] = timestamp()
+                self.store.write(submission.job_id, task_record_name(index), ended)
                 return None
         return record
 
@@ -731,6 +742,24 @@ class JobTracker(TrackerBase):
 
     def _hint(self, action):
         return " (does it ignore SIGTSTP?)" if action == "suspend" else ""
+
+
+def _check_limits(template: JobTemplate) -> None:
+    """Refuse a resource limit above this user's hard limit: the job could not have it."""
+    if not template.resource_limits:
+        return
+    import resource
+
+    from ..core.limits import RESOURCE_LIMITS
+
+    for key, value in template.resource_limits.items():
+        which = RESOURCE_LIMITS[key][0]
+        if which is None:
+            continue
+        hard = resource.getrlimit(getattr(resource, which))[1]
+        if hard != resource.RLIM_INFINITY and value > hard:
+            raise TrackerError(f"--limit {key}={value} is above your hard limit ({hard}): "
+                               "the job cannot have it")
 
 
 def _is_starting(record: dict) -> bool:
@@ -769,6 +798,18 @@ def _await_pid(submission: LocalSubmission, index: int | None) -> dict:
                 time.monotonic() >= deadline:
             return record
         time.sleep(0.005)
+
+
+def _end_gracefully(tree: tuple, grace: float) -> None:
+    """SIGTERM to the task's tree; return once it is gone, or after ``grace`` seconds."""
+    import time
+
+    proc.signal_members(proc.job_tree(*tree), signal.SIGTERM, tree[0])
+    deadline = time.monotonic() + grace
+    delay = 0.005
+    while proc.job_tree(*tree) and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
 
 
 def _await_stopped(tree: tuple, grace: float) -> list:

@@ -373,7 +373,7 @@ class SlurmTracker(TrackerBase):
 
     # -- control ---------------------------------------------------------------------------
 
-    def _act(self, submission, index, infos, action):
+    def _act(self, submission, index, infos, action, signum=None, grace=None):
         """One Slurm command for all the tasks: an array's pending ones are one job to Slurm."""
         if action in ("suspend", "resume"):
             targets = [info.extension_list["slurm_job_id"] for info in infos]
