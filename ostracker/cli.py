@@ -161,7 +161,7 @@ class SectionedGroup(click.Group):
     """A group whose ``--help`` lists its commands by what they are for."""
 
     SECTIONS = [
-        ("Submit and watch", ["submit", "status", "info", "output", "wait"]),
+        ("Submit and watch", ["submit", "resubmit", "status", "info", "output", "wait"]),
         ("Control", ["suspend", "resume", "terminate", "signal", "hold", "release"]),
         ("Schedule", ["queue"]),
         ("Clean up", ["delete"]),
@@ -241,9 +241,8 @@ def complete_states(ctx, param, incomplete):
               callback=not_empty, help="Job DB directory [default: $OSTRACKER_STATE_DIR, "
               "else the per-user state dir].")
 @click.option("--backend", type=click.Choice(registry.names()), envvar="OSTRACKER_BACKEND",
-              help="Who runs the jobs: this machine (local), or a Slurm cluster through "
-              "sbatch, squeue, scontrol, scancel and sacct [default: $OSTRACKER_BACKEND, "
-              "else local].")
+              help="Who runs the jobs: this machine (local), or a Slurm cluster "
+              "[default: $OSTRACKER_BACKEND, else local].")
 def cli(state_dir, backend):
     """Run OS processes as jobs and keep track of them (DRMAA2 OS process JobTracker)."""
 
@@ -283,8 +282,9 @@ def parse_environment(ctx, param, values):
               "[default: captured, see 'output'].")
 @click.option("--stderr", metavar="PATH", shell_complete=complete_path("file"),
               callback=not_empty, help="Write stderr to PATH [default: captured].")
-@click.option("--array", "array_spec", metavar="SPEC",
-              help="Job array BEGIN-END[:STEP][%MAX] or INDEX.")
+@click.option("--array", "array_spec", metavar="RANGES",
+              help="Job array: BEGIN-END[:STEP] ranges and INDEXes joined by commas, then "
+              "optionally %MAX (1-10:2, 0,4,8-10%2).")
 @click.option("--max-parallel", type=Count(), metavar="N",
               help="Run at most N array tasks at once.")
 @click.option("-q", "--queue", metavar="NAME", envvar="OSTRACKER_QUEUE",
@@ -356,7 +356,8 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
     if spec is None:
         job_id = tracker.add_job(template)
     else:
-        job_id = tracker.add_array_job(template, spec.begin, spec.end, spec.step, spec.max_parallel)
+        job_id = tracker.add_array_job(template, spec.begin, spec.end, spec.step,
+                                       spec.max_parallel, spec.listed)
     if not as_json:
         try:
             echo(job_id)
@@ -738,6 +739,26 @@ def signal(ctx, signal_name, job_ids):
     tracker = open_tracker()
     for_each_job(ctx, job_ids, lambda job_id: tracker.job_control(job_id, "signal",
                                                                   signum=number))
+
+
+@cli.command(short_help="Submit a job again, as a new job.")
+@click.option("--failed", "failed_only", is_flag=True, help="Of an ended array, only the "
+              "tasks that did not end Done.")
+@click.argument("job_id", metavar="ID", shell_complete=complete_jobs("ended"))
+def resubmit(failed_only, job_id):
+    """Submit a job (or an array) again as a new job, and print its new ID.
+
+    The same command, options and array; --failed takes only the tasks of an
+    ended array that did not end Done, under their own indices.
+
+    \b
+    Example:
+      ostracker resubmit 7 --failed
+    """
+    from .core.models import parse_job_id
+
+    parse_job_id(job_id)
+    echo(open_tracker().resubmit(job_id, failed_only))
 
 
 @cli.command(short_help="Create, resize, pause, show, list or delete queues.")

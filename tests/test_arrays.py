@@ -336,3 +336,23 @@ def test_array_of_exactly_one_million_tasks_is_accepted(run, tmp_path):
         f"terminate of a 1,000,000-task array still running after {took:.1f} s"
     assert outcome[0] == 0, outcome
     assert took < 5, f"terminate of a 1,000,000-task array took {took:.1f} s"
+
+
+def test_an_array_of_listed_indices(run, submit, tmp_path):
+    """``--array 0,4,8-10%2``: the tasks 0, 4, 8, 9 and 10, two at a time."""
+    log = tmp_path / "log"
+    array = submit("--array", "0,4,8-10%2", "--", "sh", "-c",
+                   f'echo "$TASK_ID start $(date +%s%N)" >> {log}; sleep 0.2; '
+                   f'echo "$TASK_ID end $(date +%s%N)" >> {log}')
+    assert run("wait", array).returncode == 0
+    assert run("status", "-q", array).stdout.split() == [f"{array}.{i}" for i in (0, 4, 8, 9, 10)]
+    events = sorted((int(t), kind) for _, kind, t in (line.split() for line in
+                                                       open(log).read().splitlines()))
+    running = most = 0
+    for _, kind in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most <= 2
+    assert run("info", f"{array}.5").returncode == 1  # not one of its tasks
+    for bad in ("1-3,2", "1,,2", "1-3%", "3,1-2%0"):
+        assert run("submit", "--array", bad, "--", "true").returncode == 2, bad

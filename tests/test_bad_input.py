@@ -90,7 +90,7 @@ CASES = [
     (USAGE, ["submit", "--array", "1-3%", "--", "true"]),
     (USAGE, ["submit", "--array", "a-b", "--", "true"]),
     (USAGE, ["submit", "--array", "", "--", "true"]),
-    (USAGE, ["submit", "--array", "1,2,3", "--", "true"]),
+    (USAGE, ["submit", "--array", "1,2,1", "--", "true"]),
     (USAGE, ["submit", "--array", " 1-3", "--", "true"]),
     (USAGE, ["submit", "--array", "\u0661-3", "--", "true"]),  # an Arabic-Indic digit
     (USAGE, ["submit", "--array", "0-1000000", "--", "true"]),  # 1,000,001 tasks
@@ -308,6 +308,9 @@ SLOTS = [
     (["queue", "q", "--slots", V], ALL),
     (["queue", "--delete=" + V, "q"], FLAG),
     (["queue", "--json=" + V], FLAG),
+    (["resubmit", "--", V], ID),
+    (["resubmit", "--failed=" + V, "{done}"], FLAG),
+    (["submit", "--array", V + ",3", "--", "true"], ALL),
     (["terminate", "--grace", V, "{run}"], ALL),
     (["signal", "-s", V, "{run}"], ALL),
     (["signal", "-s", "TERM", "--", V], ID),

@@ -213,3 +213,24 @@ def test_limits_of_a_job_that_waits_in_a_queue(run, submit, info):
     ended(run, job)
     assert info(job)["sub_state"] == "TIMEOUT; killed by SIGTERM"
     assert json.loads(run("queue", "q", "--json").stdout)["running"] == 0
+
+
+def test_resubmit_a_job_and_the_failed_tasks_of_an_array(run, submit, info, tmp_path):
+    array = submit("--array", "1-5%2", "--", "sh", "-c",
+                   f"echo $JOB_ID >> {tmp_path}/ran; exit $((TASK_ID % 2))")
+    assert run("wait", array).returncode == 1
+    again = run("resubmit", array, "--failed")
+    assert again.returncode == 0, again.stderr
+    new = again.stdout.strip()
+    assert run("status", "-q", new).stdout.split() == [f"{new}.{i}" for i in (1, 3, 5)]
+    tasks = info(new)
+    assert {task["job_template"]["args"][1] for task in tasks} == {
+        info(f"{array}.1")["job_template"]["args"][1]}
+    assert run("wait", new).returncode == 1
+    whole = run("resubmit", array).stdout.strip()
+    assert len(run("status", "-q", whole).stdout.split()) == 5
+    single = submit("--", "true")
+    run("wait", single)
+    refused = run("resubmit", "--failed", single)
+    assert refused.returncode == 1 and "ended Done" in refused.stderr
+    assert run("resubmit", "999").returncode == 1

@@ -31,7 +31,8 @@ from conftest import CLI, poll
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 OSTRACKER = os.path.join(BIN, "ostracker")
-COMMANDS = ["submit", "status", "info", "output", "wait", "suspend", "resume", "terminate",
+COMMANDS = ["submit", "resubmit", "status", "info", "output", "wait", "suspend", "resume",
+            "terminate",
             "signal", "hold", "release", "queue", "delete", "monitor"]
 
 

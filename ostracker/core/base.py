@@ -177,9 +177,34 @@ class TrackerBase(abc.ABC):
         return self._submit(template, None)
 
     def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
-                      max_parallel: int | None = None) -> str:
-        """Submit an array of tasks BEGIN..END by STEP, at most MAX_PARALLEL at once."""
-        return self._submit(template, ArraySpec(begin, end, step, max_parallel))
+                      max_parallel: int | None = None, indices: list[int] | None = None) -> str:
+        """Submit an array of tasks BEGIN..END by STEP (or ``indices``, a list), at most
+        MAX_PARALLEL at once."""
+        return self._submit(template, ArraySpec(begin, end, step, max_parallel, indices))
+
+    def resubmit(self, job_id: str, failed_only: bool = False) -> str:
+        """Submit a job again as a new one (same template, array and options); return its ID.
+
+        ``failed_only``: of an array that has ended, only the tasks that did not end
+        ``Done``, under their own indices; a task ID resubmits that task alone.
+        """
+        job_number, index = parse_job_id(job_id)
+        submission = self._submission(job_number)
+        submission.check_index(index)
+        array = submission.array
+        if index is not None:
+            array = ArraySpec(0, 0, None, None, [index])
+        if failed_only:
+            infos = self.job_infos([job_id])
+            if not all(info.state.ended for info in infos):
+                raise InvalidState(f"job {job_id} has not ended: resubmit --failed takes the "
+                                   "tasks that ended other than Done")
+            failed = [info.task_id for info in infos if info.state is not JobState.DONE]
+            if not failed:
+                raise InvalidState(f"job {job_id} ended Done: nothing to resubmit with --failed")
+            if array is not None:
+                array = ArraySpec(0, 0, None, array.max_parallel, failed)
+        return self._submit(submission.template, array)
 
     # -- naming jobs ----------------------------------------------------------------------
 

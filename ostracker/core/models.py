@@ -137,71 +137,123 @@ class JobTemplate:
 
 
 class ArraySpec:
-    """Indices BEGIN..END (inclusive) by STEP, at most MAX_PARALLEL at once."""
+    """Indices BEGIN..END (inclusive) by STEP, or a list of indices (``0,4,8-10``), at most
+    MAX_PARALLEL at once.
 
-    __slots__ = ("begin", "end", "step", "max_parallel")
+    A list is kept sorted, ``begin``/``end`` its first and last index and
+    ``step`` None; ``indices()`` is then a tuple, else a range: either is
+    indexed, sliced and searched alike.
+    """
 
-    def __init__(self, begin: int, end: int, step: int = 1, max_parallel: int | None = None):
+    __slots__ = ("begin", "end", "step", "max_parallel", "listed", "_members")
+
+    def __init__(self, begin: int, end: int, step: int | None = 1,
+                 max_parallel: int | None = None, listed: list[int] | None = None):
+        if listed is not None:
+            listed = sorted(listed)
+            if not listed:
+                raise InvalidArgument("an array needs at least one index")
+            if len(set(listed)) != len(listed):
+                raise InvalidArgument("an index is listed twice in the array spec")
+            begin, end, step = listed[0], listed[-1], None
         if begin < 0 or end < 0:
             raise InvalidArgument("array indices must be 0 or more")
         if begin > MAX_INDEX or end > MAX_INDEX:  # every task ID N.I stays one to name
             raise InvalidArgument(f"array indices must be {MAX_INDEX} or less")
         if begin > end:
             raise InvalidArgument(f"array begin {begin} is after end {end}")
-        if step < 1:
+        if listed is None and (step is None or step < 1):
             raise InvalidArgument("array step must be 1 or more")
         if max_parallel is not None and max_parallel < 1:
             raise InvalidArgument("max parallel must be 1 or more")
-        count = (end - begin) // step + 1  # not len(): that overflows past sys.maxsize
+        # not len(): that overflows past sys.maxsize
+        count = len(listed) if listed is not None else (end - begin) // step + 1
         if count > MAX_ARRAY_TASKS:
             raise InvalidArgument(
                 f"array of {count:,} tasks is larger than the limit of {MAX_ARRAY_TASKS:,}")
         self.begin, self.end, self.step, self.max_parallel = begin, end, step, max_parallel
+        self.listed = tuple(listed) if listed is not None else None
+        self._members = frozenset(listed) if listed is not None else None
 
     def __len__(self) -> int:
-        return (self.end - self.begin) // self.step + 1
+        return len(self.listed) if self.listed is not None else \
+            (self.end - self.begin) // self.step + 1
 
-    def indices(self) -> range:
-        return range(self.begin, self.end + 1, self.step)
+    def indices(self) -> range | tuple:
+        return self.listed if self.listed is not None else \
+            range(self.begin, self.end + 1, self.step)
 
     def __contains__(self, index: int) -> bool:
+        if self._members is not None:
+            return index in self._members
         return index in self.indices()
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
+        data = {"begin": self.begin, "end": self.end, "step": self.step,
+                "max_parallel": self.max_parallel}
+        if self.listed is not None:
+            data["indices"] = list(self.listed)
+        return data
 
     def __repr__(self) -> str:
         return f"ArraySpec({self.to_dict()!r})"
 
     @classmethod
     def from_dict(cls, data: dict) -> "ArraySpec":
-        return cls(**data)
+        return cls(data["begin"], data["end"], data["step"], data["max_parallel"],
+                   data.get("indices"))
+
+    def spec(self) -> str:
+        """As ``--array`` takes it: ``1-10:2``, or ``0,4,8-10`` for a list."""
+        if self.listed is None:
+            return f"{self.begin}-{self.end}:{self.step}"
+        runs, start = [], 0
+        for position in range(1, len(self.listed) + 1):
+            if position == len(self.listed) or \
+                    self.listed[position] != self.listed[position - 1] + 1:
+                first, last = self.listed[start], self.listed[position - 1]
+                runs.append(str(first) if first == last else f"{first}-{last}")
+                start = position
+        return ",".join(runs)
 
 
-_ARRAY_SPEC = r"(\d+)(?:-(\d+)(?::(\d+))?)?(?:%(\d+))?"
+_ARRAY_ITEM = r"(\d+)(?:-(\d+)(?::(\d+))?)?"
 
 
 def parse_array_spec(text: str, max_parallel: int | None = None) -> ArraySpec:
-    """Parse ``BEGIN-END[:STEP][%MAX]`` or ``INDEX[%MAX]`` (Slurm's --array syntax)."""
+    """Slurm's ``--array``: ``BEGIN-END[:STEP]`` ranges and ``INDEX``es joined by ``,``,
+    optionally ``%MAX`` at the end (``0,4,8-10%2``)."""
     import re  # only here: the reaper, which imports this module, never parses a spec
 
-    match = re.fullmatch(_ARRAY_SPEC, text) if text.isascii() else None
-    if not match:
+    items, percent, spec_max = text.partition("%")
+    matches = [re.fullmatch(_ARRAY_ITEM, item) if item.isascii() else None
+               for item in items.split(",")]
+    if not all(matches) or (percent and not (spec_max.isascii() and spec_max.isdigit())):
         raise InvalidArgument(
-            f"bad array spec {brief(text)!r}: expected BEGIN-END[:STEP][%MAX] or INDEX")
-    if any(len(number.lstrip("0")) > MAX_DIGITS for number in match.groups() if number):
+            f"bad array spec {brief(text)!r}: expected BEGIN-END[:STEP] ranges and INDEXes "
+            "joined by commas, then optionally %MAX")
+    numbers = [n for match in matches for n in match.groups() if n] + \
+        ([spec_max] if spec_max else [])
+    if any(len(number.lstrip("0")) > MAX_DIGITS for number in numbers):
         raise InvalidArgument(f"bad array spec {brief(text)!r}: a number of more than "
                               f"{MAX_DIGITS} digits")
-    begin, end, step, spec_max = match.groups()
-    if spec_max is not None and max_parallel is not None and \
-            int_of_digits(spec_max) != max_parallel:
+    if spec_max and max_parallel is not None and int_of_digits(spec_max) != max_parallel:
         raise InvalidArgument(
             f"array spec says %{spec_max} but --max-parallel says {max_parallel}")
-    limit = max_parallel if max_parallel is not None else spec_max
-    return ArraySpec(begin=int_of_digits(begin),
-                     end=int_of_digits(end if end is not None else begin),
-                     step=int_of_digits(step or "1"),
-                     max_parallel=None if limit is None else int_of_digits(str(limit)))
+    limit = max_parallel if max_parallel is not None else \
+        (int_of_digits(spec_max) if spec_max else None)
+    ranges = []
+    for match in matches:
+        begin, end, step = match.groups()
+        ranges.append(ArraySpec(int_of_digits(begin),
+                                int_of_digits(end if end is not None else begin),
+                                int_of_digits(step or "1"), limit))
+    if len(ranges) == 1:
+        return ranges[0]
+    if sum(len(r) for r in ranges) > MAX_ARRAY_TASKS:
+        raise InvalidArgument(f"array of more than {MAX_ARRAY_TASKS:,} tasks is larger than "
+                              "the limit")
+    return ArraySpec(0, 0, None, limit, [i for r in ranges for i in r.indices()])
 
 
 def parse_count(text: str) -> int:

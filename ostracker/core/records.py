@@ -185,8 +185,13 @@ class Header:
             backend = _text(data.get("backend", "local"))
             array = data["array"]
             if array is not None:
-                array = ArraySpec(**{key: _integer(array[key], key == "max_parallel")
-                                     for key in ArraySpec.__slots__})
+                listed = array.get("indices")
+                if listed is not None and not (isinstance(listed, list) and
+                                               all(_integer(i) is i for i in listed)):
+                    raise TypeError("indices")
+                array = ArraySpec(_integer(array["begin"]), _integer(array["end"]),
+                                  _integer(array["step"], listed is not None),
+                                  _integer(array["max_parallel"], True), listed)
             header = cls(job_id=job_id, backend=backend,
                          array=array, template=_template(data["template"]),
                          submission_time=_time(data["submission_time"]),

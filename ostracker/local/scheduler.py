@@ -137,9 +137,9 @@ class Waiting:
         template = header.template
         self.job_id = header.job_id
         self.header = header
-        # An array in a queue waits until its last task has started; below this
-        # index every task has (the scheduler starts them in order, holds aside).
-        self.cursor = header.array.begin if header.array else None
+        # An array in a queue waits until its last task has started; before this
+        # position in its indices every task has (they start in order, holds aside).
+        self.cursor = 0
         self.queue = template.queue_name
         self.slots = template.min_slots or 1
         self.priority = template.priority or 0
@@ -281,7 +281,7 @@ class Scheduler:
             most = min(most, array.max_parallel - len(given))
         held = self._held_tasks(entry)
         found = []
-        for index in range(entry.cursor, array.end + 1, array.step):
+        for index in array.indices()[entry.cursor:]:
             if len(found) >= most:
                 break
             if f"{prefix}{index}" in given or index in held or \
@@ -317,10 +317,11 @@ class Scheduler:
         if entry.queue is None:
             return self.store.exists(job_id, task_record_name(array.begin)) or \
                 self.store.reaper_alive(job_id)
-        while entry.cursor <= array.end and \
-                self.store.exists(job_id, task_record_name(entry.cursor)):
-            entry.cursor += array.step
-        return entry.cursor > array.end
+        indices = array.indices()
+        while entry.cursor < len(indices) and \
+                self.store.exists(job_id, task_record_name(indices[entry.cursor])):
+            entry.cursor += 1
+        return entry.cursor >= len(indices)
 
     def _held_tasks(self, entry: Waiting):
         from ..core.records import HELD, held_tasks
@@ -336,7 +337,7 @@ class Scheduler:
         array = entry.header.array
         if array is None or not held:
             return bool(held)
-        return all(index in held for index in range(entry.cursor, array.end + 1, array.step)
+        return all(index in held for index in array.indices()[entry.cursor:]
                    if not self.store.exists(entry.job_id, task_record_name(index)))
 
     def _dependency_met(self, entry: Waiting) -> bool:
