@@ -286,11 +286,18 @@ class Reaper:
         if not ends:
             return
         seconds, reason = min(ends)
-        self.after(max(0.0, seconds), lambda: self._stop_at_limit(task, reason))
-        if self.template.warning_signal:
-            name, _, before = self.template.warning_signal.partition("@")
-            self.after(max(0.0, seconds - int(before or 60)),
-                       lambda: self._signal_tree(task, getattr(signal.Signals, name)))
+        if self.template.warning_signal:  # one timer at a time: the warning's arms the limit's
+            before = int(self.template.warning_signal.partition("@")[2] or 60)
+            self.after(max(0.0, seconds - before), self._warn, task, reason, min(before, seconds))
+        else:
+            self.after(max(0.0, seconds), self._stop_at_limit, task, reason)
+
+    def _warn(self, task: Task, reason: str, seconds: float) -> None:
+        """The warning signal, then the limit ``seconds`` later."""
+        name = self.template.warning_signal.partition("@")[0]
+        self._signal_tree(task, getattr(signal.Signals, name))
+        if self.running.get(task.pid) is task:
+            self.after(max(0.0, seconds), self._stop_at_limit, task, reason)
 
     def _signal_tree(self, task: Task, signum: int) -> None:
         """``signum`` to every process of the task's tree, if the task still runs."""
@@ -305,8 +312,8 @@ class Reaper:
         task.limit = reason
         self._signal_tree(task, signal.SIGTERM)
         grace = self.template.kill_after
-        self.after(KILL_AFTER if grace is None else grace,
-                   lambda: self._signal_tree(task, signal.SIGKILL))
+        self.after(KILL_AFTER if grace is None else grace, self._signal_tree, task,
+                   signal.SIGKILL)
 
     def _claim(self, index: int | None, record: dict) -> None:
         """Write the task's first record, unless ``terminate`` cancelled the task first,
@@ -607,7 +614,7 @@ class Reaper:
         self.write(task_record_name(task.index), record)
         self.attempts[task.index] = attempt + 1
         self.retrying.add(task.index)
-        self.after(delay, lambda: self._start_again(task.index))
+        self.after(delay, self._start_again, task.index)
         return True
 
     def _start_again(self, index: int | None) -> None:
@@ -624,7 +631,7 @@ class Reaper:
             if record.get("state") == "Requeued":
                 self.record_end(index, f"terminated while requeued ({record['sub_state']})")
         except (_NotNow, StorageError):
-            self.after(_RETRY_LONGEST, lambda: self._start_again(index))
+            self.after(_RETRY_LONGEST, self._start_again, index)
             return
         except (StartError, _Expired) as error:
             self.record_end(index, str(error) if isinstance(error, _Expired)
@@ -641,7 +648,7 @@ class Reaper:
         left = proc.job_tree(task.pid, task_id_string(self.job_id, task.index), os.getpid())
         if left:
             proc.signal_members(left, signal.SIGTERM)
-            self.after(LEFTOVER_GRACE, lambda: proc.signal_members(left, signal.SIGKILL))
+            self.after(LEFTOVER_GRACE, proc.signal_members, left, signal.SIGKILL)
         return len(left)
 
     def _may_have_leftovers(self, task: Task) -> bool:
@@ -721,9 +728,12 @@ class Reaper:
 
     # -- the loop ------------------------------------------------------------------
 
-    def after(self, seconds: float, callback) -> None:
+    def after(self, seconds: float, callback, *args) -> None:
+        """Call ``callback(*args)`` in ``seconds`` (a bound method and its arguments: a
+        reaper of a thousand tasks with limits holds a thousand timers)."""
         self._sequence += 1
-        heapq.heappush(self._timers, (time.monotonic() + seconds, self._sequence, callback))
+        heapq.heappush(self._timers, (time.monotonic() + seconds, self._sequence, callback,
+                                      args))
 
     def _next_timeout(self) -> int | None:
         """Milliseconds until the next timer (None: none is set), for poll."""
@@ -738,7 +748,8 @@ class Reaper:
         if self._retry_at is not None and self._retry_at <= now:
             self._retry_writes()
         while self._timers and self._timers[0][0] <= now:
-            heapq.heappop(self._timers)[2]()
+            _, _, callback, args = heapq.heappop(self._timers)
+            callback(*args)
 
     def run(self) -> None:
         """The event loop: until no task runs or waits, no record is unwritten, no child lives."""
@@ -766,7 +777,7 @@ class Reaper:
                 # trees left, adopted by it as their subreaper.  They end with the job.
                 orphans = proc.adopted(os.getpid())
                 proc.signal_members(orphans, signal.SIGTERM)
-                self.after(LEFTOVER_GRACE, lambda: proc.signal_members(orphans, signal.SIGKILL))
+                self.after(LEFTOVER_GRACE, proc.signal_members, orphans, signal.SIGKILL)
                 orphans_ended = True
             # Timers left (SIGKILL to leftovers) no longer matter once no child is left.
             if not (children or self.running or self.unwritten or self.queued or self.held or
@@ -1001,7 +1012,7 @@ class _Refused(Exception):
 
 def _rlimits(limits: dict | None) -> list[tuple[int, int]]:
     """(setrlimit resource, value) of the template's resource limits, but the wall clock."""
-    if not limits:
+    if not limits or set(limits) == {"WALLCLOCK_TIME"}:  # the usual: -t alone, a timer
         return []
     import resource
 
