@@ -707,6 +707,12 @@ class Store:
             raise StorageError(f"cannot lock {path}: {_describe(exc)}") from None
         return fd
 
+    def reaper_pid(self, job_id: int) -> int | None:
+        """The PID that the job's reaper wrote in its lock file (None: none written, as by
+        an earlier version).  Whether that reaper still lives is ``reaper_alive``'s."""
+        text = (self.read_bytes(job_id, REAPER_LOCK) or b"").strip()
+        return int(text) if text.isdigit() and len(text) < 10 else None
+
     def reaper_alive(self, job_id: int) -> bool:
         """Whether the job's reaper still holds its lock.
 

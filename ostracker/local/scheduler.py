@@ -48,8 +48,7 @@ import time
 
 from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import JobState, parse_job_id, task_id_string, timestamp
-from ..core.records import (CANCEL, HEADER, REAPER_LOCK, SCHEMA_VERSION, Header, new_record,
-                            task_record_name)
+from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record, task_record_name
 from ..core.store import Store
 from .board import Board
 
@@ -432,7 +431,7 @@ class Scheduler:
     def _watch_reaper(self, job_id: int) -> None:
         """Wake up when the job's reaper (alive a moment ago) exits; soon, if it has."""
         try:
-            reaper = _number(self.store.read_bytes(job_id, REAPER_LOCK))
+            reaper = self.store.reaper_pid(job_id)
         except StorageError:
             reaper = None
         if reaper is None:
@@ -520,12 +519,6 @@ def _group_lives(leader: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def _number(data: bytes | None) -> int | None:
-    """The PID a lock file holds (its holder wrote it), or None."""
-    text = (data or b"").strip()
-    return int(text) if text.isdigit() and len(text) < 10 else None
 
 
 def _epoch(text: str) -> float:

@@ -510,35 +510,54 @@ class JobTracker(TrackerBase):
         return not (states <= ENDED_STATES and index is None and submission.reaper_alive())
 
     def _sleep_until_changed(self, targets, states, seconds):
-        """Waiting for one whole job to end: sleep until its reaper exits (a pidfd), as
-        nq's waiters sleep on a lock.  The reaper exits only once every task of
-        the job has ended and its last record is written."""
-        if len(targets) != 1 or not states <= ENDED_STATES:
-            return False
-        submission, index = targets[0]
-        first = submission.array.begin if submission.is_array else None
-        try:
-            record = submission.record(first) if index is None else None
-        except StorageError:
-            return False
-        reaper = record.get("reaper_pid") if record else None
-        if reaper is None:
+        """Waiting for jobs to end: sleep in the kernel (``poll`` on pidfds) until one of
+        them may have: a whole job's reaper exits once every task of it has ended and
+        its last record is written (as nq's waiters sleep on a lock); a task that runs
+        ends with its process.  False (the loop polls) while one of them has neither:
+        a task waiting to start, a job waiting for the scheduler."""
+        if not states <= ENDED_STATES:
             return False
         import select
 
+        pidfds = []
         try:
-            pidfd = os.pidfd_open(reaper)
-        except OSError:
-            return False  # gone already: the caller reads again at once
-        try:
-            if not submission.store.reaper_alive(submission.job_id):
-                return False  # that PID is no longer the job's reaper
+            for submission, index in targets:
+                pidfd = self._end_of(submission, index)
+                if pidfd is None:
+                    return False
+                pidfds.append(pidfd)
             poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
+            for pidfd in pidfds:
+                poller.register(pidfd, select.POLLIN)
             poller.poll(None if seconds is None else max(0, int(seconds * 1000) + 1))
         finally:
-            os.close(pidfd)
+            for pidfd in pidfds:
+                os.close(pidfd)
         return True
+
+    def _end_of(self, submission: "LocalSubmission", index: int | None) -> int | None:
+        """A pidfd that becomes readable when the target may have ended, or None."""
+        job_id = submission.job_id
+        if index is None or not submission.is_array:
+            try:
+                reaper = self.store.reaper_pid(job_id)
+            except StorageError:
+                return None
+            if reaper is None:  # a reaper of an earlier version: its first task's record
+                first = submission.array.begin if submission.is_array else None
+                try:
+                    reaper = (submission.record(first) or {}).get("reaper_pid")
+                except StorageError:
+                    return None
+            return _pidfd(reaper, lambda: self.store.reaper_alive(job_id))
+        try:
+            record = submission.record(index)
+        except StorageError:
+            return None
+        if record is None or record["state"] not in ("Running", "Suspended"):
+            return None
+        return _pidfd(record["pid"], lambda: proc.identify(
+            record["pid"], record.get("start_ticks") or -1) is not None)
 
     # -- control -------------------------------------------------------------------
 
@@ -742,6 +761,21 @@ class JobTracker(TrackerBase):
 
     def _hint(self, action):
         return " (does it ignore SIGTSTP?)" if action == "suspend" else ""
+
+
+def _pidfd(pid, still_it) -> int | None:
+    """A pidfd of ``pid`` if ``still_it()`` says, once it is open, that the PID was not
+    given to another process meanwhile; else None."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if still_it():
+        return pidfd
+    os.close(pidfd)
+    return None
 
 
 def _check_limits(template: JobTemplate) -> None:
