@@ -315,6 +315,21 @@ def test_wait_sleeps_in_the_kernel_until_the_reaper_exits(run, submit):
     assert run("wait", "--timeout", "0.3", later).returncode == 124
 
 
+def test_wait_on_several_jobs_and_a_task_sleeps_too(run, submit):
+    """Several whole jobs and a running task of an array: a pidfd each (reapers, the task's
+    process); still a handful of voluntary context switches over two seconds."""
+    import resource
+
+    single = submit("--", "sleep", "2")
+    array = submit("--array", "1-2", "--", "sleep", "1.5")
+    other = submit("--array", "1-3", "--", "sleep", "2")
+    poll(lambda: run("info", f"{other}.2", "--json").stdout.count('"Running"'),
+         message="the task to run")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
+    assert run("wait", single, array, f"{other}.2").returncode == 0
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before <= 20
+
+
 def test_a_process_whose_reaper_died_before_recording_its_pid_is_found(run, submit, state_dir):
     """The reaper writes "starting" (with a token), spawns, then writes the PID.  Killed in
     between, it leaves a process that readers find by the token in its environment: it reads
