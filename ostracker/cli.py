@@ -434,6 +434,38 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
     return fields
 
 
+def status_filter(states, name_glob, queue, since, until, active):
+    """The test a JobInfo must pass to be listed (README, "History"); None: every one."""
+    if not states and not active and (name_glob, queue, since, until) == (None,) * 4:
+        return None
+    from fnmatch import fnmatchcase
+
+    from .core.schedule import parse_time_spec
+
+    wanted = {JobState.parse(state) for state in states}
+    earliest = None if since is None else parse_time_spec(since, past=True)
+    latest = None if until is None else parse_time_spec(until, past=True)
+
+    def keep(info) -> bool:
+        return (not wanted or info.state in wanted) and \
+            (not active or not info.state.ended) and \
+            (name_glob is None or fnmatchcase(info.job_name or "", name_glob)) and \
+            (queue is None or info.queue_name == queue) and \
+            (earliest is None or info.submission_time >= earliest) and \
+            (latest is None or info.submission_time <= latest)
+    return keep
+
+
+def _last(tracker, job_ids, count: int) -> list[str]:
+    """The ``count`` most recent jobs (by ID) of those named, or of all."""
+    from .core.models import parse_job_id
+
+    if not job_ids:
+        return tracker.list_jobs(last=count)
+    numbers = sorted({parse_job_id(job_id)[0] for job_id in job_ids})[-count:]
+    return [job_id for job_id in job_ids if parse_job_id(job_id)[0] in numbers]
+
+
 def _print_infos(tracker, job_ids, single):
     from .output import to_json
 
@@ -445,11 +477,20 @@ def _print_infos(tracker, job_ids, single):
 @click.option("--state", "states", multiple=True, metavar="STATE",
               type=click.Choice(STATE_NAMES, case_sensitive=False),
               shell_complete=complete_states, help="Only jobs in STATE (repeatable).")
+@click.option("--name", "name_glob", metavar="GLOB", help="Only jobs whose name matches GLOB.")
+@click.option("--queue", metavar="NAME", shell_complete=complete_queues,
+              help="Only jobs of queue NAME.")
+@click.option("--since", metavar="TIME", help="Only jobs submitted at TIME or later "
+              "(as --begin, or -N[s|m|h|d]: that long ago).")
+@click.option("--until", metavar="TIME", help="Only jobs submitted at TIME or earlier.")
+@click.option("--active", is_flag=True, help="Only jobs that have not ended.")
+@click.option("--last", type=Count(), metavar="N", help="Only the N most recent jobs.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of job records.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the IDs, one per line.")
 @click.argument("job_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_jobs("any"))
 @click.pass_context
-def status(ctx, states, as_json, quiet, job_ids):
+def status(ctx, states, name_glob, queue, since, until, active, last, as_json, quiet,
+           job_ids):
     """Show jobs: all of them, or those named (an array ID shows its tasks).
 
     One row per single job and per array task: ID, name, state, exit status
@@ -461,22 +502,25 @@ def status(ctx, states, as_json, quiet, job_ids):
       ostracker status --state Running
       ostracker status 7 --json | jq '.[].exit_status'
       ostracker status -q --state Failed | xargs -n1 ostracker info
+      ostracker status --state Failed --since -1d --name 'nightly*'
     """
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
+    keep = status_filter(states, name_glob, queue, since, until, active)
     tracker = open_tracker()
     errors = []
-    if as_json and not states:
+    if last is not None:
+        job_ids = _last(tracker, job_ids, last)
+    if as_json and keep is None:
         echo(tracker.job_infos_json(job_ids or None, errors=errors))
         infos = []
     else:
         infos = tracker.job_infos(job_ids or None, errors=errors)
     for error in errors:
         warn(str(error))
-    if states:
-        wanted = {JobState.parse(state) for state in states}
-        infos = [info for info in infos if info.state in wanted]
-    if as_json and states:
+    if keep is not None:
+        infos = [info for info in infos if keep(info)]
+    if as_json and keep is not None:
         from .output import jobs_json
 
         echo(jobs_json(infos))
@@ -809,9 +853,11 @@ def queue(slots, remove, as_json, name):
 
 @cli.command(short_help="Remove ended jobs and the output ostracker captured.")
 @click.option("--finished", is_flag=True, help="Delete every job that has ended.")
+@click.option("--older-than", metavar="DURATION", help="With --finished: only jobs that "
+              "ended longer ago than DURATION (as --time: 90s, 15m, 2h, 7d, HH:MM:SS).")
 @click.argument("job_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_jobs("ended"))
 @click.pass_context
-def delete(ctx, finished, job_ids):
+def delete(ctx, finished, older_than, job_ids):
     """Remove ended jobs from the DB, with the output ostracker captured for them.
 
     Refuses a job that has not ended.  Output written to paths you gave with
@@ -820,15 +866,20 @@ def delete(ctx, finished, job_ids):
     \b
     Example:
       ostracker delete 7 8
-      ostracker delete --finished
+      ostracker delete --finished --older-than 7d
     """
     if not finished and not job_ids:
         raise click.UsageError("name the jobs to delete, or give --finished")
+    if older_than is not None and not finished:
+        raise click.UsageError("--older-than goes with --finished")
+    from .core.limits import parse_duration
+
+    age = None if older_than is None else parse_duration(older_than)
     check_ids(job_ids)
     tracker = open_tracker()
     if finished:
         errors = []  # a job that cannot be read is left, and said (the others go: exit 0)
-        tracker.delete_finished(errors)
+        tracker.delete_finished(errors, age)
         for error in errors:
             warn(str(error))
     for_each_job(ctx, job_ids, tracker.delete_job)

@@ -282,6 +282,13 @@ SLOTS = [
     # status, info, wait, output, delete and the controls: options and IDs
     (["status", "--state", V], ALL),
     (["status", "--json=" + V], FLAG),
+    (["status", "--since", V], only(USAGE, negative=None)),  # -1: a second ago
+    (["status", "--until", V], only(USAGE, negative=None)),
+    (["status", "--name", V], only(None)),  # any text is a glob
+    (["status", "--last", V], ALL),
+    (["status", "--active=" + V], FLAG),
+    (["status", "--queue", V], only(None)),  # any text: a queue that has no jobs lists none
+    (["delete", "--finished", "--older-than", V], ALL),
     (["status", "--quiet=" + V], FLAG),
     (["status", "--", V], ID),
     (["status", "{done}", "--", V], ID),

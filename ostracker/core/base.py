@@ -232,13 +232,16 @@ class TrackerBase(abc.ABC):
                               f"a {header.backend} job: give --backend {header.backend})")
         return self.SUBMISSION(self, header)
 
-    def list_jobs(self) -> list[str]:
-        """IDs of every job of this backend in the DB: single jobs and arrays (not their tasks).
+    def list_jobs(self, last: int | None = None) -> list[str]:
+        """IDs of every job of this backend in the DB: single jobs and arrays (not their tasks);
+        with ``last``, only the ``last`` most recent (the highest IDs), read newest first.
 
         A damaged header is listed too, so that whoever reads that job reports it.
         """
         found = []
-        for job_id in self.store.job_ids():
+        for job_id in reversed(self.store.job_ids()):
+            if last is not None and len(found) >= last:
+                break
             try:
                 self._submission(job_id)
             except JobNotFound:
@@ -246,7 +249,7 @@ class TrackerBase(abc.ABC):
             except StorageError:
                 pass
             found.append(str(job_id))
-        return found
+        return found[::-1]
 
     def list_array_jobs(self, array_id: str) -> list[str]:
         """Task IDs (``N.I``) of array ``array_id``."""
@@ -488,8 +491,10 @@ class TrackerBase(abc.ABC):
             submission = self._submission(job_number)
             self._remove_if_ended(submission, self._read([(submission, None)])[0][1])
 
-    def delete_finished(self, errors: list[TrackerError] | None = None) -> list[str]:
-        """Delete every job of this backend whose tasks have all ended; return their IDs.
+    def delete_finished(self, errors: list[TrackerError] | None = None,
+                        older_than: float | None = None) -> list[str]:
+        """Delete every job of this backend whose tasks have all ended (with ``older_than``,
+        more than that many seconds ago); return their IDs.
 
         A job that cannot be read whole (a damaged record) is left, and reported in
         ``errors``; the others are deleted as if it were not there.
@@ -497,8 +502,11 @@ class TrackerBase(abc.ABC):
         deleted = []
         errors = [] if errors is None else errors
         self.store.sweep_leftovers()  # what crashed submits and deletes left (README, Decisions)
+        cutoff = None if older_than is None else time.time() - older_than
         for (submission, _), infos in self._read(self._targets_of(None, errors), errors):
             if submission.damaged is not None:
+                continue
+            if cutoff is not None and any(_ended_at(info) > cutoff for info in infos):
                 continue
             try:
                 with self.store.job_lock(submission.job_id):
@@ -515,6 +523,15 @@ class TrackerBase(abc.ABC):
                 raise InvalidState(f"job {info.id} is {info.state.value}: "
                                    "only ended jobs can be deleted")
         self.store.remove_job_dir(submission.job_id)
+
+
+def _ended_at(info: JobInfo) -> float:
+    """When the task ended (its finish time; one that never finished: when it was last
+    known of), as a time.time(); now for one that has not ended."""
+    if not info.state.ended:
+        return time.time()
+    moment = info.finish_time or info.dispatch_time or info.submission_time
+    return moment.timestamp()
 
 
 def array_state(infos: list[JobInfo]) -> JobState:
