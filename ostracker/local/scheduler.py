@@ -56,6 +56,7 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
               "from ostracker.local.scheduler import main; main(sys.argv[2:])")
 LEFTOVER_RECHECK = 0.05  # seconds between looks at a group that outlives its ended leader
 LONGEST_SLEEP = 3600.0  # a begin time is looked at again at least this often (clock changes)
+RETRY_START = 1.0  # seconds before a start that failed (no room to record it) is tried again
 
 
 # -- the client side: any command that leaves work waiting ---------------------------------
@@ -404,24 +405,20 @@ class Scheduler:
         if not info.state.ended:
             if info.state is JobState.QUEUED and not self.store.reaper_alive(job_id):
                 return False  # taken for a start that never came: the job waits again
-            self._watch(job_id, index)
+            self._watch(job_id, info.pid)
             return True
         if info.pid is not None and _group_lives(info.pid):
             self._wake(time.time() + LEFTOVER_RECHECK)
             return True
         return False
 
-    def _watch(self, job_id: int, index: int | None) -> None:
-        """Wake up when the task's reaper exits (a killed reaper pokes nobody), or, if it
-        is gone, when the task's process does."""
-        try:
-            record = self.store.read(job_id, task_record_name(index))
-        except StorageError:
-            return
+    def _watch(self, job_id: int, pid: int | None) -> None:
+        """Wake up when the job's reaper exits (a killed reaper pokes nobody), or, if it is
+        gone, when the task's process ``pid`` does (as readers found it: by its token, if
+        the reaper died before it wrote the PID)."""
         if self.store.reaper_alive(job_id):
             self._watch_reaper(job_id)
             return
-        pid = record.get("pid") if record else None
         if isinstance(pid, int) and pid not in self.watched:
             try:  # its reaper is gone: the task's own end frees the slot
                 self.watched[pid] = os.pidfd_open(pid)
@@ -461,14 +458,12 @@ class Scheduler:
             if entry.dependency is None:
                 continue
             for job_id in entry.dependency.job_ids():
-                number, index = parse_job_id(job_id)
+                number = parse_job_id(job_id)[0]
                 try:
-                    header = self.tracker._header(number)
-                except TrackerError:
-                    continue
-                first = header.array.begin if header.array else None
-                if self.store.reaper_alive(number):
-                    self._watch(number, first if index is None else index)
+                    if self.store.reaper_alive(number):
+                        self._watch_reaper(number)
+                except StorageError:
+                    continue  # damaged: its readers say so; the dependency reads it failed
 
     # -- starting -----------------------------------------------------------------------
 
@@ -501,13 +496,17 @@ class Scheduler:
                 launch(self.store, entry.header, lock, queue=queue, slots=slots, lean=True,
                        first=index)
             except StartError:
-                pass  # its reaper wrote why, or found it held or cancelled: the next pass sees
+                # Its reaper wrote why, or found it held or cancelled, or found no room on
+                # the disk to record it: the next pass (soon) sees which.
+                self._wake(time.time() + RETRY_START)
             finally:
                 os.close(lock)
             self.holders.add(task_id)
+            self._watch_reaper(job_id)  # should it die before it says "ended"
         except (JobNotFound, StorageError):
             for slot in taken:
                 self.board.free(queue, slot)
+            self._wake(time.time() + RETRY_START)  # a full disk, say: try again
 
 
 def _group_lives(leader: int) -> bool:

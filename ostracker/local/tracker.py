@@ -223,18 +223,20 @@ class JobTracker(TrackerBase):
         "release": frozenset({JobState.QUEUED_HELD})}
 
     def __init__(self, state_dir: str | None = None, scheduling: bool = True):
-        """``scheduling``: start a scheduler if work waits and none is alive (one killed,
-        say), as every command does; the scheduler's own tracker does not."""
+        """``scheduling``: if work waits, tell the scheduler (start one if none is alive:
+        one killed, say), as every command does; the scheduler's own tracker does not."""
         super().__init__(state_dir)
         self.boot_id = proc.boot_id()
         self._killed: dict[str, tuple] = {}  # task ID -> its tree, as terminate killed it
         self.board = Board(self.store)
         self._ahead: dict[int, int] | None = None  # waiting job -> jobs ahead in its queue
         self._explaining = False  # reading what a waiting job waits for (one level deep)
-        if scheduling and self.board.waiting() and not self.board.scheduler_alive():
-            from .scheduler import start
+        if scheduling and self.board.waiting():
+            # Tell it (start one if none lives): whatever a command killed before its word
+            # changed, the scheduler looks at it now.
+            from .scheduler import poke
 
-            start(self.store.root)
+            poke(self.store, self.board)
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -376,12 +378,14 @@ class JobTracker(TrackerBase):
         counts = {name: {"in_use": 0, "running": 0, "queued": 0, "held": 0} for name in sizes}
         for job_id in self.board.waiting():
             try:
-                info = self.job_info(str(job_id))
+                infos = self.job_infos([str(job_id)])
             except TrackerError:
                 continue
-            if info.queue_name in counts:
-                key = "held" if info.state is JobState.QUEUED_HELD else "queued"
-                counts[info.queue_name][key] += 1
+            for info in infos:  # each task of an array; none that has started
+                if info.queue_name in counts and info.state is JobState.QUEUED:
+                    counts[info.queue_name]["queued"] += 1
+                elif info.queue_name in counts and info.state is JobState.QUEUED_HELD:
+                    counts[info.queue_name]["held"] += 1
         holders: dict[str, int] = {}  # a slot whose holder has ended is free (its file,
         for (queue, _), holder in self.board.claims().items():  # the scheduler's to remove)
             holders[holder] = holders.get(holder, 0) + 1
