@@ -17,6 +17,9 @@ Layout of a state directory (mode 0700, every file 0600)::
                      while it lives
         held.json    which of its tasks that have not started are held ("release" removes it)
         on_end.json  how the job's --on-end command ended
+        spawned, I.spawned   made by a waiting job's process as it is created, removed once
+                     its record names it: with neither, a "starting" record whose reaper
+                     died means the process was never created, and the job waits again
         stdout, stderr, I.stdout, I.stderr   output captured by default
     schedule/        what waits to start, and who decides when (local backend)
         lock         held (flock) by the scheduler for as long as it lives
@@ -89,6 +92,11 @@ TEMPLATE_SLOT = '"job_template": null'
 def task_record_name(index: int | None) -> str:
     """File name of the state record of a single job (None) or of array task ``index``."""
     return SINGLE_STATE if index is None else f"{index}.json"
+
+
+def spawned_name(index: int | None) -> str:
+    """The mark a waiting job's process leaves as it is created (``I.spawned``)."""
+    return "spawned" if index is None else f"{index}.spawned"
 
 
 def captured_output_name(index: int | str | None, stream: str) -> str:

@@ -60,8 +60,8 @@ from ..core.errors import JobNotFound, StartError, StorageError
 from ..core.models import expand_path, is_per_task, task_id_string, timestamp
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
-                            held_tasks, info_from_record, new_record, summary_chunks,
-                            task_record_name)
+                            held_tasks, info_from_record, new_record, spawned_name,
+                            summary_chunks, task_record_name)
 from ..core.store import Flusher, Store
 from . import proc
 from .board import Board
@@ -326,9 +326,11 @@ class Reaper:
         name = task_record_name(index)
         try:
             with self.store.job_lock(self.job_id):
-                if (self.store.exists(self.job_id, name) and
-                        (index not in self.retrying or
-                         (self.store.read(self.job_id, name) or {}).get("state") != "Requeued")) \
+                existing = self.store.read(self.job_id, name)
+                if (existing is not None and
+                        not (index in self.retrying and existing.get("state") == "Requeued") and
+                        not (self.template.waits and
+                             never_spawned(self.store, self.job_id, index, existing))) \
                         or (index is not None and self.store.exists(self.job_id, CANCEL)):
                     raise _Cancelled(_CANCELLED)
                 if self.store.exists(self.job_id, HELD) and index in held_tasks(
@@ -381,6 +383,10 @@ class Reaper:
             starting.update(token=token, reaper_pid=os.getpid(), boot_id=self.boot_id)
             self._claim(index, starting)
             actions = [(os.POSIX_SPAWN_DUP2, fd, number) for number, fd in enumerate(opened)]
+            if self.template.waits:  # the process leaves a mark as it is created
+                actions.append((os.POSIX_SPAWN_OPEN, 3, f"/proc/self/fd/"
+                                f"{self.store.job_dir_fd(self.job_id)}/{spawned_name(index)}",
+                                os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
             try:
                 pid = os.posix_spawn(self._executable, argv, environment, file_actions=actions,
                                      setpgroup=0, setsigdef=proc.DEFAULT_SIGNALS,
@@ -391,7 +397,12 @@ class Reaper:
             for fd in set(opened):
                 os.close(fd)
         record = self._running_record(index, pid, {"token": token})
-        self.write(task_record_name(index), record, durable=False)  # kept until written
+        if self.write(task_record_name(index), record, durable=False) and \
+                self.template.waits:  # (if unwritten, kept, and the mark with it)
+            try:
+                self.store.unlink(self.job_id, spawned_name(index))
+            except StorageError:
+                pass
         return Task(index, pid, record, None)
 
     def _open_captured(self, index: int | None, stream: str, truncate: bool = True) -> int:
@@ -1008,6 +1019,20 @@ class _Expired(Exception):
 
 class _Refused(Exception):
     """Why a task's process will not exec: one line, said on its status pipe."""
+
+
+def never_spawned(store: Store, job_id: int, index: int | None, record: dict) -> bool:
+    """Whether ``record`` is the "starting" record of a waiting job whose reaper died before
+    it created the process: no mark of the process (``I.spawned``), and no process with the
+    record's token.  Such a job waits again, and may be started again.  Asked only where
+    the job's reaper lock is free or taken by its next reaper (the old one is dead).
+    """
+    if record.get("state") != "Queued" or record.get("sub_state") != STARTING or \
+            store.exists(job_id, spawned_name(index)):
+        return False
+    token = record.get("token")
+    return not isinstance(token, str) or \
+        proc.find_by_environment(f"{TOKEN_VARIABLE}={token}") is None
 
 
 def _rlimits(limits: dict | None) -> list[tuple[int, int]]:

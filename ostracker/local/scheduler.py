@@ -285,7 +285,7 @@ class Scheduler:
             if len(found) >= most:
                 break
             if f"{prefix}{index}" in given or index in held or \
-                    self.store.exists(entry.job_id, task_record_name(index)):
+                    self._recorded(entry.job_id, index):
                 continue
             found.append(index)
         return found
@@ -311,17 +311,24 @@ class Scheduler:
         record, or the array was cancelled."""
         job_id, array = entry.job_id, entry.header.array
         if array is None:
-            return self.store.exists(job_id, task_record_name(None))
+            return self._recorded(job_id, None)
         if self.store.exists(job_id, CANCEL):
             return True
         if entry.queue is None:
-            return self.store.exists(job_id, task_record_name(array.begin)) or \
-                self.store.reaper_alive(job_id)
+            return self.store.reaper_alive(job_id) or self._recorded(job_id, array.begin)
         indices = array.indices()
-        while entry.cursor < len(indices) and \
-                self.store.exists(job_id, task_record_name(indices[entry.cursor])):
+        while entry.cursor < len(indices) and self._recorded(job_id, indices[entry.cursor]):
             entry.cursor += 1
         return entry.cursor >= len(indices)
+
+    def _recorded(self, job_id: int, index: int | None) -> bool:
+        """Whether the task has a record that says it started (or ended): not the
+        "starting" record of a reaper that died before it created the process."""
+        from .reaper import never_spawned
+
+        record = self.store.read(job_id, task_record_name(index))
+        return record is not None and (self.store.reaper_alive(job_id) or
+                                       not never_spawned(self.store, job_id, index, record))
 
     def _held_tasks(self, entry: Waiting):
         from ..core.records import HELD, held_tasks

@@ -122,6 +122,11 @@ class LocalSubmission(Submission):
         if record["state"] in ENDED_NAMES:
             return record
         if _is_starting(record):
+            if self.template.waits:
+                from .reaper import never_spawned
+
+                if never_spawned(self.store, self.job_id, index, record):
+                    return self.tracker.waiting_record(self)  # the scheduler starts it again
             return _started(record, f"{_REAPER_LOST} before the job started")
         alive = proc.identify(record["pid"], record["start_ticks"]) \
             if record["pid"] is not None and record["start_ticks"] is not None else None
