@@ -253,7 +253,8 @@ def test_name_filter_by_substring_and_by_glob(run, tmp_path):
     # sleep adds up its arguments: a command line no other process has
     marker = start(["sleep", "59", "1.25"], cwd=tmp_path)
     try:
-        poll(lambda: psutil.Process(marker.pid).cmdline()[0] == "sleep", message="sleep")
+        poll(lambda: (psutil.Process(marker.pid).cmdline() or [""])[0] == "sleep",
+             message="sleep")  # (empty between its fork and its exec)
         for pattern in ["59 1.25", "sleep 59 1.2?", "*59 1.25", "sle*"]:
             jobs = monitor_json(run, "--name", pattern)
             assert str(marker.pid) in by_id(jobs), pattern
