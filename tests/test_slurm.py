@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -336,6 +337,72 @@ def test_batch_script_command_that_looks_like_an_option(tmp_path, shell):
                           env={"PATH": f"{tool.parent}:{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "ran").read_text() == "ran hi\n"
+
+
+def _run_supervised(tmp_path, shell, template):
+    """Run a script that retries or runs --on-end with ``shell``, a stand-in ``scontrol``
+    on PATH logging its arguments; (the script's wait status, the scontrol calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$*\" >> '{tmp_path}/scontrol.log'\n")
+    scontrol.chmod(0o755)
+    script = tmp_path / "job.sh"
+    script.write_bytes(batch_script(7, template, False))
+    done = subprocess.run([shell, str(script)], cwd=tmp_path, capture_output=True, timeout=30,
+                          stdin=subprocess.DEVNULL,
+                          env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "40"})
+    log = tmp_path / "scontrol.log"
+    return done.returncode, (log.read_text().splitlines() if log.exists() else [])
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_retries_then_runs_on_end(tmp_path, shell):
+    template = JobTemplate("sh", ["-c", 'echo "$OSTRACKER_ATTEMPT $(ulimit -n)" >> attempts; '
+                                        'exit 3'],
+                           job_name="it's", retries=2, retry_delay=0.1,
+                           resource_limits={"OPEN_FILES": 17},
+                           on_end="env | grep ^OSTRACKER_ | sort > on_end; exit 2")
+    status, calls = _run_supervised(tmp_path, shell, template)
+    assert status == 3
+    assert (tmp_path / "attempts").read_text() == "1 17\n2 17\n3 17\n"
+    assert (tmp_path / "on_end").read_text().splitlines() == [
+        "OSTRACKER_ATTEMPT=3", "OSTRACKER_EXIT_STATUS=3", "OSTRACKER_JOB_ID=7",
+        "OSTRACKER_JOB_NAME=it's", "OSTRACKER_JOB_STATE=Failed",
+        "OSTRACKER_TERMINATING_SIGNAL="]
+    assert calls == ["update JobId=40 Comment=ostracker attempt=2 restarts=0",
+                     "update JobId=40 Comment=ostracker attempt=3 restarts=0",
+                     "update JobId=40 Comment=ostracker attempt=3 restarts=0 on_end=2"]
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_ends_by_the_signal_that_ended_the_command(tmp_path, shell):
+    template = JobTemplate("sh", ["-c", "echo ran >> ran; kill -USR1 $$"], retries=1,
+                           on_end='echo "$OSTRACKER_TERMINATING_SIGNAL" > on_end')
+    status, calls = _run_supervised(tmp_path, shell, template)
+    assert status == -signal.SIGUSR1  # as if the shell were the command
+    assert (tmp_path / "ran").read_text() == "ran\nran\n"  # a signal is a failure: retried
+    assert (tmp_path / "on_end").read_text() == "SIGUSR1\n"
+    assert calls == ["update JobId=40 Comment=ostracker attempt=2 restarts=0"]
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_retries_no_command_ended_by_sigterm(tmp_path, shell):
+    """SIGTERM to the script is how Slurm ends a job: the attempt is the last."""
+    template = JobTemplate("sh", ["-c", "echo ran >> ran; kill -TERM $PPID; exit 1"],
+                           retries=3)
+    status, calls = _run_supervised(tmp_path, shell, template)
+    assert (status, (tmp_path / "ran").read_text(), calls) == (1, "ran\n", [])
+
+
+@pytest.mark.parametrize("shell", _shells())
+def test_batch_script_ulimit_lines(tmp_path, shell):
+    template = JobTemplate("sh", ["-c", "ulimit -Sn; ulimit -St"],
+                           resource_limits={"OPEN_FILES": 17, "CPU_TIME": 3600})
+    script = tmp_path / "job.sh"
+    script.write_bytes(batch_script(7, template, False))
+    done = subprocess.run([shell, str(script)], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "17\n3600\n"), done.stderr
 
 
 @pytest.mark.parametrize("fields, dependency, expected", [
@@ -1066,3 +1133,67 @@ def test_an_interrupt_during_submit_leaves_no_untracked_slurm_job(cluster, tmp_p
     assert len(jobs) == 1, (jobs, err)
     assert jobs[0]["extension_list"]["slurm_job_id"]
     assert jobs[0]["state"] in ("Queued", "Running")
+
+
+# =========================================================================================
+# 8. Limits and the job's lifetime
+# =========================================================================================
+
+def test_limits_and_lifetime_on_the_cluster(cluster, run, submit, info, tmp_path):
+    """-t, --signal, --limit, terminate --grace, signal -s, --retries and --on-end on a real
+    cluster, in one test: Slurm counts time limits in minutes and looks at them every 30 s,
+    so the job that runs out of time takes 60 to 90 s, and the others run meanwhile.
+    """
+    import time
+
+    def ready(name):
+        poll((tmp_path / name).exists, timeout=SLURM_TIMEOUT, interval=0.2,
+             message=f"{name} (the job to start)")
+
+    # Out of time: warned by SIGUSR1 first (Slurm's --signal=B:, to the batch shell,
+    # which is the command); its limit on open files is what ulimit says.
+    limited = submit("-C", tmp_path, "-t", "1", "--signal", "USR1@50", "--limit",
+                     "OPEN_FILES=17", "--", "sh", "-c",
+                     'trap "date +%s > warned" USR1; ulimit -n; touch limited; '
+                     'while :; do sleep 1; done')
+    ready("limited")
+
+    # terminate --grace: SIGTERM first, which a trap may use to clean up.
+    graceful = submit("-C", tmp_path, "--", "sh", "-c",
+                      'trap "echo cleaned > cleaned; exit 0" TERM; touch graceful; '
+                      'while :; do sleep 1; done')
+    ready("graceful")
+    assert run("terminate", "--grace", "5", graceful).returncode == 0
+    assert (tmp_path / "cleaned").read_text() == "cleaned\n"
+    assert info(graceful)["state"] in ("Done", "Failed")
+
+    # signal -s: to every process of the job.
+    signalled = submit("-C", tmp_path, "--", "sh", "-c",
+                       'trap "echo usr1 > usr1" USR1; touch signalled; '
+                       'while :; do sleep 1; done')
+    ready("signalled")
+    assert run("signal", "-s", "USR1", signalled).returncode == 0
+    ready("usr1")
+    assert info(signalled)["state"] == "Running"
+    assert run("terminate", signalled).returncode == 0
+
+    # --retries and --on-end, in the batch script; the attempt through the job's comment.
+    retried = submit("-C", tmp_path, "--retries", "2", "--on-end",
+                     'echo "$OSTRACKER_JOB_STATE $OSTRACKER_ATTEMPT" > on_end', "--", "sh",
+                     "-c", 'echo "attempt $OSTRACKER_ATTEMPT"; [ "$OSTRACKER_ATTEMPT" = 3 ]')
+    assert finish(run, retried).returncode == 0
+    job = info(retried)
+    assert (job["state"], job["attempt"]) == ("Done", 3), job
+    assert (tmp_path / "on_end").read_text() == "Done 3\n"
+    assert run("output", retried).stdout == "attempt 1\nattempt 2\nattempt 3\n"
+
+    result = run("wait", "--timeout", 150, limited, timeout=180)
+    assert result.returncode != 124, "the job did not run out of time within 150 s"
+    job = info(limited)
+    assert job["state"] == "Failed" and "TIMEOUT" in job["sub_state"], job
+    assert job["job_template"]["resource_limits"] == {"OPEN_FILES": 17, "WALLCLOCK_TIME": 60}
+    warned = int((tmp_path / "warned").read_text())
+    finished = time.mktime(time.strptime(job["finish_time"][:19], "%Y-%m-%dT%H:%M:%S")) - \
+        time.timezone
+    assert warned < finished, (warned, job["finish_time"])
+    assert run("output", limited).stdout == "17\n"

@@ -204,6 +204,7 @@ def test_submit_prints_the_id_and_gives_sbatch_the_script(fake, run, state_dir, 
         "export A='x y'\n"
         "export JOB_ID=1\n"
         "unset TASK_ID\n"
+        "export OSTRACKER_ATTEMPT=1\n"
         "exec cmd 'two words' 'it'\"'\"'s' '' '$HOME' 'a'\"$(printf '\\r')\"'b'\n")
     assert info(run, "1")["extension_list"]["slurm_job_id"] == "4711"
 
@@ -1504,6 +1505,367 @@ def test_monitor_refuses_local_only_options(fake, run):
         result = run("monitor", *option)
         assert result.returncode == 2 and option[0] in one_line(result.stderr)
     assert fake.calls() == []
+
+
+# =========================================================================================
+# Limits and the job's lifetime: Slurm's own options, the script's ulimit, retries, --on-end
+# =========================================================================================
+
+def lifetime_flags(fake) -> list[str]:
+    """What the last sbatch got after -o PATH (and -e PATH, unless joined)."""
+    call = fake.calls("sbatch")[-1]
+    after = call.index("-o") + 2
+    return call[after + 2:] if call[after:after + 1] == ["-e"] else call[after:]
+
+
+@pytest.mark.parametrize("options, flags", [
+    (["-t", "1"], ["--time=0-00:01:00"]),
+    (["-t", "90s"], ["--time=0-00:02:00"]),  # Slurm counts minutes: rounded up
+    (["-t", "61m"], ["--time=0-01:01:00"]),
+    (["-t", "2-03:04:05"], ["--time=2-03:05:00"]),
+    (["--limit", "wallclock_time=1d"], ["--time=1-00:00:00"]),
+    (["-t", "10", "--deadline", "2026-12-01T10:00:00+00:00"],
+     ["--time=0-00:10:00", "--deadline=2026-12-01T05:00:00"]),
+    (["-t", "10", "--deadline", "2026-12-01T10:00:00.5Z"],
+     ["--time=0-00:10:00", "--deadline=2026-12-01T05:00:01"]),
+    (["-t", "5", "--signal", "USR1"], ["--time=0-00:05:00", "--signal=B:USR1@60"]),
+    (["-t", "5", "--signal", "sigusr2@30"], ["--time=0-00:05:00", "--signal=B:USR2@30"]),
+    (["-t", "5", "--signal", "HUP@65535"], ["--time=0-00:05:00", "--signal=B:HUP@65535"]),
+    # a signal Slurm has no name for goes by number
+    (["-t", "5", "--signal", "PWR@10"],
+     ["--time=0-00:05:00", f"--signal=B:{int(signal.SIGPWR)}@10"]),
+    (["--limit", "OPEN_FILES=17", "--retries", "2", "--on-end", "true"], []),  # the script's
+])
+def test_limits_become_sbatch_options(fake, run, monkeypatch, options, flags):
+    monkeypatch.setenv("TZ", "EST5")  # --deadline is local time, as sbatch reads it
+    ok(run("submit", *options, "--", "true"))
+    assert lifetime_flags(fake) == flags
+    if "--on-end" not in options:
+        ok(run("submit", "--array", "1-2", *options, "--", "true"))
+        assert lifetime_flags(fake) == ["--array=1-2:1", *flags]
+
+
+def test_limits_come_after_the_scheduling_options(fake, run):
+    ok(run("submit", "--hold", "-t", "3", "--priority", "-2", "--", "true"))
+    assert scheduling_flags(fake) == ["--nice=2", "--hold", "--time=0-00:03:00"]
+
+
+def test_an_array_list_goes_to_sbatch_as_it_is(fake, run):
+    ok(run("submit", "--array", "0,4,8-10%2", "--", "true"))
+    assert fake.calls("sbatch")[0][-1] == "--array=0,4,8-10%2"
+    assert sorted(statuses(run)) == ["1.0", "1.10", "1.4", "1.8", "1.9"]
+
+
+def test_join_gives_sbatch_no_stderr_file(fake, run, state_dir, tmp_path):
+    ok(run("submit", "--join", "-C", tmp_path, "--", "sh", "-c", "echo out; echo err >&2"))
+    call = fake.calls("sbatch")[0]
+    assert "-e" not in call and call[call.index("-o") + 1] == f"{state_dir}/jobs/1/stdout"
+    fake("run", "4711")  # Slurm writes stderr where -o goes when there is no -e
+    assert ok(run("output", "1")) == "out\nerr\n"
+    ok(run("submit", "--join", "-C", tmp_path, "-o", "both.log", "--", "true"))
+    assert fake.calls("sbatch")[1][-2:] == ["-o", "both.log"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["-t", "5", "--kill-after", "10"],
+     "the Slurm backend cannot honour --kill-after: the time from SIGTERM to SIGKILL is "
+     "Slurm's KillWait, one setting for the whole cluster"),
+    (["--deadline", "now+1h"],
+     "the Slurm backend needs -t/--time with --deadline: Slurm starts a job only if its time "
+     "limit ends by the deadline (and removes it otherwise)"),
+    (["--array", "1-2", "--on-end", "true"],
+     "the Slurm backend cannot run --on-end once for a whole array (a task cannot know it is "
+     "the last): submit CMD as a job of its own with -d afterany:ID"),
+    (["-t", "5", "--signal", "USR1", "--retries", "1"],
+     "the Slurm backend cannot send --signal to a job with --retries or --on-end: Slurm "
+     "signals the batch shell, which then runs the command instead of being it"),
+    (["--deadline", "now+1h", "-t", "5", "--signal", "USR1", "--on-end", "true"],
+     "the Slurm backend cannot send --signal to a job with --retries or --on-end: Slurm "
+     "signals the batch shell, which then runs the command instead of being it"),
+    (["-t", "5", "--signal", "USR1@65536"],
+     "the Slurm backend can send --signal at most 65535 s before the limit (Slurm's most)"),
+])
+def test_what_slurm_cannot_do_is_refused_before_sbatch(fake, run, state_dir, options,
+                                                       message):
+    result = run("submit", *options, "--", "true")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert one_line(result.stderr) == f"ostracker: {message}"
+    assert fake.calls() == [] and job_dirs(state_dir) == []
+
+
+def test_retries_0_is_no_retry(fake, run):
+    ok(run("submit", "--retries", "0", "--", "true"))
+    assert fake.job("4711")["script"].endswith("\nexport OSTRACKER_ATTEMPT=1\nexec true\n")
+
+
+ALL_LIMITS = ["--limit", "CPU_TIME=1h", "--limit", "CORE_FILE_SIZE=0", "--limit",
+              "DATA_SIZE=1000", "--limit", "FILE_SIZE=1M", "--limit", "OPEN_FILES=17",
+              "--limit", "STACK_SIZE=8M", "--limit", "VIRTUAL_MEMORY=4G"]
+
+
+def test_resource_limits_are_ulimit_lines_before_the_exec(fake, run):
+    ok(run("submit", *ALL_LIMITS, "--", "cmd"))
+    script = fake.job("4711")["script"]
+    lines = script.split("\nexport OSTRACKER_ATTEMPT=1\n")[1].splitlines()
+
+    def line(key, words):
+        return (f"{words} || {{ echo 'ostracker: job 1: cannot set --limit {key} ({words})' "
+                ">&2; exit 126; }")
+    # a POSIX sh's units: -c and -f in 512-byte blocks, -d, -s and -v in KiB, rounded up
+    assert lines == [line("CPU_TIME=3600", "ulimit -S -t 3600"),
+                     line("CORE_FILE_SIZE=0", "ulimit -S -c 0"),
+                     line("DATA_SIZE=1000", "ulimit -S -d 1"),
+                     line("FILE_SIZE=1048576", "ulimit -S -f 2048"),
+                     line("OPEN_FILES=17", "ulimit -S -n 17"),
+                     line("STACK_SIZE=8388608", "ulimit -S -s 8192"),
+                     line("VIRTUAL_MEMORY=4294967296", "ulimit -S -v 4194304"),
+                     "exec cmd"]
+
+
+def test_the_job_runs_under_its_limits(fake, run, tmp_path):
+    import resource
+
+    ok(run("submit", "-C", tmp_path, "--limit", "OPEN_FILES=17", "--limit", "FILE_SIZE=1K",
+           "--", "sh", "-c", "ulimit -n; ulimit -f; ulimit -Hn"))
+    fake("run", "4711")  # (the fake runs the script with /bin/sh, as slurmd does)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert ok(run("output", "1")).split() == ["17", "2", str(hard)]  # the hard limit stays
+    assert state_of(run, "1") == "Done"
+
+
+def test_a_limit_the_node_cannot_set_fails_the_job_saying_so(fake, run):
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    ok(run("submit", "--limit", f"OPEN_FILES={hard + 1}", "--", "touch", "ran"))
+    fake("run", "4711")
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"]) == ("Failed", 126)
+    assert ok(run("output", "1", "--stderr")).splitlines()[-1] == (
+        f"ostracker: job 1: cannot set --limit OPEN_FILES={hard + 1} "
+        f"(ulimit -S -n {hard + 1})")
+
+
+def scontrol_updates(fake) -> list[str]:
+    return [call[-1] for call in fake.calls("scontrol") if call[1:2] == ["update"]]
+
+
+def test_retries_run_the_command_again_in_the_batch_script(fake, run, tmp_path):
+    ok(run("submit", "-C", tmp_path, "--retries", "2", "--retry-delay", "0.1", "--", "sh", "-c",
+           'echo "attempt $OSTRACKER_ATTEMPT"; exit 3'))
+    script = fake.job("4711")["script"]
+    assert "\n    sleep 0.1\n" in script and '[ "$attempt" -gt 2 ]' in script
+    fake.clear_calls()
+    fake("run", "4711")
+    assert ok(run("output", "1")) == "attempt 1\nattempt 2\nattempt 3\n"
+    assert scontrol_updates(fake) == ["Comment=ostracker attempt=2 restarts=0",
+                                      "Comment=ostracker attempt=3 restarts=0"]
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["attempt"], job["sub_state"]) == \
+        ("Failed", 3, 3, "FAILED (NonZeroExitCode)")
+
+
+def test_retries_end_with_the_first_success(fake, run, tmp_path):
+    ok(run("submit", "-C", tmp_path, "--retries", "5", "--", "sh", "-c",
+           '[ "$OSTRACKER_ATTEMPT" = 2 ]'))
+    fake("run", "4711")
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["attempt"]) == ("Done", 0, 2)
+
+
+def test_each_attempt_reads_its_stdin_file_from_the_start(fake, run, tmp_path):
+    (tmp_path / "in.txt").write_text("line\n")
+    ok(run("submit", "-C", tmp_path, "--stdin", "in.txt", "--retries", "1", "--", "sh", "-c",
+           "cat; exit 1"))
+    fake("run", "4711")
+    assert ok(run("output", "1")) == "line\nline\n"
+
+
+def test_a_command_ended_by_sigterm_is_not_retried(fake, run, tmp_path):
+    """SIGTERM is how Slurm ends a job (scancel, its time limit): no attempt after it."""
+    ok(run("submit", "-C", tmp_path, "--retries", "3", "--", "sh", "-c",
+           'echo "attempt $OSTRACKER_ATTEMPT"; kill -TERM $PPID; exit 1'))
+    fake("run", "4711")
+    assert ok(run("output", "1")) == "attempt 1\n"
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["attempt"]) == ("Failed", 1, 1)
+
+
+def test_a_command_killed_by_a_signal_ends_the_script_so(fake, run, tmp_path):
+    ok(run("submit", "-C", tmp_path, "--retries", "1", "--", "sh", "-c", "kill -USR1 $$"))
+    fake("run", "4711")
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["terminating_signal"], job["attempt"]) == \
+        ("Failed", None, "SIGUSR1", 2)
+
+
+def test_attempt_noted_for_an_earlier_run_counts_no_more(fake, run):
+    ok(run("submit", "--retries", "3", "--", "true"))
+    fake("start", "4711")
+    assert fake.slurm("scontrol", "update", "JobId=4711",
+                      "Comment=ostracker attempt=3 restarts=0").returncode == 0
+    assert info(run, "1")["attempt"] == 3
+    fake("requeue", "4711")  # the script starts again, from attempt 1
+    fake("start", "4711")
+    assert info(run, "1")["attempt"] == 1
+    fake.slurm("scontrol", "update", "JobId=4711", "Comment=not ostracker's")
+    assert info(run, "1")["attempt"] == 1
+
+
+def test_an_attempt_that_cannot_be_noted_is_said_on_stderr(fake, run, tmp_path):
+    fake.knob("fail-scontrol-update", "slurm_update error: Access/permission denied")
+    ok(run("submit", "-C", tmp_path, "--retries", "1", "--", "false"))
+    fake("run", "4711")
+    assert ok(run("output", "1", "--stderr")) == \
+        "ostracker: job 1: cannot note attempt 2 in the Slurm job's comment " \
+        "(scontrol update failed)\n"
+    assert info(run, "1")["attempt"] == 1  # what Slurm knows
+
+
+ON_END = 'env | grep ^OSTRACKER_ | grep -v -e BACKEND -e STATE_DIR | sort > on_end.txt'
+
+
+@pytest.mark.parametrize("command, variables", [
+    ("exit 4", ["ATTEMPT=1", "EXIT_STATUS=4", "JOB_ID=1", "JOB_NAME=my job",
+                "JOB_STATE=Failed", "TERMINATING_SIGNAL="]),
+    ("true", ["ATTEMPT=1", "EXIT_STATUS=0", "JOB_ID=1", "JOB_NAME=my job", "JOB_STATE=Done",
+              "TERMINATING_SIGNAL="]),
+    ("kill -HUP $$", ["ATTEMPT=1", "EXIT_STATUS=", "JOB_ID=1", "JOB_NAME=my job",
+                      "JOB_STATE=Failed", "TERMINATING_SIGNAL=SIGHUP"]),
+])
+def test_on_end_runs_at_the_end_of_the_batch_script(fake, run, tmp_path, command, variables):
+    ok(run("submit", "-n", "my job", "-C", tmp_path, "--on-end", ON_END, "--", "sh", "-c",
+           f"echo ran; {command}"))
+    fake("run", "4711")
+    assert (tmp_path / "on_end.txt").read_text().splitlines() == \
+        [f"OSTRACKER_{variable}" for variable in variables]
+    assert ok(run("output", "1")) == "ran\n"  # CMD's outputs are /dev/null
+    job = info(run, "1")
+    assert job["state"] == variables[4].partition("=")[2]
+    assert "--on-end" not in (job["sub_state"] or "")
+
+
+def test_on_end_after_the_last_attempt(fake, run, tmp_path):
+    ok(run("submit", "-C", tmp_path, "--retries", "1", "--on-end",
+           'echo "$OSTRACKER_ATTEMPT $OSTRACKER_JOB_STATE" >> on_end.txt', "--", "false"))
+    fake("run", "4711")
+    assert (tmp_path / "on_end.txt").read_text() == "2 Failed\n"
+
+
+@pytest.mark.parametrize("on_end, note", [("exit 5", "exit status 5"),
+                                          ("kill -KILL $$", "killed by SIGKILL")])
+def test_a_failed_on_end_is_noted_never_changing_the_state(fake, run, tmp_path, on_end, note):
+    ok(run("submit", "-C", tmp_path, "--on-end", on_end, "--", "true"))
+    fake("run", "4711")
+    assert scontrol_updates(fake)[-1].startswith("Comment=ostracker attempt=1 restarts=0 on_end=")
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["sub_state"]) == \
+        ("Done", 0, f"COMPLETED; --on-end failed: {note}")
+
+
+def test_a_limit_the_node_cannot_set_runs_no_attempt_and_no_on_end(fake, run, tmp_path):
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    ok(run("submit", "-C", tmp_path, "--limit", f"OPEN_FILES={hard + 1}", "--retries", "2",
+           "--on-end", "touch on_end", "--", "touch", "ran"))
+    fake("run", "4711")
+    job = info(run, "1")
+    assert (job["state"], job["exit_status"], job["attempt"]) == ("Failed", 126, 1)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "on_end").exists()
+
+
+def test_limits_apply_to_each_attempt_not_to_on_end(fake, run, tmp_path):
+    ok(run("submit", "-C", tmp_path, "--limit", "OPEN_FILES=17", "--retries", "1",
+           "--on-end", "ulimit -n > on_end.txt", "--", "sh", "-c", "ulimit -n; exit 1"))
+    fake("run", "4711")
+    assert ok(run("output", "1")) == "17\n17\n"
+    assert (tmp_path / "on_end.txt").read_text() != "17\n"
+
+
+# -- signal, terminate --grace -------------------------------------------------------------
+
+@pytest.mark.parametrize("name, slurms", [("USR1", "USR1"), ("SIGHUP", "HUP"), ("2", "INT"),
+                                          ("PWR", str(int(signal.SIGPWR)))])
+def test_signal_runs_scancel_full(fake, run, name, slurms):
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")
+    fake.clear_calls()
+    started = time.monotonic()
+    ok(run("signal", "-s", name, "1"))
+    assert time.monotonic() - started < 5
+    assert fake.control_calls() == [["scancel", "--full", f"--signal={slurms}", "4711"]]
+    assert fake.job("4711")["signals"] == [{"signal": slurms, "full": True}]
+    assert state_of(run, "1") == "Running"
+
+
+def test_signal_reaches_the_running_tasks_of_an_array(fake, run):
+    ok(run("submit", "--array", "1-4", "--", "true"))
+    fake("start", "4711_2")
+    fake("start", "4711_3")
+    fake.clear_calls()
+    ok(run("signal", "-s", "USR2", "1"))
+    assert fake.control_calls() == [["scancel", "--full", "--signal=USR2", "4711_2,4711_3"]]
+
+
+def test_signal_refuses_a_job_that_does_not_run(fake, run):
+    ok(run("submit", "--", "true"))
+    result = run("signal", "-s", "USR1", "1")
+    assert result.returncode == 1
+    assert one_line(result.stderr) == "ostracker: job 1 is Queued: cannot signal it"
+    assert fake.control_calls() == []
+
+
+def test_terminate_with_grace_ends_a_job_that_goes_by_sigterm(fake, run):
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")
+    fake.knob("term-ends")  # it ends by SIGTERM at once
+    fake.clear_calls()
+    started = time.monotonic()
+    ok(run("terminate", "--grace", "20", "1"))
+    assert time.monotonic() - started < 5  # no need to wait out the grace
+    assert fake.control_calls() == [["scancel", "--full", "--signal=TERM", "4711"]]
+    job = info(run, "1")
+    assert (job["state"], job["terminating_signal"]) == ("Failed", "SIGTERM")
+
+
+def test_terminate_with_grace_of_a_job_whose_trap_exits_0(fake, run):
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")
+    fake.knob("term-ends", "0")
+    ok(run("terminate", "--grace", "20", "1"))
+    job = info(run, "1")  # as Slurm says: it ended by itself, in its grace
+    assert (job["state"], job["exit_status"], job["sub_state"]) == ("Done", 0, "COMPLETED")
+
+
+def test_terminate_with_grace_cancels_what_is_left_after_it(fake, run):
+    ok(run("submit", "--", "true"))
+    fake("start", "4711")  # (the fake's jobs ignore SIGTERM)
+    fake.clear_calls()
+    started = time.monotonic()
+    ok(run("terminate", "--grace", "0.8", "1"))
+    assert time.monotonic() - started >= 0.8
+    assert fake.control_calls() == [["scancel", "--full", "--signal=TERM", "4711"],
+                                    ["scancel", "4711"]]
+    assert info(run, "1")["sub_state"] == "CANCELLED"
+
+
+def test_terminate_with_grace_of_an_array(fake, run):
+    """SIGTERM to the running tasks; then the array whole, its queued tasks included."""
+    ok(run("submit", "--array", "1-3", "--", "true"))
+    fake("start", "4711_1")
+    fake.knob("term-ends")
+    fake.clear_calls()
+    ok(run("terminate", "--grace", "20", "1"))
+    assert fake.control_calls() == [["scancel", "--full", "--signal=TERM", "4711_1"],
+                                    ["scancel", "4711"]]
+    assert [job["state"] for job in statuses(run).values()] == ["Failed"] * 3
+
+
+def test_terminate_with_grace_of_a_queued_job_cancels_it(fake, run):
+    ok(run("submit", "--", "true"))
+    ok(run("terminate", "--grace", "20", "1"))
+    assert fake.control_calls() == [["scancel", "4711"]]
 
 
 # =========================================================================================

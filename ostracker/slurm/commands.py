@@ -148,13 +148,13 @@ def _wait_status(value) -> tuple[int | None, str | None]:
         code = _number(value.get("return_code"))
         sig = _number((value.get("signal") or {}).get("id"))
         if sig:
-            return None, _signal_name(sig)
+            return None, signal_name(sig)
         return code, None
     value = _number(value)
     if value is None:
         return None, None
     if os.WIFSIGNALED(value):
-        return None, _signal_name(os.WTERMSIG(value))
+        return None, signal_name(os.WTERMSIG(value))
     return os.WEXITSTATUS(value), None
 
 
@@ -163,7 +163,7 @@ def _failed_exit(state: JobState, exit_status: int | None) -> int | None:
     return None if state is JobState.FAILED and exit_status == 0 else exit_status
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
     if number == SIG_OOM:
         return "SIGKILL"
     try:
@@ -186,7 +186,7 @@ class SlurmJob:
 
     __slots__ = ("slurm_id", "state", "sub_state", "reason", "exit_status",
                  "terminating_signal", "submit_time", "start_time", "end_time", "nodes", "name",
-                 "user", "uid", "restarts", "extra")
+                 "user", "uid", "restarts", "comment", "extra")
 
     def __init__(self, **fields):
         for name in self.__slots__:
@@ -242,6 +242,7 @@ def _from_squeue(data: dict) -> SlurmJob:
         end_time=_number(data.get("end_time")) if state.ended else None,
         nodes=data.get("nodes") or None, name=data.get("name"), user=data.get("user_name"),
         uid=_number(data.get("user_id")), restarts=restarts,
+        comment=data.get("comment") or None,
         extra={"partition": data.get("partition") or None,
                "command": data.get("command") or None,
                "working_directory": data.get("current_working_directory") or None})
@@ -394,9 +395,9 @@ def sacct(slurm_ids: list[str]) -> dict[str, dict] | None:
                 account["ru_maxrss"] = max(rss, account.get("ru_maxrss") or 0)
             if step == "batch" and account.get("state") is JobState.FAILED and \
                     account.get("terminating_signal") is None:
-                signal_name = _sacct_exit(fields["ExitCode"])[1]
-                if signal_name:
-                    account.update(exit_status=None, terminating_signal=signal_name)
+                sig_name = _sacct_exit(fields["ExitCode"])[1]
+                if sig_name:
+                    account.update(exit_status=None, terminating_signal=sig_name)
             continue
         account = _sacct_job(fields)
         array, _, pending = job.partition("_[")
@@ -415,7 +416,7 @@ def _sacct_exit(text: str) -> tuple[int | None, str | None]:
     """sacct's ``CODE:SIGNAL`` as (exit status, signal name)."""
     code, _, sig = text.partition(":")
     if sig.isdigit() and sig != "0":
-        return None, _signal_name(int(sig))
+        return None, signal_name(int(sig))
     return (int(code) if code.isdigit() else None), None
 
 
@@ -423,12 +424,12 @@ def _sacct_job(fields: dict) -> dict:
     slurm_state = fields["State"].split()[0] if fields["State"] else ""  # "CANCELLED by 0"
     state, sub_state = job_state(slurm_state, None, False, 0)
     started = fields["NodeList"] not in ("", "None assigned")
-    exit_status, signal_name = _sacct_exit(fields["ExitCode"]) if started else (None, None)
+    exit_status, sig_name = _sacct_exit(fields["ExitCode"]) if started else (None, None)
     exit_status = _failed_exit(state, exit_status)
     if state.ended and not started:
         sub_state = f"{slurm_state}, before it started"
     return {"state": state, "sub_state": sub_state, "reason": fields["Reason"] or None,
-            "exit_status": exit_status, "terminating_signal": signal_name,
+            "exit_status": exit_status, "terminating_signal": sig_name,
             "start": _sacct_time(fields["Start"]) if started else None,
             "end": _sacct_time(fields["End"]) if state.ended else None,
             "nodes": fields["NodeList"] if started else None,

@@ -19,6 +19,11 @@ Slurm does not tell what happened:
   it Failed, "CANCELLED, before it started"; what Slurm says of the task, if
   anything, wins over the note.
 
+A job run with ``--retries`` or ``--on-end`` tells ostracker its attempt, and
+a failed ``--on-end``, in its Slurm comment (``ostracker attempt=2 restarts=0
+on_end=5``, written by its batch script with ``scontrol update``): ``squeue``
+shows it from anywhere, where the state dir may not be shared with the node.
+
 A job whose dependency can no longer be met stays pending in Slurm (unless
 slurm.conf sets ``kill_invalid_depend``), with the reason
 ``DependencyNeverSatisfied``: ostracker reports it Failed, "dependency never
@@ -44,7 +49,7 @@ from ..core.models import ArraySpec, JobInfo, JobState, JobTemplate, complete_te
 from ..core.records import DROPPED, HEADER, SCHEMA_VERSION, STOPPED, Header, damaged
 from ..core.schedule import Dependency, parse_dependency
 from . import commands as slurm
-from .script import batch_script, sbatch_args, scheduling_args
+from .script import batch_script, lifetime_args, sbatch_args, scheduling_args, slurm_signal
 
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 _NOT_STARTED = frozenset({JobState.QUEUED, JobState.QUEUED_HELD})
@@ -102,6 +107,7 @@ class SlurmSubmission(Submission):
         """The JobInfo of one task: Slurm's view of it, accounting where there is some."""
         slurm_task = self.slurm_task_id(index)
         extension = {"slurm_job_id": slurm_task}
+        attempt, on_end = _noted(job.comment, job.restarts) if job is not None else (1, None)
         if job is None and account and "state" in account and \
                 not (account.get("shared") and slurm_task in dropped):
             state, sub_state, reason = account["state"], account["sub_state"], account["reason"]
@@ -126,6 +132,10 @@ class SlurmSubmission(Submission):
         if reason == slurm.NEVER_SATISFIED and start is None:  # pending, or cancelled for it
             state = JobState.FAILED
             sub_state = f"dependency never satisfied: {self.template.dependency}"
+        if on_end and state.ended:
+            failed = "--on-end failed: " + (f"killed by {slurm.signal_name(on_end - 128)}"
+                                            if on_end > 128 else f"exit status {on_end}")
+            sub_state = f"{sub_state}; {failed}" if sub_state else failed
         if state.ended:  # null where there is no accounting (yet)
             extension.update({key: (account or {}).get(key) for key in
                               ("ru_maxrss", "user_time_ms", "system_time_ms")})
@@ -140,7 +150,7 @@ class SlurmSubmission(Submission):
             uid=header.uid, submission_time_text=header.submission_time,
             dispatch_time_text=slurm.iso_time(start), finish_time_text=slurm.iso_time(end),
             wallclock_seconds=float(end - start) if start and end else None,
-            extension_list=extension, job_template=self.template)
+            extension_list=extension, job_template=self.template, attempt=attempt)
 
 
 class SlurmTracker(TrackerBase):
@@ -167,7 +177,9 @@ class SlurmTracker(TrackerBase):
             if not (key.isascii() and key.isidentifier()):
                 raise InvalidArgument(f"environment variable name {key!r} cannot be passed "
                                       "to a Slurm job (letters, digits and _ only)")
-        scheduling = scheduling_args(template, self._slurm_dependency(template.dependency))
+        lifetime = lifetime_args(template, array is not None)  # its refusals cost no call
+        scheduling = scheduling_args(template, self._slurm_dependency(template.dependency)) + \
+            lifetime
         job_id = self.store.allocate_id()
         # From sbatch to the written record, an interrupt (Ctrl-C, a kill from a
         # script's timeout) would leave a Slurm job that ostracker knows nothing
@@ -374,14 +386,29 @@ class SlurmTracker(TrackerBase):
     # -- control ---------------------------------------------------------------------------
 
     def _act(self, submission, index, infos, action, signum=None, grace=None):
-        """One Slurm command for all the tasks: an array's pending ones are one job to Slurm."""
+        """One Slurm command for all the tasks: an array's pending ones are one job to Slurm.
+
+        ``signal``: ``scancel --full --signal=SIG``, to every process of each task (as
+        ``--full`` does, the batch shell's children too).  ``terminate`` with a grace:
+        SIGTERM to the running tasks in the same way, up to ``grace`` seconds for them to
+        end (``_end_gracefully``), then ``scancel`` for what is left, as without a grace.
+        """
+        if action == "signal":
+            return self._signal(infos, signum)
         if action in ("suspend", "resume"):
             targets = [info.extension_list["slurm_job_id"] for info in infos]
         else:  # the whole array at once, its pending tasks included
             targets = [submission.slurm_task_id(index)]
         listed = ",".join(targets)
         if action == "terminate":
-            slurm.run(["scancel", listed])
+            if grace and self._end_gracefully(infos, grace):
+                return [info.task_id for info in infos]
+            try:
+                slurm.run(["scancel", listed])
+            except InvalidState:
+                if not grace:
+                    raise
+                # it ended in its grace, after the last look: as asked
             if index is not None and submission.is_array and infos[0].state in _NOT_STARTED:
                 self._note_dropped(submission, targets[0])
         elif action in ("hold", "release"):
@@ -392,6 +419,47 @@ class SlurmTracker(TrackerBase):
             except PermissionDenied:  # only operators may: signal the job's processes instead
                 self._signal_stop(submission, action, targets)
         return [info.task_id for info in infos]
+
+    def _signal(self, infos, signum: int) -> list:
+        """``scancel --full --signal=SIG`` to the tasks (each running or suspended).
+
+        With several tasks, one that has just ended is no failure of the others; a
+        lone task that has is (Slurm's refusal, in one line).
+        """
+        targets = [info.extension_list["slurm_job_id"] for info in infos]
+        try:
+            slurm.run(["scancel", "--full", f"--signal={slurm_signal(signum)}",
+                       ",".join(targets)])
+        except (InvalidState, JobNotFound):
+            if len(targets) == 1:
+                raise
+        return [info.task_id for info in infos]
+
+    GRACE_POLL = 0.5  # seconds between two looks (squeue) at tasks given SIGTERM
+
+    def _end_gracefully(self, infos, grace: float) -> bool:
+        """SIGTERM to the running tasks (``scancel --full --signal=TERM``: every process of
+        each), then wait up to ``grace`` seconds for them to end.  True if every task
+        acted on was running and none is left; False if some task still has to be
+        cancelled (queued, suspended: Slurm cannot signal one, or still running).
+        """
+        running = [info.extension_list["slurm_job_id"] for info in infos
+                   if info.state is JobState.RUNNING]
+        if not running:
+            return False
+        try:
+            slurm.run(["scancel", "--full", "--signal=TERM", ",".join(running)])
+        except (InvalidState, JobNotFound):
+            if len(running) == 1:
+                return False  # it ended meanwhile, or cannot take a signal: cancel it
+        deadline = time.monotonic() + grace
+        while True:
+            jobs = slurm.squeue()
+            left = [slurm_id for slurm_id in running
+                    if jobs.get(slurm_id) is not None and not jobs[slurm_id].ended]
+            if not left or time.monotonic() >= deadline:
+                return not left and len(running) == len(infos)
+            time.sleep(min(self.GRACE_POLL, max(0.0, deadline - time.monotonic())))
 
     def _note_dropped(self, submission: SlurmSubmission, slurm_task: str):
         """Note in ``dropped.json`` a queued task of an array cancelled alone (module doc)."""
@@ -424,6 +492,22 @@ class SlurmTracker(TrackerBase):
         """
         return [info for info in super()._late(infos, action)
                 if not (action == "terminate" and (info.sub_state or "").startswith("COMPLETING"))]
+
+
+def _noted(comment: str | None, restarts: int) -> tuple[int, int | None]:
+    """(attempt, --on-end's exit status or None) from a job's Slurm comment, as its batch
+    script notes them (``ostracker attempt=2 restarts=0 on_end=5``); a note of an
+    earlier run of a requeued job (another restart count), or none: (1, None).
+    """
+    words = (comment or "").split()
+    if words[:1] != ["ostracker"]:
+        return 1, None
+    fields = dict(word.partition("=")[::2] for word in words[1:])
+    numbers = {key: int(value) for key, value in fields.items()
+               if value.isascii() and value.isdigit() and len(value) < 10}
+    if numbers.get("restarts") != (restarts or 0):
+        return 1, None
+    return max(1, numbers.get("attempt", 1)), numbers.get("on_end") or None
 
 
 def _is_run(run) -> bool:

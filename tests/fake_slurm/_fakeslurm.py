@@ -38,12 +38,20 @@ Knobs, files in ``$FAKE_SLURM_DIR`` (``fake-slurm`` writes them):
   (until then squeue shows the job as before).
 * ``sbatch-cluster``: sbatch --parsable prints ``ID;CLUSTER``.
 * ``sbatch-sleep``: seconds sbatch waits between Slurm taking the job and printing its ID.
+* ``term-ends``: a running job given SIGTERM by ``scancel --signal=TERM`` ends by it
+  (FAILED, signal 15), as one without a trap; holding ``0``: it ends COMPLETED, exit
+  status 0, as one whose trap cleans up and exits.
 
 sbatch honours what ostracker's scheduling options become: ``-p`` (a partition
 of a node, else 22.05's refusal), ``--hold`` (priority 0, JobHeldUser),
 ``--dependency`` (reason Dependency), ``--begin`` (reason BeginTime),
 ``--cpus-per-task`` (the CPUs the job takes on its node, which sinfo's
-``CPUsState`` counts), ``--nice`` (subtracted from the priority).
+``CPUsState`` counts), ``--nice`` (subtracted from the priority).  It takes the
+limits' options (``--time``, ``--deadline``, ``--signal``) and keeps them among
+the job's options, refusing a ``--signal`` that names no signal Slurm knows.
+``scontrol update JobId=ID Comment=TEXT`` sets the comment that ``squeue --json``
+shows (what a batch script does to note its attempt); ``fake-slurm run`` gives
+the script ``SLURM_RESTART_COUNT`` once the job was requeued.
 """
 
 from __future__ import annotations
@@ -338,7 +346,7 @@ def squeue_record(job: dict) -> dict:
         "array_max_tasks": job["max_parallel"] or 0,
         "array_task_string": task_string,
         "batch_flag": True, "batch_host": job["nodes"].split(",")[0] if job["nodes"] else "",
-        "command": "", "comment": "", "cpus": job.get("cpus", 1),
+        "command": "", "comment": job.get("comment", ""), "cpus": job.get("cpus", 1),
         "current_working_directory": job["cwd"],
         "derived_exit_code": 0, "end_time": job["end_time"], "exit_code": job["exit_code"],
         "group_id": os.getgid(), "job_id": job["job_id"], "job_state": printed_state(job),
@@ -490,7 +498,11 @@ SBATCH_OPTIONS = {  # option -> key in the job's options; True: takes a value
     "--export": "export", "-p": "partition", "--partition": "partition",
     "-c": "cpus_per_task", "--cpus-per-task": "cpus_per_task", "-d": "dependency",
     "--dependency": "dependency", "-b": "begin", "--begin": "begin", "--nice": "nice",
+    "-t": "time", "--time": "time", "--deadline": "deadline", "--signal": "signal",
 }
+# The signal names Slurm's commands know (proc_args.c's sig_name2num); others by number.
+SLURM_SIGNAL_NAMES = {"HUP", "INT", "QUIT", "ABRT", "KILL", "ALRM", "TERM", "USR1", "USR2",
+                      "URG", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "XCPU"}
 SBATCH_FLAGS = {"-H": "hold", "--hold": "hold"}  # options that take no value
 
 
@@ -529,6 +541,12 @@ def sbatch(args: list[str], stdin: bytes) -> str:
     if "\r\n" in script:
         raise Failure("sbatch: error: Batch script contains DOS line breaks (\\r\\n)\n"
                       "sbatch: error: instead of expected UNIX line breaks (\\n).")
+    if "signal" in options:  # [B:]SIG[@SEC], SIG a name Slurm knows or a number
+        sig, _, seconds = options["signal"].removeprefix("B:").partition("@")
+        sig = sig.upper().removeprefix("SIG")
+        if not (sig in SLURM_SIGNAL_NAMES or sig.isdigit()) or \
+                (seconds and not (seconds.isdigit() and int(seconds) <= 0xFFFF)):
+            raise Failure("sbatch: error: Invalid --signal specification")
     begin = None
     if "begin" in options:
         try:
@@ -582,6 +600,8 @@ def sbatch(args: list[str], stdin: bytes) -> str:
 def scontrol(args: list[str]) -> str:
     if args[:1] == ["-o"] or args[-1:] == ["-o"] or args[:1] == ["show"]:
         return show_node([arg for arg in args if arg != "-o"], "-o" in args)
+    if args[:1] == ["update"]:
+        return update(args[1:])
     if len(args) != 2 or args[0] not in ("hold", "release", "suspend", "resume", "requeue"):
         raise Failure(f"scontrol: the fake knows only hold/release/suspend/resume/requeue "
                       f"JOB_LIST, not {args!r}")
@@ -608,6 +628,22 @@ def scontrol(args: list[str]) -> str:
                 errors += _control(data, action, job, index, text, whole_array)
     if errors:
         raise Failure("\n".join(errors))
+    return ""
+
+
+def update(args: list[str]) -> str:
+    """``scontrol update JobId=ID Comment=TEXT``: the only update the fake knows."""
+    fields = dict(arg.partition("=")[::2] for arg in args)
+    if set(fields) != {"JobId", "Comment"}:
+        raise Failure(f"scontrol: the fake updates only JobId=ID Comment=TEXT, not {args!r}")
+    if knob("down") is not None:
+        raise Failure("slurm_update error: Unable to contact slurm controller "
+                      "(connect failure)")
+    with State() as data:
+        targets = resolve(data, fields["JobId"])
+        if len(targets) != 1 or targets[0][1] is not None:
+            raise Failure("slurm_update error: Invalid job id specified")
+        targets[0][0]["comment"] = fields["Comment"]
     return ""
 
 
@@ -715,9 +751,9 @@ def scancel(args: list[str]) -> str:
     if knob("down") is not None:
         raise Failure(f"scancel: error: Kill job error on job id {ids[0]}: Unable to contact "
                       "slurm controller (connect failure)", 8)
-    if sig is not None and sig.upper().removeprefix("SIG") not in SIGNALS and \
+    if sig is not None and sig.upper().removeprefix("SIG") not in SLURM_SIGNAL_NAMES and \
             not sig.isdigit():
-        raise Failure(f"scancel: error: Invalid job signal: {sig}")
+        raise Failure(f"Unknown job signal: {sig}")  # 22.05's words, no prefix
     errors = []
     with State() as data:
         for text in ids:
@@ -732,6 +768,13 @@ def scancel(args: list[str]) -> str:
                     if job["state"] in ("RUNNING", "SUSPENDED"):
                         job["signals"].append({"signal": sig.upper().removeprefix("SIG"),
                                                "full": full})
+                        ends = knob("term-ends")
+                        if ends is not None and job["state"] == "RUNNING" and \
+                                sig.upper().removeprefix("SIG") in ("TERM", "15"):
+                            if ends.strip() == "0":
+                                end_job(job, "COMPLETED", 0)
+                            else:
+                                end_job(job, "FAILED", wait_status(sig=signal.SIGTERM))
                     elif "_" in text or len(targets) == 1:
                         errors.append(f"scancel: error: Kill job error on job id {text}: "
                                       "Job is pending execution")
@@ -1144,6 +1187,8 @@ def run_job(args: list[str]) -> str:
 
     environment = dict(os.environ, SLURM_JOB_ID=str(job_id), SLURM_JOB_NAME=snapshot["name"],
                        SLURM_SUBMIT_DIR=cwd, SLURM_JOB_NODELIST=snapshot["nodes"])
+    if snapshot["restart_cnt"]:
+        environment["SLURM_RESTART_COUNT"] = str(snapshot["restart_cnt"])
     if snapshot["array_job_id"]:
         environment.update(SLURM_ARRAY_JOB_ID=str(snapshot["array_job_id"]),
                            SLURM_ARRAY_TASK_ID=str(snapshot["array_task_id"]))
