@@ -739,7 +739,8 @@ _CONTROL_HELP = {
                   "SIGTERM first, so that a job can clean up, and SIGKILL SEC seconds later "
                   "to what is left.  A queued (or requeued) task "
                   "is cancelled and never starts; an array ID terminates every task of "
-                  "the array that has not ended.  With --backend slurm: scancel."),
+                  "the array that has not ended.  With --backend slurm: scancel; with --grace, "
+                  "scancel --signal=TERM --full first."),
     "hold": ("Hold queued jobs: they do not start until released.",
              "A Queued job (or an array's queued tasks) becomes QueuedHeld; a job that "
              "is not queued is refused.  With --backend slurm: scontrol hold."),
