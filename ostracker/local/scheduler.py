@@ -20,19 +20,24 @@ A pass, in order:
 2. slots whose task has ended, and whose process group is empty, are freed;
    so are slots taken for a task that never started (a scheduler killed
    between taking them and starting it);
-3. held jobs are passed over; a job whose begin time has not come sets the
-   next wake-up; a dependency that can never be met fails the job
-   ("dependency never satisfied: ..."); one not yet met is passed over;
+3. a job whose deadline has passed fails ("DEADLINE: passed before it
+   started"); held jobs are passed over; a job whose begin time (or
+   deadline) has not come sets the next wake-up; a dependency that can never
+   be met fails the job ("dependency never satisfied: ..."); one not yet met
+   is passed over;
 4. a job that waits for nothing else starts; one in a queue starts if its
    queue has the slots it needs free, in order of priority, then ID (no
    backfill: the first that does not fit stops its queue for this pass).
 
-Starting a job takes its reaper lock first (``flock``, non-blocking): a job
-is started by whoever holds it, and a job whose reaper lives is never started
-again; the reaper then records the task under the job lock unless
-``terminate`` cancelled it or ``hold`` held it meanwhile.  So no kill at any
-point starts a job twice or loses one: the entry stays until the job's first
-record exists, and the next pass (of this or the next scheduler) starts it.
+Starting a job takes its slots, then its reaper lock (``flock``,
+non-blocking): a job is started by whoever holds it, and a job whose reaper
+lives is never started again; the reaper then records the task under the
+job lock unless ``terminate`` cancelled it or ``hold`` held it meanwhile.  So
+no kill at any point starts a job twice or loses one: the entry stays until
+the job has a record that says it started (a "starting" record of a reaper
+that died before it created the process does not: ``reaper.never_spawned``),
+and the next pass (of this or the next scheduler) starts it.  A start that
+fails for want of disk space is tried again a second later.
 
 When nothing waits, the scheduler closes its socket, drops its lock, and
 looks once more: work that came in between is its own again, or the next
