@@ -29,8 +29,8 @@ import os
 
 from ..core.errors import StorageError
 from ..core.records import SCHEMA_VERSION
-from ..core.store import (_DIR_FLAGS, _READ_FLAGS, Store, _check_file, _describe, _make_dir,
-                          _open_error, _read_at, _write_at)
+from ..core.store import (_DIR_FLAGS, _READ_FLAGS, Store, _check_file, _describe, _lexists,
+                          _make_dir, _open_error, _read_at, _write_at)
 
 SCHEDULE = "schedule"
 LOCK = "lock"
@@ -126,15 +126,9 @@ class Board:
         except OSError as exc:
             raise StorageError(f"cannot remove {self.path}/{name}: {_describe(exc)}") from None
 
-    def exists_at(self, name: str) -> bool:
+    def _exists(self, name: str) -> bool:
         fd = self._dir()
-        if fd is None:
-            return False
-        try:
-            os.stat(name, dir_fd=fd, follow_symlinks=False)
-            return True
-        except FileNotFoundError:
-            return False
+        return fd is not None and _lexists(name, fd)
 
     # -- who waits ---------------------------------------------------------------------
 
@@ -150,7 +144,7 @@ class Board:
         self._unlink(f"{_WAIT}{job_id}")
 
     def is_waiting(self, job_id: int) -> bool:
-        return self.exists_at(f"{_WAIT}{job_id}")
+        return self._exists(f"{_WAIT}{job_id}")
 
     # -- queues ------------------------------------------------------------------------
 
