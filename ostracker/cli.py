@@ -97,6 +97,12 @@ class OutputError(click.ClickException):
     """stdout cannot be written (a full disk, a closed descriptor): one line, exit 1."""
 
 
+class Interrupted(click.ClickException):
+    """Ctrl-C while waiting: what goes on, said in one line; exit 130, as a shell would."""
+
+    exit_code = 130
+
+
 class BrokenOutput(Exception):
     """The reader of stdout went away (EPIPE): exit 141, as if killed by SIGPIPE, silently."""
 
@@ -365,7 +371,11 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
             error.message += f" (job {job_id} was submitted)"
             raise
     if wait_for_end:
-        wait_exit([job_id], None, False, tracker, as_json)
+        try:
+            wait_exit([job_id], None, False, tracker, as_json)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted; job {job_id} goes on ('ostracker wait {job_id}' "
+                              f"waits again, 'ostracker terminate {job_id}' ends it)") from None
     elif as_json:
         _print_infos(tracker, [job_id], single=spec is None)
 
@@ -531,6 +541,8 @@ def status(ctx, states, name_glob, queue, since, until, active, last, as_json, q
         from .output import job_table
 
         echo(job_table(infos))
+    elif sys.stdout.isatty():  # a person, who would otherwise see nothing at all
+        click.echo("no jobs" if keep is None and not job_ids else "no job matches", err=True)
     if errors and job_ids:
         ctx.exit(1)
 
@@ -894,7 +906,8 @@ def output(error_stream, follow, job_id):
     """Print what a job wrote to its stdout (or stderr).
 
     Name a single job or one task of an array (7.3).  The bytes are copied
-    as they are; with --follow, until the job ends, as tail -f would.  Where
+    as they are; with --follow, until the job ends, as tail -f would, and then
+    it exits as `wait` does: with the job's exit status.  Where
     -o/--stdout sent the output elsewhere, that file is read.
 
     \b
@@ -936,8 +949,10 @@ def output(error_stream, follow, job_id):
                 if not chunk:
                     break
                 write_out(chunk)
-            if not follow or ended:
+            if not follow:
                 return
+            if ended:  # it ended: exit as `wait` would, as the job did
+                click.get_current_context().exit(exit_status_of(tracker.job_info(job_id)))
             time.sleep(0.1)
 
 

@@ -636,3 +636,47 @@ def test_the_reaper_exits_and_leaves_no_zombie_after_the_job_ends(run, submit):
     assert run("wait", job, "--timeout", 10).returncode == 0
     poll(lambda: proc_state(pid) is None, message="job process reaped (no zombie)")
     poll(lambda: proc_state(reaper) is None, message="reaper gone (not a zombie)")
+
+
+def test_output_follow_exits_as_the_job_did(run, submit):
+    job = submit("--", "sh", "-c", "echo hi; exit 3")
+    result = run("output", "-f", job)
+    assert (result.returncode, result.stdout) == (3, "hi\n")
+    assert run("output", job).returncode == 0  # without -f: printing it is the success
+
+
+def test_ctrl_c_on_submit_wait_says_the_job_goes_on(state_dir, info):
+    import signal
+    import subprocess
+
+    from conftest import CLI, poll
+
+    child = subprocess.Popen([*CLI, "submit", "--wait", "--", "sleep", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = child.stdout.readline().strip()
+    poll(lambda: info(job)["state"] == "Running", message="the job to run")
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130
+    assert err == (f"ostracker: interrupted; job {job} goes on ('ostracker wait {job}' "
+                   f"waits again, 'ostracker terminate {job}' ends it)\n")
+    assert info(job)["state"] == "Running"
+
+
+
+def test_status_with_no_jobs_says_so_to_a_person_only(run, state_dir):
+    import os
+    import pty
+    import subprocess
+
+    from conftest import CLI
+
+    assert run("status").stdout == "" and run("status").stderr == ""  # a script: nothing
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([*CLI, "status"], stdout=follower, stderr=subprocess.PIPE,
+                              text=True, timeout=30)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert (done.returncode, done.stderr) == (0, "no jobs\n")
