@@ -302,6 +302,57 @@ def test_hold_and_release(backend):
     assert backend.state(single) == "Running"
 
 
+# -- 6b. scheduling: a queue, a dependency, a begin time -------------------------------------
+
+def stamp(path) -> str:
+    """A job body that writes its start and end (nanoseconds) to ``path``."""
+    return f'date +%s%N > {path}; sleep 1; date +%s%N >> {path}'
+
+
+def queue_of(backend) -> str:
+    """A queue to submit to: a fresh 1-slot queue here, the cluster's first partition there."""
+    if backend.name == "local":
+        assert backend("queue", "one", "--slots", "1").returncode == 0
+        return "one"
+    listed = json.loads(backend("queue", "--json").stdout)
+    assert listed and all(set(q) >= {"name", "slots", "in_use"} for q in listed), listed
+    return listed[0]["name"]
+
+
+def test_a_queue_and_a_dependency(backend, tmp_path):
+    """-q puts the job in a queue (a partition on Slurm); afterok starts the second only
+    after the first ended Done, afterok on a failed job never starts its job."""
+    queue = queue_of(backend)
+    first = backend.submit("-q", queue, "--", "sh", "-c", stamp(tmp_path / "first"))
+    second = backend.submit("-q", queue, "-d", f"afterok:{first}", "--",
+                            "sh", "-c", stamp(tmp_path / "second"))
+    assert backend.info(second)["dependency"] == f"afterok:{first}"
+    assert backend("wait", second, "--timeout", backend.timeout).returncode == 0
+    first_end = int(read(tmp_path / "first").split()[1])
+    second_start = int(read(tmp_path / "second").split()[0])
+    assert second_start >= first_end
+    assert backend.info(first)["queue_name"] == queue
+    failed = backend.submit("--", "sh", "-c", "exit 3")
+    never = backend.submit("-d", f"afterok:{failed}", "--", "touch", str(tmp_path / "never"))
+    backend("wait", never, "--timeout", backend.timeout)
+    record = backend.info(never)
+    assert record["state"] == "Failed", record
+    assert "dependency never satisfied" in record["sub_state"], record
+    assert not (tmp_path / "never").exists()
+
+
+def test_begin_waits_queued_then_runs(backend, tmp_path):
+    job_id = backend.submit("--begin", "now+3", "--", "sh", "-c", stamp(tmp_path / "begun"))
+    record = backend.info(job_id)
+    assert record["state"] == "Queued", record
+    begin = record["job_template"]["start_time"]
+    assert backend("wait", job_id, "--timeout", backend.timeout + 5).returncode == 0
+    from datetime import datetime
+
+    started = int(read(tmp_path / "begun").split()[0]) / 1e9
+    assert started >= datetime.fromisoformat(begin).timestamp() - 1  # Slurm's whole seconds
+
+
 # -- 7. wait --------------------------------------------------------------------------
 
 def test_wait_timeout_leaves_the_job_running(backend):
