@@ -211,12 +211,17 @@ def complete_path(kind: str):
 
 
 def complete_jobs(kind: str):
-    """Completion of the job IDs that a command takes (see ostracker.completion)."""
+    """Completion of the job IDs that a command takes (see ostracker.completion); not those
+    already on the line (``resume 2 <TAB>`` does not offer 2 again)."""
     def complete(ctx, param, incomplete):
         from .completion import job_ids
 
         params = ctx.find_root().params
-        return job_ids(params.get("state_dir"), kind, incomplete, params.get("backend"))
+        given = ctx.params.get(param.name) or ()
+        given = {given} if isinstance(given, str) else set(given)
+        return [item for item in job_ids(params.get("state_dir"), kind, incomplete,
+                                         params.get("backend"))
+                if item.value not in given]
     return complete
 
 

@@ -76,11 +76,12 @@ def _candidates_of(tracker, job_id, kind, incomplete, expand):
     if kind == "ended":
         return [(job_id, None)] if tracker.has_ended(job_id) else []
     if kind in ("any", "task"):  # no state to read, the IDs alone
-        tasks = _task_ids(tracker, job_id, incomplete) if expand else None
+        tasks = _task_ids(tracker, job_id, incomplete) if expand or kind == "task" else None
         if tasks is None:
             return [(job_id, None)]
-        # ``output`` takes one task of an array, never the whole of it
-        return [*([] if kind == "task" else [(job_id, None)]), *((t, None) for t in tasks)]
+        if kind == "task":  # ``output`` takes one task of an array, never the whole of it
+            return [(t, None) for t in tasks]
+        return [(job_id, None), *((t, None) for t in tasks)]
     if tracker.has_ended(job_id):  # cheap while the reaper lives: one lock probe
         return []
     infos = tracker.job_infos([job_id])

@@ -183,6 +183,10 @@ def test_completion_of_array_tasks_states_pids_and_paths(submit, run, shell_env)
     assert values(shell_env, ["ostracker", "suspend", f"{array}."]) == \
         [f"{array}.{i}" for i in (1, 2, 3)]
     assert values(shell_env, ["ostracker", "output", f"{array}.2"]) == [f"{array}.2"]
+    # output takes one task, never a whole array; an ID on the line is not offered again
+    assert values(shell_env, ["ostracker", "output", ""]) == [f"{array}.{i}" for i in (1, 2, 3)]
+    assert values(shell_env, ["ostracker", "suspend", f"{array}.1", f"{array}."]) == \
+        [f"{array}.2", f"{array}.3"]
     pid = str(os.getpid())
     assert pid in values(shell_env, ["ostracker", "monitor", pid[:-1]])
     assert values(shell_env, ["ostracker", "status", "--state", "susp"]) == ["Suspended"]
