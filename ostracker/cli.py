@@ -340,10 +340,11 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
 
     Returns once the job (an array's first task) has started; fails with the
     reason when it cannot start.  A job that must wait (a queue, a dependency,
-    a begin time, a hold: README, "Scheduling") returns once it is recorded.  With --backend slurm it returns once Slurm
-    has accepted the job, which may then wait in its queue.  Put the command after `--` so that its own
-    options are never taken for ostracker's.  With --wait on an array, a
-    terminal shows the tasks' progress on stderr.
+    a begin time, a hold: README, "Scheduling") returns once it is recorded.
+    With --backend slurm it returns once Slurm has accepted the job, which may
+    then wait in its queue.  Put the command after `--` so that its own options
+    are never taken for ostracker's.  With --wait on an array, a terminal shows
+    the tasks' progress on stderr.
 
     \b
     Example:

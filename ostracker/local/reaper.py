@@ -80,7 +80,7 @@ _WAITING = b"W"  # it is about to open a FIFO, which may block until someone ope
 _FAILED = b"E"   # followed by the reason it could not start; it exits 127
 _CANCELLED = "cancelled before it started"
 _EXPIRED = "DEADLINE: passed before it started"
-KILL_AFTER = 30.0  # seconds from SIGTERM at a limit to SIGKILL, unless --kill-after says (Slurm's KillWait)
+KILL_AFTER = 30.0  # seconds from SIGTERM at a limit to SIGKILL (--kill-after; Slurm's KillWait)
 _HELD = "held"
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENFILE, errno.EMFILE})
 
@@ -918,7 +918,9 @@ class Reaper:
             if code != 0 and self.array is None:
                 with self.store.job_lock(self.job_id):
                     record = self.store.read(self.job_id, task_record_name(None))
-                    failed = f"--on-end failed: {'exit status ' + str(code) if code > 0 else 'killed by ' + _signal_name(-code)}"
+                    how = f"exit status {code}" if code > 0 else \
+                        f"killed by {_signal_name(-code)}"
+                    failed = f"--on-end failed: {how}"
                     record["sub_state"] = f"{record['sub_state']}; {failed}" \
                         if record.get("sub_state") else failed
                     self.store.write(self.job_id, task_record_name(None), record)
