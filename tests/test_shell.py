@@ -208,6 +208,11 @@ def test_completion_of_queue_names_and_queued_jobs(submit, run, shell_env):
     assert values(shell_env, ["ostracker", "terminate", ""]) == [queued, held]
 
 
+def test_completion_of_signal_names(shell_env):
+    assert values(shell_env, ["ostracker", "signal", "-s", "US"]) == ["USR1", "USR2"]
+    assert values(shell_env, ["ostracker", "signal", "-s", "sigte"]) == ["TERM"]
+
+
 def test_completion_never_fails(tmp_path, shell_env):
     """A state dir that cannot be read, or nonsense typed: no candidates, no traceback."""
     not_a_dir = tmp_path / "file"
