@@ -311,6 +311,8 @@ def parse_environment(ctx, param, values):
 @click.option("--begin", metavar="TIME", help="Start no sooner than TIME: now+N[s|m|h|d], "
               "HH:MM[:SS], YYYY-MM-DD[THH:MM[:SS]].")
 @click.option("--hold", is_flag=True, help="Hold the job: it starts once released.")
+@click.option("--session", metavar="NAME", envvar="OSTRACKER_SESSION",
+              help="The DRMAA2 job session it belongs to [default: $OSTRACKER_SESSION].")
 @click.option("-t", "--time", "time_limit", metavar="DURATION", help="Time limit: SIGTERM "
               "then, --kill-after later, SIGKILL (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]], "
               "90s, 15m, 2h, 1d).")
@@ -334,8 +336,8 @@ def parse_environment(ctx, param, values):
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="-- COMMAND [ARG]...", shell_complete=complete_path("file"))
 def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel, queue,
-           slots, priority, dependency, begin, hold, time_limit, kill_after, deadline, warning,
-           limits, retries, retry_delay, on_end, join, wait_for_end, as_json, command):
+           slots, priority, dependency, begin, hold, session, time_limit, kill_after, deadline,
+           warning, limits, retries, retry_delay, on_end, join, wait_for_end, as_json, command):
     """Start a job (or a job array) and print its ID.
 
     Returns once the job (an array's first task) has started; fails with the
@@ -362,6 +364,7 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
                            working_directory=cwd, job_environment=environment,
                            input_path=stdin, output_path=stdout, error_path=stderr,
                            **scheduling(queue, slots, priority, dependency, begin, hold),
+                           **session_of(session),
                            **lifetime(time_limit, kill_after, deadline, warning, limits,
                                       retries, retry_delay, on_end, join))
     tracker = open_tracker()
@@ -410,6 +413,17 @@ def scheduling(queue, slots, priority, dependency, begin, hold) -> dict:
     return fields
 
 
+def session_of(session) -> dict:
+    """The template's session field: an empty $OSTRACKER_SESSION is none, ``--session ''``
+    a usage error."""
+    from .core.schedule import parse_session_name
+
+    if session == "" and click.get_current_context().get_parameter_source(
+            "session").name != "ENVIRONMENT":
+        raise click.BadParameter("cannot be empty", param_hint="--session")
+    return {"session_name": parse_session_name(session)} if session else {}
+
+
 def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_delay, on_end,
              join) -> dict:
     """The JobTemplate's limit and lifetime fields from submit's options (README, "Limits
@@ -450,9 +464,9 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
     return fields
 
 
-def status_filter(states, name_glob, queue, since, until, active):
+def status_filter(states, name_glob, queue, session, since, until, active):
     """The test a JobInfo must pass to be listed (README, "History"); None: every one."""
-    if not states and not active and (name_glob, queue, since, until) == (None,) * 4:
+    if not states and not active and (name_glob, queue, session, since, until) == (None,) * 5:
         return None
     from fnmatch import fnmatchcase
 
@@ -467,6 +481,7 @@ def status_filter(states, name_glob, queue, since, until, active):
             (not active or not info.state.ended) and \
             (name_glob is None or fnmatchcase(info.job_name or "", name_glob)) and \
             (queue is None or info.queue_name == queue) and \
+            (session is None or info.job_template.session_name == session) and \
             (earliest is None or info.submission_time >= earliest) and \
             (latest is None or info.submission_time <= latest)
     return keep
@@ -496,6 +511,7 @@ def _print_infos(tracker, job_ids, single):
 @click.option("--name", "name_glob", metavar="GLOB", help="Only jobs whose name matches GLOB.")
 @click.option("--queue", metavar="NAME", shell_complete=complete_queues,
               help="Only jobs of queue NAME.")
+@click.option("--session", metavar="NAME", help="Only jobs of the job session NAME.")
 @click.option("--since", metavar="TIME", help="Only jobs submitted at TIME or later "
               "(as --begin, or -N[s|m|h|d]: that long ago).")
 @click.option("--until", metavar="TIME", help="Only jobs submitted at TIME or earlier.")
@@ -505,7 +521,7 @@ def _print_infos(tracker, job_ids, single):
 @click.option("-q", "--quiet", is_flag=True, help="Only the IDs, one per line.")
 @click.argument("job_ids", nargs=-1, metavar="[ID]...", shell_complete=complete_jobs("any"))
 @click.pass_context
-def status(ctx, states, name_glob, queue, since, until, active, last, as_json, quiet,
+def status(ctx, states, name_glob, queue, session, since, until, active, last, as_json, quiet,
            job_ids):
     """Show jobs: all of them, or those named (an array ID shows its tasks).
 
@@ -522,7 +538,7 @@ def status(ctx, states, name_glob, queue, since, until, active, last, as_json, q
     """
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
-    keep = status_filter(states, name_glob, queue, since, until, active)
+    keep = status_filter(states, name_glob, queue, session, since, until, active)
     tracker = open_tracker()
     errors = []
     if last is not None:

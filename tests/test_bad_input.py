@@ -265,6 +265,9 @@ SLOTS = [
     (["submit", "-d", "afterok:" + V, "--", "true"], ID),
     (["submit", "--begin", V, "--", "true"], ALL),
     (["submit", "--hold=" + V, "--", "true"], FLAG),
+    (["submit", "--session", V, "--", "true"], only(None, big=USAGE, negative=USAGE,
+                                                    empty=USAGE, garbage=USAGE)),
+    (["status", "--session", V], only(None)),  # any text: a session without jobs lists none
     (["submit", "-t", V, "--", "true"], ALL),
     (["submit", "--kill-after", V, "--", "true"], ALL),
     (["submit", "--deadline", V, "--", "true"], ALL),

@@ -55,3 +55,16 @@ def test_delete_finished_older_than(run, submit, state_dir):
     assert run("delete", "--older-than", "1h", new).returncode == 2  # needs --finished
     assert run("delete", "--finished", "--older-than", "soon").returncode == 2
     assert ids(run) == [new]
+
+
+def test_jobs_of_a_session(run, submit):
+    """submit --session (or $OSTRACKER_SESSION) names the job session; status --session."""
+    nightly = submit("--session", "nightly", "--", "true")
+    other = run("submit", "--", "true", env={"OSTRACKER_SESSION": "other"}).stdout.strip()
+    none = run("submit", "--", "true", env={"OSTRACKER_SESSION": ""}).stdout.strip()
+    assert ids(run, "--session", "nightly") == [nightly]
+    assert ids(run, "--session", "other") == [other]
+    assert none not in ids(run, "--session", "")
+    info = json.loads(run("info", nightly, "--json").stdout)
+    assert info["job_template"]["session_name"] == "nightly"
+    assert run("submit", "--session", "", "--", "true").returncode == 2

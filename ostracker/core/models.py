@@ -63,6 +63,7 @@ class JobTemplate:
     None (``submit_as_hold``, ``join_files`` False) when not given, and only given
     ones are written out: a template without them reads and prints as it did
     before they existed.  ``dependency`` is Slurm's ``--dependency`` text;
+    ``session_name`` the DRMAA2 job session the job belongs to;
     ``kill_after``, ``warning_signal`` (``SIGUSR1@60``), ``retry_delay`` and
     ``on_end`` are ostracker's own; ``resource_limits`` maps DRMAA2's keys to
     seconds, bytes or counts.
@@ -72,7 +73,7 @@ class JobTemplate:
               "input_path", "output_path", "error_path")
     OPTIONAL = ("queue_name", "min_slots", "priority", "start_time", "submit_as_hold",
                 "dependency", "join_files", "resource_limits", "deadline_time", "retries",
-                "retry_delay", "kill_after", "warning_signal", "on_end")
+                "retry_delay", "kill_after", "warning_signal", "on_end", "session_name")
     __slots__ = FIELDS + OPTIONAL
 
     def __init__(self, remote_command: str, args: list[str] | None = None,
@@ -85,7 +86,8 @@ class JobTemplate:
                  join_files: bool = False, resource_limits: dict[str, int] | None = None,
                  deadline_time: str | None = None, retries: int | None = None,
                  retry_delay: float | None = None, kill_after: float | None = None,
-                 warning_signal: str | None = None, on_end: str | None = None):
+                 warning_signal: str | None = None, on_end: str | None = None,
+                 session_name: str | None = None):
         self.remote_command = remote_command
         self.args = list(args or [])
         self.job_name = job_name
@@ -108,6 +110,7 @@ class JobTemplate:
         self.kill_after = kill_after
         self.warning_signal = warning_signal
         self.on_end = on_end
+        self.session_name = session_name
 
     @property
     def waits(self) -> bool:

@@ -353,7 +353,8 @@ def _template(data) -> JobTemplate:
                        retry_delay=_number(get("retry_delay")),
                        kill_after=_number(get("kill_after")),
                        warning_signal=_text(get("warning_signal"), True),
-                       on_end=_path(get("on_end"), True))
+                       on_end=_path(get("on_end"), True),
+                       session_name=_text(get("session_name"), True))
 
 
 def _limits(value):

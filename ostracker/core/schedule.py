@@ -29,6 +29,14 @@ def parse_queue_name(text: str) -> str:
     return text
 
 
+def parse_session_name(text: str) -> str:
+    """A job session's name: as a queue's (letters, digits, ``_ . -``, at most 64)."""
+    if not QUEUE_NAME.fullmatch(text):
+        raise InvalidArgument(f"bad session name {brief(text)!r}: use letters, digits, _ . - "
+                              "(at most 64, not first . or -)")
+    return text
+
+
 def parse_priority(text: str) -> int:
     """An integer from -MAX_PRIORITY to MAX_PRIORITY; higher starts first."""
     if not re.fullmatch(r"[+-]?[0-9]{1,10}", text) or abs(int(text)) > MAX_PRIORITY:
