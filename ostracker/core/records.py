@@ -21,6 +21,7 @@ Layout of a state directory (mode 0700, every file 0600)::
                      its record names it: with neither, a "starting" record whose reaper
                      died means the process was never created, and the job waits again
         stdout, stderr, I.stdout, I.stderr   output captured by default
+    sessions/NAME    a DRMAA2 job session, registered (``ostracker.drmaa2``)
     schedule/        what waits to start, and who decides when (local backend)
         lock         held (flock) by the scheduler for as long as it lives
         socket       a Unix socket: "something changed", from commands and reapers

@@ -734,6 +734,60 @@ class Store:
             os.close(fd)
         return False
 
+    # -- registers: a directory of names (the DRMAA2 job sessions) ---------------
+
+    def _area(self, area: str, create: bool = False) -> int | None:
+        """A new descriptor of the state directory's ``area``/ (made with ``create``)."""
+        root = self._root_fd(create)
+        if root is None:
+            return None
+        try:
+            return os.open(area, _DIR_FLAGS, dir_fd=root)
+        except FileNotFoundError:
+            if not create:
+                return None
+            return _make_dir(root, area, os.path.join(self.root, area))
+        except OSError as exc:
+            raise self._dir_error(exc, os.path.join(self.root, area)) from None
+
+    def names_in(self, area: str) -> list[str]:
+        """The names registered in ``area``, sorted; none if it does not exist."""
+        fd = self._area(area)
+        if fd is None:
+            return []
+        try:
+            return sorted(name for name in os.listdir(fd) if not name.startswith("."))
+        finally:
+            os.close(fd)
+
+    def register(self, area: str, name: str) -> bool:
+        """Register ``name`` in ``area`` (an empty private file, created exclusively);
+        False if it was registered already."""
+        fd = self._area(area, create=True)
+        try:
+            os.close(os.open(name, _CREATE_FLAGS, 0o600, dir_fd=fd))
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise _open_error(exc, os.path.join(self.root, area, name), "record",
+                              "create") from None
+        finally:
+            os.close(fd)
+
+    def unregister(self, area: str, name: str) -> bool:
+        """Remove ``name`` from ``area``; False if it was not there."""
+        fd = self._area(area)
+        if fd is None:
+            return False
+        try:
+            os.unlink(name, dir_fd=fd)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
     # -- IDs ---------------------------------------------------------------
 
     def allocate_id(self) -> int:
