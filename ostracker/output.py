@@ -85,9 +85,13 @@ def command_line(info: JobInfo) -> str:
 
 
 def exit_column(info: JobInfo) -> str:
+    """The exit status, or the signal that ended it; "never ran" for a job that ended
+    without starting (could not start, cancelled, a dependency never met)."""
     if info.exit_status is not None:
         return str(info.exit_status)
-    return info.terminating_signal or "-"
+    if info.terminating_signal:
+        return info.terminating_signal
+    return "never ran" if info.state.ended and info.dispatch_time_text is None else "-"
 
 
 def job_table(infos: list[JobInfo]) -> str:

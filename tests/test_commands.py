@@ -680,3 +680,12 @@ def test_status_with_no_jobs_says_so_to_a_person_only(run, state_dir):
         os.close(follower)
         os.close(leader)
     assert (done.returncode, done.stderr) == (0, "no jobs\n")
+
+
+def test_the_table_says_a_job_never_ran(run, submit):
+    """A job that ended without starting shows "never ran" as its exit, not a bare '-'."""
+    run("submit", "--", "/nonexistent/command")
+    held = submit("--hold", "--", "true")
+    run("terminate", held)
+    rows = [line.split() for line in run("status").stdout.splitlines()[1:]]
+    assert [row[3:5] for row in rows] == [["never", "ran"], ["never", "ran"]]
