@@ -688,6 +688,7 @@ def test_unknown_entries_and_a_missing_jobs_directory_break_nothing(run, state_d
     fresh = run("submit", "--", "true")
     assert fresh.returncode == 0, fresh.stderr
     assert int(fresh.stdout) > int(ids[-1]) and int(fresh.stdout) != 77
+    assert run("wait", fresh.stdout.strip()).returncode == 0  # its reaper is done writing
     shutil.rmtree(jobs)
     result = run("status")
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
