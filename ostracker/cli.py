@@ -316,7 +316,7 @@ def parse_environment(ctx, param, values):
 @click.option("-t", "--time", "time_limit", metavar="DURATION", help="Time limit: SIGTERM "
               "then, --kill-after later, SIGKILL (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]], "
               "90s, 15m, 2h, 1d).")
-@click.option("--kill-after", metavar="SEC", help="Seconds from SIGTERM at a limit to "
+@click.option("--kill-after", type=Seconds(), help="Seconds from SIGTERM at a limit to "
               "SIGKILL [default: 30].")
 @click.option("--deadline", metavar="TIME", help="End the job at TIME (as --begin), or "
               "never start it after.")
@@ -326,7 +326,7 @@ def parse_environment(ctx, param, values):
               "limit (repeatable): CPU_TIME, VIRTUAL_MEMORY, OPEN_FILES, FILE_SIZE, DATA_SIZE, "
               "STACK_SIZE, CORE_FILE_SIZE, WALLCLOCK_TIME.")
 @click.option("--retries", metavar="N", help="Run a failed job again, up to N more times.")
-@click.option("--retry-delay", metavar="SEC", help="Seconds between attempts [default: 0].")
+@click.option("--retry-delay", type=Seconds(), help="Seconds between attempts [default: 0].")
 @click.option("--on-end", metavar="CMD", help="Run CMD with /bin/sh once the job (an array: "
               "all of it) has ended.")
 @click.option("--join", is_flag=True, help="Send stderr where stdout goes.")
@@ -398,7 +398,7 @@ def scheduling(queue, slots, priority, dependency, begin, hold) -> dict:
             "ENVIRONMENT":
         raise click.BadParameter("cannot be empty", param_hint="-q/--queue")
     if queue:  # an empty $OSTRACKER_QUEUE is no queue
-        fields["queue_name"] = schedule.parse_queue_name(queue)
+        fields["queue_name"] = schedule.parse_name(queue)
     if slots is not None:
         if not queue:
             raise click.BadParameter("--slots takes a queue (-q/--queue or $OSTRACKER_QUEUE)",
@@ -416,12 +416,12 @@ def scheduling(queue, slots, priority, dependency, begin, hold) -> dict:
 def session_of(session) -> dict:
     """The template's session field: an empty $OSTRACKER_SESSION is none, ``--session ''``
     a usage error."""
-    from .core.schedule import parse_session_name
+    from .core.schedule import parse_name
 
     if session == "" and click.get_current_context().get_parameter_source(
             "session").name != "ENVIRONMENT":
         raise click.BadParameter("cannot be empty", param_hint="--session")
-    return {"session_name": parse_session_name(session)} if session else {}
+    return {"session_name": parse_name(session, "session")} if session else {}
 
 
 def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_delay, on_end,
@@ -445,7 +445,7 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
 
         fields["deadline_time"] = schedule.time_text(schedule.parse_time_spec(deadline))
     if kill_after is not None:
-        fields["kill_after"] = parse.parse_seconds(kill_after, "--kill-after")
+        fields["kill_after"] = kill_after
     if warning is not None:
         if "WALLCLOCK_TIME" not in resource_limits and deadline is None:
             raise click.UsageError("--signal warns before a time limit or a deadline: give "
@@ -456,7 +456,7 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
         fields["retries"] = 0 if retries.strip("0") == "" and retries.isdigit() \
             else parse_count(retries)
     if retry_delay is not None:
-        fields["retry_delay"] = parse.parse_seconds(retry_delay, "--retry-delay")
+        fields["retry_delay"] = retry_delay
     if on_end is not None:
         if not on_end.strip() or "\0" in on_end:
             raise click.BadParameter("cannot be empty", param_hint="--on-end")
@@ -861,7 +861,7 @@ def queue(slots, remove, as_json, name):
       ostracker queue gpu --slots 2
       ostracker queue --json | jq '.[] | select(.queued > 0) | .name'
     """
-    from .core.schedule import parse_queue_name
+    from .core.schedule import parse_name
     from .output import queue_table, to_json
 
     if name is None and (slots is not None or remove):
@@ -876,7 +876,7 @@ def queue(slots, remove, as_json, name):
         elif queues:
             echo(queue_table(queues))
         return
-    name = parse_queue_name(name)
+    name = parse_name(name)
     if remove:
         tracker.delete_queue(name)
         return

@@ -22,7 +22,7 @@ import enum
 from .core import registry
 from .core.errors import InvalidArgument, InvalidState, JobNotFound, WaitTimeout
 from .core.models import ENDED_STATES, JobInfo, JobState, JobTemplate
-from .core.schedule import parse_session_name
+from .core.schedule import parse_name
 
 __all__ = ["SessionManager", "JobSession", "Job", "ArrayJob", "Capability", "JobTemplate",
            "JobState", "JobInfo", "WaitTimeout"]
@@ -64,19 +64,19 @@ class SessionManager:
 
     def create_job_session(self, name: str) -> "JobSession":
         """A new session; InvalidArgument if one of that name exists."""
-        if not self.tracker.store.register(SESSIONS, parse_session_name(name)):
+        if not self.tracker.store.register(SESSIONS, parse_name(name, "session")):
             raise InvalidArgument(f"job session {name} exists: open it")
         return JobSession(self, name)
 
     def open_job_session(self, name: str) -> "JobSession":
         """A session created before, here or in another process; InvalidArgument if none."""
-        if parse_session_name(name) not in self.get_job_session_names():
+        if parse_name(name, "session") not in self.get_job_session_names():
             raise InvalidArgument(f"no job session {name}: create it")
         return JobSession(self, name)
 
     def destroy_job_session(self, name: str) -> None:
         """Forget the session (its jobs stay, as drmaa2os keeps them)."""
-        if not self.tracker.store.unregister(SESSIONS, parse_session_name(name)):
+        if not self.tracker.store.unregister(SESSIONS, parse_name(name, "session")):
             raise InvalidArgument(f"no job session {name}")
 
     def get_job_session_names(self) -> list[str]:

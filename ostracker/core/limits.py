@@ -84,13 +84,6 @@ def parse_limit(text: str) -> tuple[str, int]:
     return key, int(value)
 
 
-def parse_seconds(text: str, what: str) -> float:
-    """Seconds as options written ``SEC`` take them: a decimal number, 0 or more."""
-    if not re.fullmatch(r"[0-9]{1,10}(?:\.[0-9]{0,6})?", text.strip()):
-        raise InvalidArgument(f"bad {what} {brief(text)!r}: expected a number of seconds")
-    return float(text)
-
-
 def signal_number(text: str) -> int:
     """A signal given as ``TERM``, ``SIGTERM`` or a number, as its number; usage error if
     there is no such signal."""

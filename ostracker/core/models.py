@@ -320,6 +320,11 @@ def parse_time(text: str | None):
     return None if text is None else datetime.fromisoformat(text)
 
 
+def epoch(text: str | None) -> float | None:
+    """A timestamp as a ``time.time()`` (None stays None)."""
+    return None if text is None else parse_time(text).timestamp()
+
+
 class JobInfo:
     """DRMAA2 JobInfo of one job or array task, as readers see it.
 

@@ -13,7 +13,7 @@ import re
 from .errors import InvalidArgument
 from .models import JobState, brief, int_of_digits, parse_job_id
 
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 DEPENDENCY_TYPES = ("after", "afterany", "afterok", "afternotok")
 _WAITING = frozenset({JobState.QUEUED, JobState.QUEUED_HELD, JobState.REQUEUED,
                       JobState.REQUEUED_HELD})
@@ -21,18 +21,11 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_PRIORITY = 10 ** 9
 
 
-def parse_queue_name(text: str) -> str:
-    """A queue's name: letters, digits, ``_ . -``, at most 64, not starting with ``.`` or ``-``."""
-    if not QUEUE_NAME.fullmatch(text):
-        raise InvalidArgument(f"bad queue name {brief(text)!r}: use letters, digits, _ . - "
-                              "(at most 64, not first . or -)")
-    return text
-
-
-def parse_session_name(text: str) -> str:
-    """A job session's name: as a queue's (letters, digits, ``_ . -``, at most 64)."""
-    if not QUEUE_NAME.fullmatch(text):
-        raise InvalidArgument(f"bad session name {brief(text)!r}: use letters, digits, _ . - "
+def parse_name(text: str, what: str = "queue") -> str:
+    """The name of a queue (or a job session): letters, digits, ``_ . -``, at most 64, not
+    starting with ``.`` or ``-`` (it names a file)."""
+    if not NAME.fullmatch(text):
+        raise InvalidArgument(f"bad {what} name {brief(text)!r}: use letters, digits, _ . - "
                               "(at most 64, not first . or -)")
     return text
 

@@ -234,3 +234,18 @@ def resolve_command(command: str, path_variable: str | None) -> str:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(f"command not found in PATH: {command}")
+
+
+def pidfd_of(pid, still_it) -> int | None:
+    """A pidfd of ``pid`` if ``still_it()`` says, once it is open, that the PID was not
+    given to another process meanwhile; else None."""
+    if not isinstance(pid, int):
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if still_it():
+        return pidfd
+    os.close(pidfd)
+    return None

@@ -57,7 +57,7 @@ import sys
 import time
 
 from ..core.errors import JobNotFound, StartError, StorageError
-from ..core.models import expand_path, is_per_task, task_id_string, timestamp
+from ..core.models import epoch, expand_path, is_per_task, task_id_string, timestamp
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
                             held_tasks, info_from_record, new_record, spawned_name,
@@ -151,6 +151,7 @@ class Reaper:
         self.retrying: set[int | None] = set()  # indices that wait for their next attempt
         self.lock_fd: int | None = None  # the reaper lock, which no child of ours may keep
         self.outcome: tuple | None = None  # (state, exit status, signal) once the job ended
+        self.deadline = epoch(self.template.deadline_time)  # --deadline, as a time.time()
         self.unwritten: dict[str, tuple[list[bytes] | dict, bool]] = {}  # name -> (data, durable)
         self._retry_delay = _RETRY_FIRST
         self._retry_at: float | None = None
@@ -238,7 +239,7 @@ class Reaper:
                                                         self.environment.get("PATH"))
             except FileNotFoundError as exc:
                 raise StartError(str(exc)) from None
-        if self._deadline() is not None and self._deadline() <= time.time():
+        if self.deadline is not None and self.deadline <= time.time():
             raise _Expired(_EXPIRED)
         environment = dict(self.environment, JOB_ID=task_id,
                            OSTRACKER_ATTEMPT=str(self.attempts.get(index, 1)))
@@ -263,14 +264,6 @@ class Reaper:
 
     # -- limits --------------------------------------------------------------------
 
-    def _deadline(self) -> float | None:
-        """The job's deadline (``--deadline``) as a time.time(), or None."""
-        if self.template.deadline_time is None:
-            return None
-        from datetime import datetime
-
-        return datetime.fromisoformat(self.template.deadline_time).timestamp()
-
     def _arm(self, task: Task) -> None:
         """The timers of a task that has started: its time limit or deadline, whichever
         comes first, and the warning signal before it (README, "Limits and retries")."""
@@ -280,9 +273,8 @@ class Reaper:
             # From its dispatch (CLOCK_MONOTONIC is one clock for every process of a boot).
             ran = time.monotonic() - (task.record.get("dispatch_monotonic") or time.monotonic())
             ends.append((limits["WALLCLOCK_TIME"] - ran, "TIMEOUT"))
-        deadline = self._deadline()
-        if deadline is not None:
-            ends.append((deadline - time.time(), "DEADLINE"))
+        if self.deadline is not None:
+            ends.append((self.deadline - time.time(), "DEADLINE"))
         if not ends:
             return
         seconds, reason = min(ends)

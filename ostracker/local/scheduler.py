@@ -52,9 +52,10 @@ import sys
 import time
 
 from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
-from ..core.models import JobState, parse_job_id, task_id_string, timestamp
+from ..core.models import JobState, epoch, parse_job_id, task_id_string, timestamp
 from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record, task_record_name
 from ..core.store import Store
+from . import proc
 from .board import Board
 
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -148,8 +149,8 @@ class Waiting:
         self.queue = template.queue_name
         self.slots = template.min_slots or 1
         self.priority = template.priority or 0
-        self.begin = _epoch(template.start_time) if template.start_time else None
-        self.deadline = _epoch(template.deadline_time) if template.deadline_time else None
+        self.begin = epoch(template.start_time)
+        self.deadline = epoch(template.deadline_time)
         self.dependency = parse_dependency(template.dependency) if template.dependency else None
 
 
@@ -446,15 +447,10 @@ class Scheduler:
         if reaper is None:
             self._wake(time.time() + LEFTOVER_RECHECK)  # it has not said who it is yet
         elif reaper not in self.watched:
-            try:
-                pidfd = os.pidfd_open(reaper)
-            except OSError:
-                pidfd = None
-            if pidfd is not None and self.store.reaper_alive(job_id):  # no PID reused
+            pidfd = proc.pidfd_of(reaper, lambda: self.store.reaper_alive(job_id))
+            if pidfd is not None:
                 self.watched[reaper] = pidfd
             else:
-                if pidfd is not None:
-                    os.close(pidfd)
                 self._wake(time.time() + LEFTOVER_RECHECK)  # gone already: look again
 
     def _forget_ended(self) -> None:
@@ -530,9 +526,3 @@ def _group_lives(leader: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def _epoch(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text).timestamp()

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from ..core.base import ALLOWED, Submission, Target, TrackerBase
 from ..core.errors import InvalidState, JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
-                           JobTemplate, complete_template, task_id_string, timestamp)
+                           JobTemplate, complete_template, epoch, task_id_string, timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
                             check_task_record, encode_infos, fill_template, held_tasks,
@@ -322,10 +322,9 @@ class JobTracker(TrackerBase):
         """What a waiting job waits for, first that which it must see first."""
         template = header.template
         if template.start_time is not None:
-            from ..core.models import parse_time
             import time
 
-            if parse_time(template.start_time).timestamp() > time.time():
+            if epoch(template.start_time) > time.time():
                 return f"waiting until {template.start_time}"
         if template.dependency is not None:
             from ..core.schedule import parse_dependency
@@ -558,14 +557,14 @@ class JobTracker(TrackerBase):
                     reaper = (submission.record(first) or {}).get("reaper_pid")
                 except StorageError:
                     return None
-            return _pidfd(reaper, lambda: self.store.reaper_alive(job_id))
+            return proc.pidfd_of(reaper, lambda: self.store.reaper_alive(job_id))
         try:
             record = submission.record(index)
         except StorageError:
             return None
         if record is None or record["state"] not in ("Running", "Suspended"):
             return None
-        return _pidfd(record["pid"], lambda: proc.identify(
+        return proc.pidfd_of(record["pid"], lambda: proc.identify(
             record["pid"], record.get("start_ticks") or -1) is not None)
 
     # -- control -------------------------------------------------------------------
@@ -770,21 +769,6 @@ class JobTracker(TrackerBase):
 
     def _hint(self, action):
         return " (does it ignore SIGTSTP?)" if action == "suspend" else ""
-
-
-def _pidfd(pid, still_it) -> int | None:
-    """A pidfd of ``pid`` if ``still_it()`` says, once it is open, that the PID was not
-    given to another process meanwhile; else None."""
-    if not isinstance(pid, int):
-        return None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    if still_it():
-        return pidfd
-    os.close(pidfd)
-    return None
 
 
 def _check_limits(template: JobTemplate) -> None:
