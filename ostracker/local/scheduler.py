@@ -290,24 +290,39 @@ class Scheduler:
         for index in array.indices()[entry.cursor:]:
             if len(found) >= most:
                 break
-            if f"{prefix}{index}" in given or index in held or \
-                    self._recorded(entry.job_id, index):
-                continue
+            try:
+                if f"{prefix}{index}" in given or index in held or \
+                        self._recorded(entry.job_id, index):
+                    continue
+            except StorageError:  # unreadable for now: this pass gives it nothing
+                self._wake(time.time() + RETRY_START)
+                break
             found.append(index)
         return found
 
     def _waiting(self, job_id: int) -> Waiting | None:
-        """The entry of a job that still waits; None (and its entry removed) otherwise."""
+        """The entry of a job that still waits; None (and its entry removed) if it waits no
+        more (it started, was deleted, or its header is damaged: its readers say so).
+
+        A file that cannot be read now (a full disk, EIO) removes nothing: the job is
+        passed over, and looked at again a moment later.
+        """
         entry = self.known.get(job_id)
         try:
             if entry is None:
-                header = Header.from_dict(job_id, self.store.read(job_id, HEADER),
-                                          self.store.path(job_id, HEADER))
-                entry = self.known[job_id] = Waiting(header)
-            if not self._started(entry):
+                data = self.store.read(job_id, HEADER)
+                try:
+                    entry = Waiting(Header.from_dict(job_id, data,
+                                                     self.store.path(job_id, HEADER)))
+                except (StorageError, AttributeError, TrackerError):
+                    entry = None  # deleted (no header) or damaged: it can never start
+                else:
+                    self.known[job_id] = entry
+            if entry is not None and not self._started(entry):
                 return entry
-        except (JobNotFound, StorageError, AttributeError, TrackerError):
-            pass  # deleted, or damaged: it cannot start; its readers report it
+        except StorageError:
+            self._wake(time.time() + RETRY_START)
+            return None
         self.known.pop(job_id, None)
         self.board.remove_waiting(job_id)
         return None
