@@ -539,6 +539,8 @@ def status(ctx, states, name_glob, queue, session, since, until, active, last, a
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
     keep = status_filter(states, name_glob, queue, session, since, until, active)
+    # Only jobs that have not ended are asked for: the history of ended ones is not read.
+    live = active or bool(states) and not any(JobState.parse(s).ended for s in states)
     tracker = open_tracker()
     errors = []
     if last is not None:
@@ -547,7 +549,7 @@ def status(ctx, states, name_glob, queue, session, since, until, active, last, a
         echo(tracker.job_infos_json(job_ids or None, errors=errors))
         infos = []
     else:
-        infos = tracker.job_infos(job_ids or None, errors=errors)
+        infos = tracker.job_infos(job_ids or None, errors=errors, active=live)
     for error in errors:
         warn(str(error))
     if keep is not None:

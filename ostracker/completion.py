@@ -57,7 +57,9 @@ def _job_candidates(state_dir, kind, incomplete, backend):
     array_named, _, _ = incomplete.partition(".")
     deadline = time.monotonic() + BUDGET
     found = []
-    for job_id in sorted(tracker.list_jobs(), key=int, reverse=True):
+    # Control takes jobs that have not ended: the history of those that have is not read.
+    ended = kind in ("any", "task", "ended")
+    for job_id in sorted(tracker.list_jobs(ended=ended), key=int, reverse=True):
         if time.monotonic() > deadline:
             break
         if not (job_id.startswith(incomplete) or job_id == array_named):

@@ -137,6 +137,13 @@ def state_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def keep_records(monkeypatch):
+    """Ended jobs keep their records in ``jobs/N``, not compacted into the history (README,
+    "History"): for tests of how those records are read, damaged or planted."""
+    monkeypatch.setenv("OSTRACKER_KEEP_RECORDS", "1")
+
+
+@pytest.fixture
 def run(state_dir):
     """Run the real ``ostracker`` command; returns the CompletedProcess (text mode)."""
     def run_cli(*args, input=None, timeout=60, env=None, cwd=None):

@@ -910,7 +910,9 @@ class Lab:
             if terr.strip():
                 outcome.problems.append(f"strace: {terr.strip()[-300:]}")
             every, ends = parse_trace(os.path.join(where, "trace"))
-            calls = every if kind == "flusher" else main_calls(every, pid)
+            # flusher: the fsyncs of its thread, not the main thread's (the history's)
+            calls = [call for call in every if call.pid != pid] if kind == "flusher" else \
+                main_calls(every, pid)
         return rc, out, err, calls, ends
 
     # -- checks --

@@ -255,7 +255,8 @@ def test_signal_group_checks_identity_before_signalling():
         victim.wait()
 
 
-def test_racing_control_commands_leave_one_consistent_record(run, submit, state_dir):
+def test_racing_control_commands_leave_one_consistent_record(run, submit, state_dir,
+                                                             keep_records):
     """Concurrent suspend/resume/terminate on one job: the record ends valid and Failed."""
     job_id, _ = running_job(submit, run, *THREE_PROCESSES)
     actions = ["suspend", "resume"] * 4 + ["terminate"] * 2

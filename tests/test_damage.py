@@ -32,6 +32,10 @@ import pytest
 
 from conftest import CLI, cleanup, poll
 
+# The records stay in jobs/N, not compacted into the history (tests/test_history.py
+# damages that), so that each can be damaged.
+pytestmark = pytest.mark.usefixtures("keep_records")
+
 OTHER = "o"        # one of the good jobs: how its lines must look
 DAMAGED = "d"      # the case must make the victim report an error
 ACCEPTED = "a"     # the case is no damage: everything is listed as before
@@ -55,7 +59,7 @@ def base(tmp_path_factory):
     while 6.2 and 6.3 were queued (they have no record, only the cancel marker).
     """
     folder = str(tmp_path_factory.mktemp("damage") / "state")
-    env = {**os.environ, "OSTRACKER_STATE_DIR": folder}
+    env = {**os.environ, "OSTRACKER_STATE_DIR": folder, "OSTRACKER_KEEP_RECORDS": "1"}
 
     def cli(*args):
         return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,

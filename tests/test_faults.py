@@ -28,6 +28,10 @@ from ostracker.local import proc
 NOBODY = 65534
 OTHER_BOOT = "00000000-0000-4000-8000-000000000000"
 
+# These tests plant, damage and read the records of ended jobs in their directories:
+# those jobs keep them there, not compacted into the history (tests/test_history.py).
+pytestmark = pytest.mark.usefixtures("keep_records")
+
 
 # -- helpers ---------------------------------------------------------------------------
 

@@ -26,6 +26,10 @@ from ostracker.core.errors import JobNotFound, StorageError
 
 OSTRACKER = os.path.join(os.path.dirname(sys.executable), "ostracker")
 
+# These tests plant, damage and read the records of ended jobs in their directories:
+# those jobs keep them there, not compacted into the history (tests/test_history.py).
+pytestmark = pytest.mark.usefixtures("keep_records")
+
 
 # -- helpers ---------------------------------------------------------------------------
 

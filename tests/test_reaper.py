@@ -114,8 +114,9 @@ def test_terminal_hangup_of_the_submitter_does_not_reach_the_job(run, state_dir)
 
 
 def test_ended_array_is_summarised_in_one_file_that_matches_the_task_records(
-        run, submit, state_dir):
-    """summary.json holds every task's JobInfo; listing it equals reading each task alone."""
+        run, submit, state_dir, keep_records):
+    """summary.json holds every task's JobInfo; listing it equals reading each task alone
+    (an array kept in its directory: README, "History")."""
     job_id = submit("--array", "1-7:3", "--", "sh", "-c", "exit $TASK_ID")
     assert run("wait", job_id).returncode == 1
     with open(os.path.join(state_dir, "jobs", job_id, "summary.json")) as handle:
@@ -330,7 +331,8 @@ def test_wait_on_several_jobs_and_a_task_sleeps_too(run, submit):
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - before <= 20
 
 
-def test_a_process_whose_reaper_died_before_recording_its_pid_is_found(run, submit, state_dir):
+def test_a_process_whose_reaper_died_before_recording_its_pid_is_found(run, submit, state_dir,
+                                                                      keep_records):
     """The reaper writes "starting" (with a token), spawns, then writes the PID.  Killed in
     between, it leaves a process that readers find by the token in its environment: it reads
     Running with its PID, and terminate ends it."""

@@ -1242,12 +1242,12 @@ def test_a_dependency_on_no_slurm_job_of_this_state_dir_is_refused(fake, run, st
                                                                   dependency, message):
     ok(run("submit", "--", "true"))
     ok(run("submit", "--array", "1-3", "--", "true"))
-    ok(run("--backend", "local", "submit", "--", "true"))  # job 3
+    ok(run("--backend", "local", "submit", "--wait", "--", "true"))  # job 3, compacted
     fake.clear_calls()
     result = run("submit", "-d", dependency, "--", "true")
     assert (result.returncode, result.stdout) == (1, "")
     assert one_line(result.stderr) == f"ostracker: {message}"
-    assert fake.calls("sbatch") == [] and job_dirs(state_dir) == ["1", "2", "3"]
+    assert fake.calls("sbatch") == [] and job_dirs(state_dir) == ["1", "2"]
 
 
 def test_a_dependency_never_met_on_a_job_slurm_forgot_is_refused(fake, run, state_dir):

@@ -27,7 +27,7 @@ from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, T
                      UnsupportedOperation, WaitTimeout)
 from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, expand_path,
                      parse_job_id, task_id_string)
-from .records import HEADER, Header, captured_output_name, encode_infos
+from .records import HEADER, EndedEntry, Header, captured_output_name, encode_infos
 from .store import Store
 
 # What each job control action needs the job to be in (a backend may narrow it) ...
@@ -61,6 +61,8 @@ _VERB = {"suspend": "stop", "resume": "continue", "terminate": "end", "hold": "b
 class Submission:
     """One submission (a single job or an array) as its header describes it."""
 
+    ended = False  # read from the history (``EndedSubmission``)
+
     def __init__(self, tracker: "TrackerBase", header: Header):
         self.tracker = tracker
         self.store = tracker.store
@@ -85,6 +87,47 @@ class Submission:
             raise JobNotFound(f"no such job: {task_id} (job {self.job_id} is not an array)")
         if index is not None and index not in self.array:
             raise JobNotFound(f"no such job: {task_id} (not a task of array {self.job_id})")
+
+
+class EndedSubmission(Submission):
+    """An ended job as its line of the history (``core.history``) has it: the header is
+    parsed only when asked for, so that listing ten thousand ended jobs as JSON copies
+    their JobInfos and parses nothing."""
+
+    ended = True
+
+    def __init__(self, tracker: "TrackerBase", entry: EndedEntry):
+        self.tracker = tracker
+        self.store = tracker.store
+        self.entry = entry
+        self.job_id = entry.job_id
+        self.damaged = None
+        self._header: Header | None = None
+
+    @property
+    def header(self) -> Header:
+        if self._header is None:
+            self._header = self.entry.header()
+        return self._header
+
+    @property
+    def array(self) -> ArraySpec | None:
+        return self.header.array
+
+    @property
+    def template(self) -> JobTemplate:
+        return self.header.template
+
+    def reaper_alive(self) -> bool:
+        return False
+
+    def infos(self, indices=None, errors: list | None = None) -> list[JobInfo]:
+        return self.entry.infos(self.header, None if indices is None else set(indices))
+
+    def encoded_infos(self, indices=None, errors: list | None = None) -> str:
+        if indices is None:
+            return self.entry.encoded_infos()
+        return encode_infos(self.infos(indices))
 
 
 Target = tuple[Submission, "int | None"]  # a submission and one task index (None: every task)
@@ -215,39 +258,67 @@ class TrackerBase(abc.ABC):
         return Header.from_dict(job_id, data, self.store.path(job_id, HEADER))
 
     def _submission(self, job_id: int) -> Submission:
-        """Submission ``job_id`` of this backend; JobNotFound names the other's.
+        """Submission ``job_id`` of this backend, from its directory or, once compacted,
+        from the history; JobNotFound names the other backend's.
 
         A backend that no version of ostracker here knows (a later one's, or a
         damaged name) is a StorageError: every backend reports that job, so that
         it is hidden from none.
         """
-        header = self._header(job_id)
-        if header.backend != self.BACKEND:
-            from .registry import BACKENDS
-
-            if header.backend not in BACKENDS:
-                raise StorageError(f"unknown backend {header.backend!r} in "
-                                   f"{self.store.path(job_id, HEADER)}")
-            raise JobNotFound(f"no such job: {job_id} with the {self.BACKEND} backend (it is "
-                              f"a {header.backend} job: give --backend {header.backend})")
+        try:
+            header = self._header(job_id)
+        except JobNotFound:
+            return self._ended_submission(job_id)
+        self._check_backend(job_id, header.backend, self.store.path(job_id, HEADER))
         return self.SUBMISSION(self, header)
 
-    def list_jobs(self, last: int | None = None) -> list[str]:
+    def _ended_submission(self, job_id: int) -> "EndedSubmission":
+        """Submission ``job_id`` from its line of the history; JobNotFound if it has none."""
+        entry = self.store.history.entry(job_id)
+        if entry is None:
+            raise JobNotFound(f"no such job: {job_id}")
+        self._check_backend(job_id, entry.backend, self.store.history.path)
+        return EndedSubmission(self, entry)
+
+    def _check_backend(self, job_id: int, backend: str, path: str) -> None:
+        if backend != self.BACKEND:
+            from .registry import BACKENDS
+
+            if backend not in BACKENDS:
+                raise StorageError(f"unknown backend {backend!r} in {path}")
+            raise JobNotFound(f"no such job: {job_id} with the {self.BACKEND} backend (it is "
+                              f"a {backend} job: give --backend {backend})")
+
+    def _ours(self, entry: EndedEntry) -> bool:
+        """Whether the history's entry is this backend's job (a damaged line's is: whoever
+        reads that job reports it)."""
+        try:
+            return entry.backend == self.BACKEND
+        except StorageError:
+            return True
+
+    def list_jobs(self, last: int | None = None, ended: bool = True) -> list[str]:
         """IDs of every job of this backend in the DB: single jobs and arrays (not their tasks);
-        with ``last``, only the ``last`` most recent (the highest IDs), read newest first.
+        with ``last``, only the ``last`` most recent (the highest IDs), read newest first;
+        without ``ended``, none of the history's (TAB completion of ``suspend``: the
+        jobs that have not ended are among the others).
 
         A damaged header is listed too, so that whoever reads that job reports it.
         """
         found = []
-        for job_id in reversed(self.store.job_ids()):
+        live = self.store.job_ids()
+        compacted = {job_id for job_id, _ in self._ended_entries(set(live), None)} \
+            if ended else set()
+        for job_id in sorted([*live, *compacted], reverse=True):
             if last is not None and len(found) >= last:
                 break
-            try:
-                self._submission(job_id)
-            except JobNotFound:
-                continue  # deleted meanwhile, or the other backend's
-            except StorageError:
-                pass
+            if job_id not in compacted:
+                try:
+                    self._submission(job_id)
+                except JobNotFound:
+                    continue  # deleted meanwhile, or the other backend's
+                except StorageError:
+                    pass
             found.append(str(job_id))
         return found[::-1]
 
@@ -259,23 +330,41 @@ class TrackerBase(abc.ABC):
             raise InvalidArgument(f"job {array_id} is not an array")
         return [task_id_string(job_id, i) for i in submission.array.indices()]
 
-    def _targets_of(self, job_ids: Iterable[str] | None, errors: list | None
-                    ) -> Iterable[Target]:
-        """The targets named (an array: index None), or every job of this backend.
+    def _targets_of(self, job_ids: Iterable[str] | None, errors: list | None,
+                    active: bool = False) -> Iterable[Target]:
+        """The targets named (an array: index None), or every job of this backend (with
+        ``active``, of ``jobs/`` alone: what has not ended is there).
 
         Listing all, a job deleted meanwhile or run by the other backend is left
         out; a damaged one goes to ``errors`` (without it, it raises), so that it
         does not hide the others.  A generator: a listing reports each damaged
-        job in its turn, header or task record.
+        job in its turn, header or task record.  Listing all, the jobs of
+        ``jobs/`` come first and the history's after them (a job compacted
+        while it was read is in one or the other: ``core.history``), not by ID.
         """
-        named = [parse_job_id(text) for text in job_ids] if job_ids is not None else \
-            [(job_id, None) for job_id in self.store.job_ids()]
+        if job_ids is not None:
+            yield from self._named_targets([parse_job_id(text) for text in job_ids], True,
+                                           errors)
+            return
+        live = self.store.job_ids()
+        yield from self._named_targets([(job_id, None) for job_id in live], False, errors)
+        if not active:
+            for job_id, entry in sorted(self._ended_entries(set(live), errors)):
+                yield EndedSubmission(self, entry), None
+
+    def _ended_entries(self, live: set[int], errors: list | None):
+        """(ID, entry) of this backend's jobs in the history, but those in ``live``."""
+        for job_id, entry in self.store.history.entries(errors).items():
+            if job_id not in live and self._ours(entry):
+                yield job_id, entry
+
+    def _named_targets(self, named, named_by_caller: bool, errors) -> Iterable[Target]:
         for job_number, index in named:
             try:
                 submission = self._submission(job_number)
                 submission.check_index(index)
             except JobNotFound:
-                if job_ids is not None:
+                if named_by_caller:
                     raise
                 continue
             except StorageError as error:
@@ -287,6 +376,8 @@ class TrackerBase(abc.ABC):
 
     def _fresh(self, target: Target) -> Target:
         """The target again, with nothing cached of what a read learned (a poll reads anew)."""
+        if target[0].ended:
+            return target  # it stays as it ended
         return self.SUBMISSION(self, target[0].header), target[1]
 
     def _one_task(self, job_id: str) -> Target:
@@ -305,24 +396,60 @@ class TrackerBase(abc.ABC):
         return self._read([self._one_task(job_id)])[0][1][0]
 
     def job_infos(self, job_ids: Iterable[str] | None = None,
-                  errors: list[TrackerError] | None = None) -> list[JobInfo]:
-        """JobInfo of the named jobs (an array stands for its tasks), or of all jobs.
+                  errors: list[TrackerError] | None = None,
+                  active: bool = False) -> list[JobInfo]:
+        """JobInfo of the named jobs (an array stands for its tasks), or of all jobs, by ID
+        (with ``active``, all that are in ``jobs/``: every job that has not ended, and
+        those ended that are not compacted yet).
 
         With ``errors``, a job that cannot be read is reported there and skipped,
         so one damaged record does not hide the others; without it, it raises.
         """
-        return [info for _, infos in self._read(self._targets_of(job_ids, errors), errors)
-                for info in infos]
+        read = self._read(self._targets_of(job_ids, errors, active), errors)
+        return [info for _, infos in _by_id(read, job_ids) for info in infos]
 
     def job_infos_json(self, job_ids: Iterable[str] | None = None,
-                       errors: list[TrackerError] | None = None) -> str:
-        """``job_infos`` as a JSON list, the way ``status --json`` prints it."""
-        parts = self._encoded(self._targets_of(job_ids, errors), errors)
+                       errors: list[TrackerError] | None = None, active: bool = False) -> str:
+        """``job_infos`` as a JSON list, the way ``status --json`` prints it.
+
+        Listing all, the history's JobInfos are copied from its lines as they are,
+        with no object made per job: ten thousand ended jobs cost little more than
+        reading the file."""
+        if job_ids is not None:
+            parts = [part for _, part in self._encoded(self._targets_of(job_ids, errors),
+                                                       errors)]
+        else:
+            live = self.store.job_ids()
+            found = [(target[0].job_id, part) for target, part in self._encoded(
+                self._named_targets([(job_id, None) for job_id in live], False, errors),
+                errors)]
+            if not active:
+                found += self._ended_json(set(live), errors)
+            found.sort()
+            parts = [part for _, part in found]
         return "[" + ", ".join(part for part in parts if part) + "]"
 
-    def _encoded(self, targets: list[Target], errors: list | None) -> Iterable[str]:
-        """Each target's JobInfos as JSON objects, comma-separated (a list's inside)."""
-        return [encode_infos(infos) for _, infos in self._read(targets, errors)]
+    def _ended_json(self, live: set[int], errors: list | None):
+        """(ID, JobInfos as JSON) of the history's jobs but ``live``: ``_ended_entries``
+        for ``status --json``, with no object made per job."""
+        backend = self.BACKEND
+        for job_id, entry in self.store.history.entries(errors).items():
+            if job_id in live:
+                continue
+            try:
+                text = entry.encoded_infos(backend)
+            except StorageError as error:
+                if errors is None:
+                    raise
+                errors.append(error)
+                continue
+            if text is not None:
+                yield job_id, text
+
+    def _encoded(self, targets: list[Target], errors: list | None
+                 ) -> Iterable[tuple[Target, str]]:
+        """Each target with its JobInfos as JSON objects, comma-separated (a list's inside)."""
+        return [(target, encode_infos(infos)) for target, infos in self._read(targets, errors)]
 
     def job_state(self, job_id: str) -> tuple[JobState, str | None]:
         """(state, sub_state) of a job or task; of an array, its state derived from its tasks."""
@@ -346,7 +473,10 @@ class TrackerBase(abc.ABC):
         template = submission.template
         pattern = template.output_path if stream == "stdout" else template.error_path
         if pattern is None:
-            return self.store.path(submission.job_id, captured_output_name(index, stream))
+            name = captured_output_name(index, stream)
+            if submission.ended:
+                return self.store.ended_path(submission.job_id, name)
+            return self.store.path(submission.job_id, name)
         path = expand_path(pattern, task_id_string(submission.job_id, index), index)
         return os.path.join(template.working_directory, path)
 
@@ -363,8 +493,22 @@ class TrackerBase(abc.ABC):
         submission, index = self._one_task(job_id)
         template = submission.template
         if (template.output_path if stream == "stdout" else template.error_path) is None:
-            fd = self.store.open_captured(submission.job_id, captured_output_name(index, stream))
-            return os.fdopen(fd, "rb")
+            name = captured_output_name(index, stream)
+            try:
+                return os.fdopen(self.store.open_captured(submission.job_id, name,
+                                                          submission.ended), "rb")
+            except FileNotFoundError:
+                if not submission.ended:  # compacted meanwhile?
+                    if self.store.at_home(submission.job_id):
+                        raise
+                    try:
+                        return os.fdopen(self.store.open_captured(submission.job_id, name,
+                                                                  True), "rb")
+                    except FileNotFoundError:
+                        pass
+                import io
+
+                return io.BytesIO()  # a compacted job's empty output leaves no file
         return open(self.output_path(job_id, stream), "rb")
 
     # -- waiting --------------------------------------------------------------------------
@@ -487,7 +631,17 @@ class TrackerBase(abc.ABC):
         if index is not None:
             raise UnsupportedOperation(
                 f"cannot delete one task ({job_id}): delete the array {job_number} as a whole")
-        with self.store.job_lock(job_number):
+        try:
+            submission = self._submission(job_number)
+        except StorageError:
+            entry = self.store.history.entry(job_number)
+            if entry is None or not entry.damaged():
+                raise
+            submission = None  # its line is damaged, but it is an ended job's: it goes
+        if submission is None or submission.ended:
+            self.store.history.remove({job_number})
+            return
+        with self.store.job_lock(job_number):  # the reaper compacts its job under this lock
             submission = self._submission(job_number)
             self._remove_if_ended(submission, self._read([(submission, None)])[0][1])
 
@@ -503,26 +657,48 @@ class TrackerBase(abc.ABC):
         errors = [] if errors is None else errors
         self.store.sweep_leftovers()  # what crashed submits and deletes left (README, Decisions)
         cutoff = None if older_than is None else time.time() - older_than
+        compacted = set()
         for (submission, _), infos in self._read(self._targets_of(None, errors), errors):
             if submission.damaged is not None:
                 continue
             if cutoff is not None and any(_ended_at(info) > cutoff for info in infos):
                 continue
+            if submission.ended:
+                compacted.add(submission.job_id)
+                continue
             try:
                 with self.store.job_lock(submission.job_id):
                     self._remove_if_ended(submission, infos)
                 deleted.append(str(submission.job_id))
-            except (InvalidState, JobNotFound):
+            except InvalidState:
                 pass
-        return deleted
+            except JobNotFound:  # compacted by its reaper meanwhile: its line goes
+                if submission.job_id in self.store.history.entries():
+                    compacted.add(submission.job_id)
+        if compacted:
+            self.store.history.remove(compacted)
+        return sorted(deleted + [str(job_id) for job_id in compacted], key=int)
 
     def _remove_if_ended(self, submission: Submission, infos: list[JobInfo]) -> None:
-        """Remove the submission's directory unless one of its tasks has not ended."""
+        """Remove the submission unless one of its tasks has not ended: its directory, and
+        a line that a reaper killed while it compacted the job left in the history."""
         for info in infos:
             if not info.state.ended:
                 raise InvalidState(f"job {info.id} is {info.state.value}: "
                                    "only ended jobs can be deleted")
+        if submission.ended:
+            self.store.history.remove({submission.job_id})
+            return
         self.store.remove_job_dir(submission.job_id)
+        if submission.job_id in self.store.history.entries():
+            self.store.history.remove({submission.job_id})
+
+
+def _by_id(read: Iterable[tuple[Target, object]], job_ids) -> list:
+    """A listing of all jobs, which reads ``jobs/`` before the history, put in ID order;
+    jobs named are left in the order named."""
+    read = list(read)
+    return read if job_ids is not None else sorted(read, key=lambda item: item[0][0].job_id)
 
 
 def _ended_at(info: JobInfo) -> float:

@@ -21,6 +21,10 @@ Layout of a state directory (mode 0700, every file 0600)::
                      its record names it: with neither, a "starting" record whose reaper
                      died means the process was never created, and the job waits again
         stdout, stderr, I.stdout, I.stderr   output captured by default
+    history          one line per ended job, compacted there by its reaper (``history``)
+    history.lock     flock(2) taken to add lines to ``history`` or write it anew
+    ended/N/         what an ended job keeps beside its line: its non-empty captured
+                     output and on_end.json (none of it: no directory)
     sessions/NAME    a DRMAA2 job session, registered (``ostracker.drmaa2``)
     schedule/        what waits to start, and who decides when (local backend)
         lock         held (flock) by the scheduler for as long as it lives
@@ -50,6 +54,7 @@ parsed and checked before it is used.
 from __future__ import annotations
 
 import json
+from zlib import crc32
 
 from .errors import InvalidArgument, StorageError
 from .models import (STATE_BY_NAME, ArraySpec, JobInfo, JobTemplate, task_id_string,
@@ -103,6 +108,14 @@ def spawned_name(index: int | None) -> str:
 def captured_output_name(index: int | str | None, stream: str) -> str:
     """File name, in the job directory, of the output captured when no path was given."""
     return stream if index is None else f"{index}.{stream}"
+
+
+def is_kept_when_ended(name: str) -> bool:
+    """Whether a file of a job's directory stays once the job is compacted
+    (``history``): captured output, if not empty, and how --on-end ended."""
+    stem, _, stream = name.rpartition(".")
+    return name in ("stdout", "stderr", ON_END) or \
+        (stream in ("stdout", "stderr") and stem.isdigit())
 
 
 def damaged(path: str) -> StorageError:
@@ -528,8 +541,6 @@ def summary_chunks(infos: list[JobInfo]) -> list[bytes]:
     up, a task that had not ended): when one fails, the summary goes without a check,
     readers find the same fault, and read the task records instead, which say it.
     """
-    import zlib
-
     dicts = [info.to_dict(with_template=False) for info in infos]
     try:
         for data in dicts:
@@ -537,8 +548,104 @@ def summary_chunks(infos: list[JobInfo]) -> list[bytes]:
         inside = json.dumps(dicts, allow_nan=False)[1:-1].encode()
     except (ValueError, TypeError, KeyError):
         return [SUMMARY_PREFIX, json.dumps(dicts).encode(), b"}"]
-    check = SUMMARY_CHECK % (int(infos[0].array_id), len(inside), zlib.crc32(inside))
+    check = SUMMARY_CHECK % (int(infos[0].array_id), len(inside), crc32(inside))
     return [SUMMARY_PREFIX, b"[", inside, check]
+
+
+# -- the history: one line per ended job ---------------------------------------------------
+
+def history_line(header: Header, infos: list[JobInfo]) -> bytes:
+    """The history's line of an ended job: ``ID TAB BACKEND TAB CRC32 TAB HEADER TAB
+    TEMPLATE TAB INFOS LF``, where HEADER is the header's JSON but its template, TEMPLATE
+    the template as JobInfo has it, INFOS its JobInfos' list's inside (templates null) and CRC32 that of
+    everything after it.  Compact JSON holds no raw tab or newline, so the split is exact.
+
+    The JobInfos are checked as a summary's are: a line is written only for what a
+    reader can take unparsed.  ValueError when one fails (the job then stays as it is).
+    """
+    dicts = [info.to_dict(with_template=False) for info in infos]
+    for data in dicts:
+        _summary_info(data, None)
+    without_template = {key: value for key, value in header.to_dict().items()
+                        if key != "template"}  # it is the next field
+    body = b"\t".join([json.dumps(without_template, separators=(",", ":")).encode(),
+                       json.dumps(header.template.to_dict()).encode(),
+                       json.dumps(dicts, allow_nan=False)[1:-1].encode()])
+    return b"%d\t%s\t%d\t%s\n" % (header.job_id, header.backend.encode(),
+                                    crc32(body), body)
+
+
+class EndedEntry:
+    """A job's line of the history, taken apart and checked (its CRC) only when it is
+    used, and parsed only as far as asked: a listing of ten thousand ended jobs copies
+    their JobInfos unparsed."""
+
+    __slots__ = ("job_id", "_line", "_path", "_fields")
+
+    def __init__(self, job_id: int, line: bytes, path: str):
+        self.job_id = job_id
+        self._line = line
+        self._path = path
+        self._fields: tuple[str, bytes, str, str] | None = None
+
+    def _checked(self) -> tuple[str, bytes, str, str]:
+        """(backend, header, template, infos); StorageError if the line is damaged."""
+        if self._fields is None:
+            fields = self._line.split(b"\t")
+            try:
+                job, backend, check, header, template, infos = fields
+                body = memoryview(self._line)[len(job) + len(backend) + len(check) + 3:]
+                if not check.isdigit() or len(check) > 10 or crc32(body) != int(check):
+                    raise ValueError("no check")
+                self._fields = (backend.decode(), header, template.decode(), infos.decode())
+            except (ValueError, UnicodeDecodeError):
+                raise self.damage() from None
+        return self._fields
+
+    @property
+    def backend(self) -> str:
+        return self._checked()[0]
+
+    def header(self) -> Header:
+        _, header, template, _ = self._checked()
+        try:
+            data = json.loads(header)
+            data["template"] = json.loads(template)
+        except (ValueError, RecursionError, TypeError):
+            raise self.damage() from None
+        return Header.from_dict(self.job_id, data, self._path)
+
+    def encoded_infos(self, backend: str | None = None) -> str | None:
+        """The JobInfos as JSON objects, comma-separated, templates in (with ``backend``:
+        None if the job is another backend's)."""
+        ours, _, template, infos = self._checked()
+        if backend is not None and ours != backend:
+            return None
+        return infos.replace(TEMPLATE_SLOT, '"job_template": ' + template)
+
+    def infos(self, header: Header, only=None) -> list[JobInfo]:
+        """The JobInfos of every task (with ``only``, of those tasks alone)."""
+        infos = infos_from_summary(self._checked()[3], header.template, self.job_id,
+                                   header.array.indices() if header.array else [None], only)
+        if infos is None:
+            raise self.damage()
+        return infos
+
+    def damaged(self) -> bool:
+        try:
+            self._checked()
+        except StorageError:
+            return True
+        return False
+
+    def damage(self) -> StorageError:
+        return StorageError(f"damaged record of job {self.job_id} in {self._path}")
+
+
+def history_line_id(line: bytes) -> int | None:
+    """The ID a line of the history begins with (None: none that can be believed)."""
+    head = line[:line.find(b"\t")]
+    return int(head) if head.isdigit() and len(head) < 17 else None
 
 
 def summary_body(data: bytes | None, array_id: int) -> tuple[str, bool] | None:
@@ -554,10 +661,8 @@ def summary_body(data: bytes | None, array_id: int) -> tuple[str, bool] | None:
     end = data.rfind(b'], "array_id": ', start)
     try:
         if end >= 0:
-            import zlib
-
             inside = data[start:end]
-            if data[end:] != SUMMARY_CHECK % (array_id, len(inside), zlib.crc32(inside)):
+            if data[end:] != SUMMARY_CHECK % (array_id, len(inside), crc32(inside)):
                 return None
             return inside.decode(), True
         if data.endswith(b"]}"):
@@ -568,22 +673,26 @@ def summary_body(data: bytes | None, array_id: int) -> tuple[str, bool] | None:
 
 
 def infos_from_summary(body: str, template: JobTemplate, array_id: int,
-                       indices: range) -> list[JobInfo] | None:
-    """The JobInfos of a summary's body, or None unless it holds exactly the JobInfos of
-    array ``array_id``'s tasks ``indices``, in order, every field of its type.
+                       indices, only=None) -> list[JobInfo] | None:
+    """The JobInfos of a summary's body (with ``only``, of those tasks alone), or None
+    unless it holds exactly the JobInfos of array ``array_id``'s tasks ``indices``, in
+    order, every field asked for of its type (``[None]``: of the single job
+    ``array_id``, as a history line holds it).
 
     A key missing (a summary from before it existed) reads as null.
     """
+    expected = str(array_id)
+    wanted = [(task_id_string(array_id, index), None if index is None else expected, index)
+              for index in indices]
     try:
         items = json.loads(f"[{body}]")
-        infos = [_summary_info(data, template) for data in items]
+        if [(data.get("id"), data.get("array_id"), data.get("task_id")) for data in items] \
+                != wanted:
+            return None
+        return [_summary_info(data, template) for data, index in zip(items, indices)
+                if only is None or index in only]
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    expected = str(array_id)
-    wanted = [(f"{expected}.{index}", expected, index) for index in indices]
-    if [(info.id, info.array_id, info.task_id) for info in infos] != wanted:
-        return None
-    return infos
 
 
 def _summary_info(data: dict, template: JobTemplate | None) -> JobInfo:
@@ -595,7 +704,8 @@ def _summary_info(data: dict, template: JobTemplate | None) -> JobInfo:
                                  not all(isinstance(_text(name), str) for name in machines)):
         raise TypeError("allocated_machines")
     return JobInfo(
-        id=_text(data["id"]), array_id=_text(get("array_id")), task_id=_integer(get("task_id")),
+        id=_text(data["id"]), array_id=_text(get("array_id"), True),
+        task_id=_integer(get("task_id"), True),
         job_name=_text(get("job_name"), True), state=STATE_BY_NAME[_ended(data["state"])],
         sub_state=_text(get("sub_state"), True),
         exit_status=_integer(get("exit_status"), True, high=256),

@@ -60,6 +60,7 @@ MAX_ID = 10 ** 15
 # header milliseconds after the directory; the Slurm backend's sbatch may take a minute.
 LEFTOVER_AGE = 600.0
 DELETED_PREFIX = ".deleted-"
+ENDED = "ended"  # what compacted jobs keep (``history``)
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -177,6 +178,7 @@ class Store:
         self._jobs: tuple[int, int, int] | None = None
         self._pinned: dict[int, tuple[int, int, int]] = {}  # job ID -> its directory
         self._recent: tuple[int, tuple[int, int, int]] | None = None  # the last job read
+        self._history = None
         if create:
             self._jobs_fd(create=True)
 
@@ -408,6 +410,29 @@ class Store:
     def job_dir(self, job_id: int) -> str:
         return f"{self.jobs}/{job_id}"
 
+    @property
+    def history(self):
+        """The ended jobs (``history.History``), read once per Store and then as it grows."""
+        if self._history is None:
+            from .history import History
+
+            self._history = History(self)
+        return self._history
+
+    def at_home(self, job_id: int) -> bool:
+        """Whether the job's directory that this Store reads from is still ``jobs/N``: a
+        job compacted (or deleted) while it was read is read again from the history."""
+        fd = self._job_fd(job_id)
+        jobs = self._jobs_fd()
+        if fd is None or jobs is None:
+            return False
+        try:
+            there = os.stat(str(job_id), dir_fd=jobs, follow_symlinks=False)
+            here = os.fstat(fd)
+        except OSError:
+            return False
+        return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
+
     def job_ids(self) -> list[int]:
         """IDs of every job directory, ascending (unknown names are ignored).  No state
         directory, or no ``jobs/`` in it: an empty DB."""
@@ -424,6 +449,10 @@ class Store:
 
     def path(self, job_id: int, name: str) -> str:
         return f"{self.jobs}/{job_id}/{name}"  # the reaper asks for paths per task event
+
+    def ended_path(self, job_id: int, name: str) -> str:
+        """Where a compacted job keeps file ``name`` (``history``)."""
+        return f"{self.root}/{ENDED}/{job_id}/{name}"
 
     def read(self, job_id: int, name: str) -> dict | None:
         """The record ``name`` of job ``job_id``, or None if it does not exist.
@@ -467,14 +496,28 @@ class Store:
             raise StorageError(f"cannot read {self.path(job_id, name)}: {_describe(exc)}") \
                 from None
 
-    def open_captured(self, job_id: int, name: str) -> int:
-        """Open output captured in the job's directory for reading; return the descriptor.
+    def open_captured(self, job_id: int, name: str, ended: bool = False) -> int:
+        """Open output captured in the job's directory (``ended``: in what a compacted
+        job kept, ``ended/N``) for reading; return the descriptor.
 
         FileNotFoundError if it is not there (yet); StorageError if what is there
         is a link planted at its name or not a regular file.
         """
-        dir_fd = self._job_fd(job_id)
-        path = self.path(job_id, name)
+        path = self.ended_path(job_id, name) if ended else self.path(job_id, name)
+        if ended:
+            area = self._area(ENDED)
+            try:
+                dir_fd = None if area is None else os.open(str(job_id), _DIR_FLAGS,
+                                                            dir_fd=area)
+            except FileNotFoundError:
+                dir_fd = None
+            except OSError as exc:
+                raise _open_error(exc, path, "output file") from None
+            finally:
+                if area is not None:
+                    os.close(area)
+        else:
+            dir_fd = self._job_fd(job_id)
         if dir_fd is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         try:
@@ -483,6 +526,9 @@ class Store:
             raise
         except OSError as exc:
             raise _open_error(exc, path, "output file") from None
+        finally:
+            if ended:
+                os.close(dir_fd)
         try:
             _check_file(fd, path, "output file")
             os.set_blocking(fd, True)
@@ -817,7 +863,8 @@ class Store:
             copy = _parse_int(os.pread(lock_fd, 32, 0))
             last = max(kept or 0, copy or 0)
             if kept is None or kept != copy:  # one copy lost or damaged: scan the jobs too
-                last = max(last, max((i for i in self.job_ids() if i <= MAX_ID), default=0))
+                known = [*self.job_ids(), *self.history.entries()]
+                last = max(last, max((i for i in known if i <= MAX_ID), default=0))
             job_id = last + 1
             while _lexists(str(job_id), jobs):
                 job_id += 1  # a directory the counter does not know of: never reuse it

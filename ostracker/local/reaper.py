@@ -57,11 +57,13 @@ import sys
 import time
 
 from ..core.errors import JobNotFound, StartError, StorageError
-from ..core.models import epoch, expand_path, is_per_task, task_id_string, timestamp
+from ..core.history import compact
+from ..core.models import (ENDED_NAMES, epoch, expand_path, is_per_task, task_id_string,
+                           timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
-                            held_tasks, info_from_record, new_record, spawned_name,
-                            summary_chunks, task_record_name)
+                            check_task_record, held_tasks, history_line, info_from_record,
+                            new_record, spawned_name, summary_chunks, task_record_name)
 from ..core.store import Flusher, Store
 from . import proc
 from .board import Board
@@ -73,6 +75,9 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to what a job left running
 SUMMARY_PATIENCE = 60.0  # seconds an ended array's reaper tries to write its summary
+# In a job's environment, "1": its records stay in its directory once it ends, not
+# compacted into the history (README, "History"): for tools that read them there.
+KEEP_RECORDS = "OSTRACKER_KEEP_RECORDS"
 RECORD_PATIENCE = 600.0  # seconds a reaper whose job never started tries to write that
 _RETRY_FIRST, _RETRY_LONGEST = 0.05, 2.0  # seconds between attempts at an unwritten record
 # What a task's process says on its status pipe before it execs (else: nothing).
@@ -802,12 +807,14 @@ class Reaper:
                             self.read_status(task)
             children = self.reap()
             self._fire_timers()
-        if self.array is not None:
-            self.write_summary()
         self._close_control()
         if self.store.flusher is not None:
             self.store.flusher.drain()
-        self.run_on_end()
+        infos = self.final_infos()
+        if self.template.on_end is not None and self.outcome is not None:
+            self.run_on_end()  # its process compacts the job once CMD has ended
+        else:
+            self.finish(infos)
         if self._board.waiting():  # a scheduler killed meanwhile: start the next one
             from .scheduler import ensure
 
@@ -848,27 +855,70 @@ class Reaper:
                 pass
             self._control.close()
 
-    def write_summary(self) -> None:
-        """The JobInfo of every task in one file, so that listing an ended array reads one.
-
-        The one step whose cost grows with the array; it runs once, at the end.
-        Each JobInfo leaves its template out: it is in the header, and readers put it in.
-        The reaper of an array in a queue ends whenever no task it was given runs: it
-        writes the summary only once every task has ended.
-        """
-        marker = self.store.read(self.job_id, CANCEL)
-        if self.queue is not None and marker is None and not all(
-                self.store.exists(self.job_id, task_record_name(index))
-                for index in self.array.indices()):
-            return
-        cancelled = cancelled_record(marker)
-        infos = [info_from_record(self.header, index,
-                                  self.store.read(self.job_id, task_record_name(index))
-                                  or cancelled)
-                 for index in self.array.indices()]
+    def final_infos(self) -> list | None:
+        """The JobInfo of every task, read back from the records once all have ended (an
+        array's ``outcome`` with them); None if some task has not: the reaper of an array
+        in a queue ends whenever no task it was given runs, and the scheduler may start
+        another for the rest.  The one step whose cost grows with the array; it runs once,
+        at the end."""
+        try:
+            if self.array is None:
+                record = self.store.read(self.job_id, task_record_name(None))
+                if record is None or record.get("state") not in ENDED_NAMES:
+                    return None
+                return [info_from_record(self.header, None, check_task_record(
+                    record, self.store.path(self.job_id, task_record_name(None)),
+                    str(self.job_id)))]
+            marker = self.store.read(self.job_id, CANCEL)
+            if self.queue is not None and marker is None and not all(
+                    self.store.exists(self.job_id, task_record_name(index))
+                    for index in self.array.indices()):
+                return None
+            cancelled = cancelled_record(marker)
+            infos = [info_from_record(self.header, index,
+                                      self.store.read(self.job_id, task_record_name(index))
+                                      or cancelled)
+                     for index in self.array.indices()]
+        except (JobNotFound, StorageError, KeyError):
+            return None  # damaged: readers report it, from the records as they are
         states = {info.state.value for info in infos}
         self.outcome = ("Done" if states == {"Done"} else
                         "Failed" if "Failed" in states else "Undetermined", None, None)
+        return infos
+
+    def finish(self, infos: list | None) -> None:
+        """The job has ended: compact it into the history (``core.history``), which
+        readers then read instead of its directory.  Where that cannot be done (a
+        full disk), the records stay, an array's summed up in its summary file, so that
+        listing it reads one file."""
+        if infos is None:
+            return
+        if self.environment.get(KEEP_RECORDS) == "1":
+            line = None  # the user keeps the records where they are
+        else:
+            line = self._history_line(infos)
+        if line is not None:
+            try:
+                with self.store.job_lock(self.job_id):  # no delete, hold or cancel meanwhile
+                    if compact(self.store, line, self.job_id):
+                        return
+            except (JobNotFound, StorageError, OSError):
+                return  # deleted meanwhile, or its header cannot be locked: left as it is
+        if self.array is not None:
+            self.write_summary(infos)
+
+    def _history_line(self, infos: list) -> bytes | None:
+        try:
+            return history_line(self.header, infos)
+        except (ValueError, TypeError, KeyError):
+            return None  # a record that a reader would refuse: it reports it from there
+
+    def write_summary(self, infos: list | None) -> None:
+        """The JobInfo of every task in one file, so that listing an ended array that
+        could not be compacted reads one.  Each JobInfo leaves its template out: it is
+        in the header, and readers put it in."""
+        if infos is None:
+            return
         self.unwritten[SUMMARY] = (summary_chunks(infos), True)
         self.settle(SUMMARY_PATIENCE)
 
@@ -916,6 +966,7 @@ class Reaper:
                     record["sub_state"] = f"{record['sub_state']}; {failed}" \
                         if record.get("sub_state") else failed
                     self.store.write(self.job_id, task_record_name(None), record)
+            self.finish(self.final_infos())
         except BaseException:  # noqa: BLE001 - nothing here may climb back into the reaper's code
             pass
         finally:
@@ -1196,7 +1247,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
                 reaper.cancel_rest(f"cancelled: task {first} could not start")
         _report(ready_fd, f"error {error}")
         if reaper.array is not None and str(error) != _HELD:
-            reaper.write_summary()
+            reaper.write_summary(reaper.final_infos())
         reaper.settle()
         os._exit(0)
     if lean:  # listening before the scheduler hears "started": it may grant a task at once

@@ -331,6 +331,8 @@ class Scheduler:
         """Whether the job waits no more: it (an array in a queue: its every task) has a
         record, or the array was cancelled."""
         job_id, array = entry.job_id, entry.header.array
+        if not self.store.at_home(job_id):
+            return True  # its directory left jobs/: it ran and was compacted, or was deleted
         if array is None:
             return self._recorded(job_id, None)
         if self.store.exists(job_id, CANCEL):
@@ -514,6 +516,13 @@ class Scheduler:
                         self.store.job_dir(job_id), f"grant {index} {' '.join(map(str, slots))}"):
                     raise StorageError("its reaper lives")  # started already, or not listening
                 self.holders.add(task_id)
+                return
+            if not self.store.at_home(job_id):
+                # It ran and its reaper compacted it since this pass looked (under the
+                # reaper lock, no reaper is at work: what one did is done).
+                os.close(lock)
+                for slot in taken:
+                    self.board.free(queue, slot)
                 return
             try:
                 launch(self.store, entry.header, lock, queue=queue, slots=slots, lean=True,

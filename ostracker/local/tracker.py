@@ -487,26 +487,42 @@ class JobTracker(TrackerBase):
     # -- reading ---------------------------------------------------------------------
 
     def _read(self, targets, errors=None, final=True):
-        read = []
-        for target in targets:
-            submission, index = target
-            try:
-                read.append((target, submission.infos(None if index is None else [index],
-                                                      errors)))
-            except StorageError as error:
-                if errors is None:
-                    raise
-                errors.append(error)
-        return read
+        return list(self._each(targets, errors, "infos"))
 
     def _encoded(self, targets, errors):
         """As the base's, but an ended array is copied from the summary its reaper
-        wrote, neither parsed nor encoded again: listing thousands of ended tasks
-        costs little more than reading one file.
+        wrote (or a compacted job from its history line), neither parsed nor encoded
+        again: listing thousands of ended tasks costs little more than reading one file.
         """
-        for submission, index in targets:
+        return self._each(targets, errors, "encoded_infos")
+
+    def _each(self, targets, errors, how: str):
+        """(target, what the submission's method ``how`` gives) for each target.
+
+        A job compacted by its reaper while it was read (its directory left
+        ``jobs/`` under the reader: ``Store.at_home``) is read again from its
+        history line, which was written before the directory moved.
+        """
+        for target in targets:
+            submission, index = target
+            indices = None if index is None else [index]
             try:
-                yield submission.encoded_infos(None if index is None else [index], errors)
+                try:
+                    result = getattr(submission, how)(indices, errors)
+                    if not submission.ended and not self.store.at_home(submission.job_id):
+                        raise JobNotFound(f"no such job: {submission.job_id}")
+                except JobNotFound:
+                    if submission.ended:
+                        raise
+                    # Its directory (which this Store may still hold) is not read again.
+                    submission = self._ended_submission(submission.job_id)
+                    target = submission, index
+                    result = getattr(submission, how)(indices, errors)
+                yield target, result
+            except JobNotFound:
+                if errors is None:
+                    raise
+                # deleted while it was read: as if it had been before
             except StorageError as error:
                 if errors is None:
                     raise
@@ -574,7 +590,7 @@ class JobTracker(TrackerBase):
         it stands for the queued rest, which one marker cancels.  Read so, a control
         of an array of a million tasks costs what its started tasks cost.
         """
-        if index is not None or not submission.is_array:
+        if index is not None or not submission.is_array or submission.ended:
             return super()._control_candidates(submission, index)
         started = submission.started_indices()
         infos = submission.infos(started)

@@ -1,0 +1,245 @@
+"""The history: every ended job of a state directory, one line each, in one file.
+
+Why: a cron job that runs every few minutes leaves thousands of ended jobs,
+and a directory of records per job costs a listing an open and a parse each,
+makes ``status --active`` and TAB completion pay for the whole past, and
+leaves three files per array task on the disk.  So once a job has ended,
+its reaper *compacts* it (``compact``):
+
+1. it adds one line to ``history`` (``records.history_line``: the header and
+   the JobInfo of every task) under ``history.lock``, and fsyncs it;
+2. it renames ``jobs/N`` to ``ended/N``: from then on the job is read from
+   its line, and ``jobs/`` holds only what has not ended (and what no reaper
+   compacted: a job of an earlier version, one whose reaper was killed);
+3. it removes from ``ended/N`` every file but what ``records.is_kept_when_ended``
+   keeps (non-empty captured output, ``on_end.json``), and ``ended/N`` itself
+   if nothing is left.
+
+A kill between two steps loses nothing: before step 2 the job is read from
+``jobs/N``, which wins over its line (and a line written twice reads as its
+last); after it, from its line; what step 3 did not remove is never read.
+A line that cannot be written whole (a full disk) is cut off again
+(``ftruncate``) and the job stays in ``jobs/N``, read as before.  Readers
+list ``jobs/`` and read those jobs *before* they read the history, so a job
+compacted meanwhile (its line is written before its directory moves) is seen
+in one place or the other.  A reader never writes: a damaged line is its job's
+StorageError, an unfinished last line (a writer at work) is not read yet.
+
+Deleting ended jobs writes the file anew without their lines (a temporary
+file, fsync, rename) under the same lock, then removes their ``ended/N``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from .errors import StorageError
+from .records import EndedEntry, history_line_id, is_kept_when_ended
+from .store import (_READ_FLAGS, ENDED, Store, _check_file, _describe, _open_error, _private,
+                    _remove_tree, _write_at)
+
+HISTORY = "history"
+HISTORY_LOCK = "history.lock"
+
+
+class History:
+    """The history of one Store, read once and then only what was added since."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.path = os.path.join(store.root, HISTORY)
+        self._entries: dict[int, EndedEntry] = {}
+        self._nameless: StorageError | None = None  # a line that names no job was read
+        self._seen: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
+        self._offset = 0  # how far it was read: the end of its last whole line
+
+    # -- reading ------------------------------------------------------------------------
+
+    def entries(self, errors: list | None = None) -> dict[int, EndedEntry]:
+        """Every ended job's entry by ID (the last line of each); a line too damaged to
+        name its job goes to ``errors``.  The file is read anew when it was replaced,
+        and from where the last read stopped when it grew."""
+        root = self.store._root_fd()
+        try:
+            fd = os.open(HISTORY, _READ_FLAGS, dir_fd=root) if root is not None else None
+        except FileNotFoundError:
+            fd = None
+        except OSError as exc:
+            raise _open_error(exc, self.path, "record") from None
+        if fd is None:
+            self._entries, self._nameless, self._seen, self._offset = {}, None, None, 0
+            return {}
+        try:
+            info = _check_file(fd, self.path, "record")
+            if self._seen != (info.st_dev, info.st_ino) or info.st_size < self._offset:
+                self._entries, self._nameless = {}, None
+                self._seen, self._offset = (info.st_dev, info.st_ino), 0
+            if info.st_size > self._offset:
+                self._take(os.pread(fd, info.st_size - self._offset, self._offset))
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
+        finally:
+            os.close(fd)
+        if errors is not None and self._nameless is not None:
+            errors.append(self._nameless)
+        return self._entries
+
+    def _take(self, data: bytes) -> None:
+        end = data.rfind(b"\n") + 1  # an unfinished last line is read once it is whole
+        entries, path = self._entries, self.path
+        for line in data[:end].split(b"\n")[:-1]:
+            job_id = history_line_id(line)
+            if job_id is None:
+                self._nameless = StorageError(
+                    f"damaged record in {path}: a line that names no job is left out")
+            else:
+                entries[job_id] = EndedEntry(job_id, line, path)  # its last line counts
+        self._offset += end
+
+    def entry(self, job_id: int) -> EndedEntry | None:
+        """The job's entry; None if it has none (its line may be damaged: it says so
+        when used)."""
+        return self.entries().get(job_id)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _locked(self):
+        root = self.store._root_fd(create=True)
+        path = os.path.join(self.store.root, HISTORY_LOCK)
+        try:
+            fd = os.open(HISTORY_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=root)
+        except OSError as exc:
+            raise _open_error(exc, path, "lock", "open") from None
+        try:
+            _check_file(fd, path, "lock")
+            _private(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def append(self, line: bytes) -> None:
+        """Add one line, durably, or nothing at all (StorageError says why)."""
+        lock = self._locked()
+        try:
+            root = self.store._root_fd()
+            try:
+                fd = os.open(HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0o600, dir_fd=root)
+            except OSError as exc:
+                raise _open_error(exc, self.path, "record", "open") from None
+            try:
+                start = _check_file(fd, self.path, "record").st_size
+                try:
+                    start = _whole_lines(fd, start)
+                    _private(fd)
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError as exc:
+                    try:
+                        os.ftruncate(fd, start)  # no half line is left for readers
+                    except OSError:
+                        pass
+                    raise StorageError(f"cannot write {self.path}: {_describe(exc)}") \
+                        from None
+            finally:
+                os.close(fd)
+        finally:
+            os.close(lock)
+
+    def remove(self, job_ids: set[int]) -> None:
+        """Write the history anew without the lines of ``job_ids``, then remove what those
+        jobs kept in ``ended/``."""
+        lock = self._locked()
+        try:
+            root = self.store._root_fd()
+            entries = self.entries()
+            if job_ids & entries.keys():
+                fd = os.open(HISTORY, _READ_FLAGS, dir_fd=root)
+                try:
+                    data = os.pread(fd, self._offset, 0)
+                finally:
+                    os.close(fd)
+                kept = [line + b"\n" for line in data.split(b"\n")[:-1]
+                        if history_line_id(line) not in job_ids]
+                _write_at(root, HISTORY, kept, True, self.path)
+                self._seen = None
+        finally:
+            os.close(lock)
+        ended = self.store._area(ENDED)
+        if ended is not None:
+            try:
+                for job_id in job_ids:
+                    _remove_tree(ended, str(job_id))
+            finally:
+                os.close(ended)
+
+
+def compact(store: Store, line: bytes, job_id: int) -> bool:
+    """Steps 1 to 3 of the module doc for job ``job_id``, whose line is ``line``, by its
+    reaper (which holds the job's directory); False if the job stays as it was."""
+    try:
+        History(store).append(line)
+    except StorageError:
+        return False
+    jobs = store._jobs_fd()
+    ended = store._area(ENDED, create=True)
+    try:
+        os.rename(str(job_id), str(job_id), src_dir_fd=jobs, dst_dir_fd=ended)
+        directory = os.open(str(job_id), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                            os.O_CLOEXEC, dir_fd=ended)
+    except (OSError, TypeError):
+        return False  # the job is read from jobs/N, which wins over its line, as before
+    finally:
+        os.close(ended)
+    try:
+        _remove_all_but_kept(store, directory, job_id)
+    except OSError:
+        pass  # what is left is never read
+    finally:
+        os.close(directory)
+    return True
+
+
+def _remove_all_but_kept(store: Store, directory: int, job_id: int) -> None:
+    """Step 3 of the module doc."""
+    left = 0
+    for name in os.listdir(directory):
+        try:
+            if is_kept_when_ended(name) and \
+                    os.stat(name, dir_fd=directory, follow_symlinks=False).st_size > 0:
+                left += 1
+                continue
+            os.unlink(name, dir_fd=directory)
+        except OSError:
+            left += 1
+    if not left:
+        ended = store._area(ENDED)
+        try:
+            os.rmdir(str(job_id), dir_fd=ended)
+        finally:
+            os.close(ended)
+
+
+def _whole_lines(fd: int, size: int) -> int:
+    """The end of the file's last whole line, where the next line goes: what a writer
+    killed half-way through its line left after it is cut off (that job was never
+    moved out of ``jobs/``: it is read there)."""
+    end = size
+    while end > 0:
+        chunk = os.pread(fd, min(end, 1 << 16), end - min(end, 1 << 16))
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = end - len(chunk) + newline + 1
+            break
+        end -= len(chunk)
+    if end < size:
+        os.ftruncate(fd, end)
+    return end
+
+
