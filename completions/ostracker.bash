@@ -11,10 +11,10 @@ _ostracker_completion() {
 
         if [[ $type == 'dir' ]]; then
             COMPREPLY=()
-            compopt -o dirnames
+            compopt -o dirnames +o nosort
         elif [[ $type == 'file' ]]; then
             COMPREPLY=()
-            compopt -o default
+            compopt -o default +o nosort
         elif [[ $type == 'plain' ]]; then
             COMPREPLY+=($value)
         fi

@@ -210,6 +210,19 @@ def complete_path(kind: str):
     return complete
 
 
+def complete_command(ctx, param, incomplete):
+    """The command word of ``submit -- COMMAND``: the names of the programs on $PATH (as a
+    shell completes a command), a path once it has a slash; then the shell's file names
+    for its arguments."""
+    from click.shell_completion import CompletionItem
+
+    if ctx.params.get(param.name) or "/" in incomplete:
+        return [CompletionItem(incomplete, type="file")]
+    from .completion import command_names
+
+    return [CompletionItem(name) for name in command_names(incomplete)]
+
+
 def complete_jobs(kind: str):
     """Completion of the job IDs that a command takes (see ostracker.completion); not those
     already on the line (``resume 2 <TAB>`` does not offer 2 again)."""
@@ -334,7 +347,7 @@ def parse_environment(ctx, param, values):
               help="Wait for the job to end and exit like 'wait'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record, not the ID.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED,
-                metavar="-- COMMAND [ARG]...", shell_complete=complete_path("file"))
+                metavar="-- COMMAND [ARG]...", shell_complete=complete_command)
 def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parallel, queue,
            slots, priority, dependency, begin, hold, session, time_limit, kill_after, deadline,
            warning, limits, retries, retry_delay, on_end, join, wait_for_end, as_json, command):

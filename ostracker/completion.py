@@ -157,3 +157,18 @@ def queue_names(state_dir: str | None, incomplete: str, backend: str | None = No
         return sorted(name for name in tracker.queue_names() if name.startswith(incomplete))
     except Exception:  # noqa: BLE001 - a completion must never fail, see the module doc
         return []
+
+
+def command_names(prefix: str) -> list[str]:
+    """The programs on $PATH whose names begin with ``prefix``, sorted, each once."""
+    found = set()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        try:
+            with os.scandir(directory or ".") as entries:
+                for entry in entries:
+                    if entry.name.startswith(prefix) and entry.name not in found and \
+                            os.access(entry.path, os.X_OK) and not entry.is_dir():
+                        found.add(entry.name)
+        except OSError:
+            continue
+    return sorted(found)

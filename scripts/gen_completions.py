@@ -63,6 +63,12 @@ def render(shell: str) -> str:
     # The template, filled in: what ``source()`` gives, without the bash version
     # check that it runs against the bash of the machine generating the file.
     source = completer.source_template % completer.source_vars()
+    if shell == "bash":
+        # Job IDs come in order (numbers: 2 before 10), hence ``complete -o nosort``; the
+        # names bash finds itself for a path must be sorted all the same.
+        for option in ("dirnames", "default"):
+            source = source.replace(f"compopt -o {option}\n",
+                                    f"compopt -o {option} +o nosort\n")
     first, _, rest = source.partition("\n")
     if first.startswith("#compdef"):  # zsh reads this tag from the first line only
         return f"{first}\n{header(shell)}{rest}"

@@ -191,7 +191,20 @@ def test_completion_of_array_tasks_states_pids_and_paths(submit, run, shell_env)
     assert pid in values(shell_env, ["ostracker", "monitor", pid[:-1]])
     assert values(shell_env, ["ostracker", "status", "--state", "susp"]) == ["Suspended"]
     assert complete(shell_env, ["ostracker", "submit", "-C", ""]) == [("dir", "")]
-    assert complete(shell_env, ["ostracker", "submit", "--", ""]) == [("file", "")]
+    # the command: the programs on $PATH; a path, and its arguments: the shell's file names
+    assert ("plain", "sleep") in complete(shell_env, ["ostracker", "submit", "--", "sle"])
+    assert all(value.startswith("sle") for _, value in
+               complete(shell_env, ["ostracker", "submit", "--", "sle"]))
+    assert complete(shell_env, ["ostracker", "submit", "--", "./x"]) == [("file", "./x")]
+    assert complete(shell_env, ["ostracker", "submit", "--", "sleep", ""]) == [("file", "")]
+
+
+def test_bash_sorts_the_paths_it_completes_itself():
+    """Job IDs come sorted by number (``complete -o nosort``); the directory and file names
+    that bash finds for a path are sorted again (``+o nosort``)."""
+    script = open(os.path.join(ROOT, "completions", "ostracker.bash")).read()
+    assert "compopt -o dirnames +o nosort" in script
+    assert "compopt -o default +o nosort" in script
 
 
 def test_completion_of_queue_names_and_queued_jobs(submit, run, shell_env):
