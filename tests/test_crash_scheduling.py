@@ -414,7 +414,7 @@ def setup_started(case: Case):
         except (OSError, ValueError):
             return None
         return pid if (fi._stat(pid) or ("?",))[0] == "T" else None
-    pid = case.stopped = _await(stopped, 10, 0.005)
+    pid = case.stopped = _await(stopped, 20, 0.005)
     if pid is None:
         case.outcome.problems.append("setup: no reaper stopped at its fork")
     return pid
