@@ -878,9 +878,10 @@ def test_killed_before_each_call(sweeps, name, fault):
     result = _result(sweeps, name, fault)
     # An event loop's path depends on timing (how many wakeups, datagrams, pidfds):
     # of an attached scheduler's or reaper's points, some are hit by chance only; of a
-    # command's, one that comes after a call whose count varies (a /proc scan) may be.
+    # command's, one that comes after a call whose count varies (a /proc scan; a datagram
+    # to a reaper that may or may not still live, as `release` sends) may be.
     check(result.points, result.outcomes, result.covered,
-          least=0.8 if SCENARIOS[name].attach else 0.85)
+          least=0.8 if SCENARIOS[name].attach else 0.75)
 
 
 @needs_strace
