@@ -430,21 +430,15 @@ class TrackerBase(abc.ABC):
         return "[" + ", ".join(part for part in parts if part) + "]"
 
     def _ended_json(self, live: set[int], errors: list | None):
-        """(ID, JobInfos as JSON) of the history's jobs but ``live``: ``_ended_entries``
-        for ``status --json``, with no object made per job."""
-        backend = self.BACKEND
-        for job_id, entry in self.store.history.entries(errors).items():
-            if job_id in live:
-                continue
+        """(ID, JobInfos as JSON) of the history's jobs but ``live``, copied from their
+        lines with no object made per job."""
+        for job_id, entry in self._ended_entries(live, errors):
             try:
-                text = entry.encoded_infos(backend)
+                yield job_id, entry.encoded_infos()
             except StorageError as error:
                 if errors is None:
                     raise
                 errors.append(error)
-                continue
-            if text is not None:
-                yield job_id, text
 
     def _encoded(self, targets: list[Target], errors: list | None
                  ) -> Iterable[tuple[Target, str]]:
@@ -680,15 +674,13 @@ class TrackerBase(abc.ABC):
         return sorted(deleted + [str(job_id) for job_id in compacted], key=int)
 
     def _remove_if_ended(self, submission: Submission, infos: list[JobInfo]) -> None:
-        """Remove the submission unless one of its tasks has not ended: its directory, and
-        a line that a reaper killed while it compacted the job left in the history."""
+        """Remove the submission (one read from its directory) unless one of its tasks
+        has not ended: its directory, and a line that a reaper killed while it compacted
+        the job left in the history."""
         for info in infos:
             if not info.state.ended:
                 raise InvalidState(f"job {info.id} is {info.state.value}: "
                                    "only ended jobs can be deleted")
-        if submission.ended:
-            self.store.history.remove({submission.job_id})
-            return
         self.store.remove_job_dir(submission.job_id)
         if submission.job_id in self.store.history.entries():
             self.store.history.remove({submission.job_id})

@@ -36,8 +36,8 @@ import os
 
 from .errors import StorageError
 from .records import EndedEntry, history_line_id, is_kept_when_ended
-from .store import (_READ_FLAGS, ENDED, Store, _check_file, _describe, _open_error, _private,
-                    _remove_tree, _write_at)
+from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, Store, _check_file, _describe,
+                    _open_error, _private, _remove_tree, _write_at)
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
@@ -184,30 +184,31 @@ def compact(store: Store, line: bytes, job_id: int) -> bool:
     """Steps 1 to 3 of the module doc for job ``job_id``, whose line is ``line``, by its
     reaper (which holds the job's directory); False if the job stays as it was."""
     try:
-        History(store).append(line)
+        store.history.append(line)
+        jobs = store._jobs_fd()
+        ended = store._area(ENDED, create=True)
     except StorageError:
-        return False
-    jobs = store._jobs_fd()
-    ended = store._area(ENDED, create=True)
+        return False  # (with its line written) the job is read from jobs/N, which wins
     try:
-        os.rename(str(job_id), str(job_id), src_dir_fd=jobs, dst_dir_fd=ended)
-        directory = os.open(str(job_id), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
-                            os.O_CLOEXEC, dir_fd=ended)
-    except (OSError, TypeError):
-        return False  # the job is read from jobs/N, which wins over its line, as before
+        try:
+            os.rename(str(job_id), str(job_id), src_dir_fd=jobs, dst_dir_fd=ended)
+            directory = os.open(str(job_id), _DIR_FLAGS, dir_fd=ended)
+        except (OSError, TypeError):  # TypeError: jobs/ is gone
+            return False
+        try:
+            if not _remove_all_but_kept(directory):
+                os.rmdir(str(job_id), dir_fd=ended)
+        except OSError:
+            pass  # what is left is never read
+        finally:
+            os.close(directory)
     finally:
         os.close(ended)
-    try:
-        _remove_all_but_kept(store, directory, job_id)
-    except OSError:
-        pass  # what is left is never read
-    finally:
-        os.close(directory)
     return True
 
 
-def _remove_all_but_kept(store: Store, directory: int, job_id: int) -> None:
-    """Step 3 of the module doc."""
+def _remove_all_but_kept(directory: int) -> int:
+    """Step 3 of the module doc, but the directory's own removal; how many files are left."""
     left = 0
     for name in os.listdir(directory):
         try:
@@ -218,12 +219,7 @@ def _remove_all_but_kept(store: Store, directory: int, job_id: int) -> None:
             os.unlink(name, dir_fd=directory)
         except OSError:
             left += 1
-    if not left:
-        ended = store._area(ENDED)
-        try:
-            os.rmdir(str(job_id), dir_fd=ended)
-        finally:
-            os.close(ended)
+    return left
 
 
 def _whole_lines(fd: int, size: int) -> int:

@@ -541,36 +541,41 @@ def summary_chunks(infos: list[JobInfo]) -> list[bytes]:
     up, a task that had not ended): when one fails, the summary goes without a check,
     readers find the same fault, and read the task records instead, which say it.
     """
-    dicts = [info.to_dict(with_template=False) for info in infos]
     try:
-        for data in dicts:
-            _summary_info(data, None)
-        inside = json.dumps(dicts, allow_nan=False)[1:-1].encode()
+        inside = _vouched(infos)
     except (ValueError, TypeError, KeyError):
-        return [SUMMARY_PREFIX, json.dumps(dicts).encode(), b"}"]
+        return [SUMMARY_PREFIX, json.dumps([info.to_dict(with_template=False)
+                                            for info in infos]).encode(), b"}"]
     check = SUMMARY_CHECK % (int(infos[0].array_id), len(inside), crc32(inside))
     return [SUMMARY_PREFIX, b"[", inside, check]
+
+
+def _vouched(infos: list[JobInfo]) -> bytes:
+    """The JobInfos as a JSON list's inside, templates null, each checked as a reader of a
+    summary or a history line checks it (which then copies them unparsed); ValueError,
+    TypeError or KeyError if one fails."""
+    dicts = [info.to_dict(with_template=False) for info in infos]
+    for data in dicts:
+        _summary_info(data, None)
+    return json.dumps(dicts, allow_nan=False)[1:-1].encode()
 
 
 # -- the history: one line per ended job ---------------------------------------------------
 
 def history_line(header: Header, infos: list[JobInfo]) -> bytes:
     """The history's line of an ended job: ``ID TAB BACKEND TAB CRC32 TAB HEADER TAB
-    TEMPLATE TAB INFOS LF``, where HEADER is the header's JSON but its template, TEMPLATE
-    the template as JobInfo has it, INFOS its JobInfos' list's inside (templates null) and CRC32 that of
-    everything after it.  Compact JSON holds no raw tab or newline, so the split is exact.
+    TEMPLATE TAB INFOS LF``, where HEADER is the header's JSON but its template,
+    TEMPLATE the template as JobInfo has it, INFOS its JobInfos' list's inside
+    (templates null) and CRC32 that of everything after it.  Compact JSON holds no raw
+    tab or newline, so the split is exact.
 
-    The JobInfos are checked as a summary's are: a line is written only for what a
-    reader can take unparsed.  ValueError when one fails (the job then stays as it is).
+    A line is written only for JobInfos a reader can take unparsed (``_vouched``);
+    ValueError, TypeError or KeyError when one fails (the job then stays as it is).
     """
-    dicts = [info.to_dict(with_template=False) for info in infos]
-    for data in dicts:
-        _summary_info(data, None)
     without_template = {key: value for key, value in header.to_dict().items()
                         if key != "template"}  # it is the next field
     body = b"\t".join([json.dumps(without_template, separators=(",", ":")).encode(),
-                       json.dumps(header.template.to_dict()).encode(),
-                       json.dumps(dicts, allow_nan=False)[1:-1].encode()])
+                       json.dumps(header.template.to_dict()).encode(), _vouched(infos)])
     return b"%d\t%s\t%d\t%s\n" % (header.job_id, header.backend.encode(),
                                     crc32(body), body)
 
@@ -615,12 +620,9 @@ class EndedEntry:
             raise self.damage() from None
         return Header.from_dict(self.job_id, data, self._path)
 
-    def encoded_infos(self, backend: str | None = None) -> str | None:
-        """The JobInfos as JSON objects, comma-separated, templates in (with ``backend``:
-        None if the job is another backend's)."""
-        ours, _, template, infos = self._checked()
-        if backend is not None and ours != backend:
-            return None
+    def encoded_infos(self) -> str:
+        """The JobInfos as JSON objects, comma-separated, templates in."""
+        _, _, template, infos = self._checked()
         return infos.replace(TEMPLATE_SLOT, '"job_template": ' + template)
 
     def infos(self, header: Header, only=None) -> list[JobInfo]:

@@ -903,7 +903,7 @@ class Reaper:
                     if compact(self.store, line, self.job_id):
                         return
             except (JobNotFound, StorageError, OSError):
-                return  # deleted meanwhile, or its header cannot be locked: left as it is
+                pass  # deleted meanwhile (nothing is written), or its lock is unreadable
         if self.array is not None:
             self.write_summary(infos)
 
