@@ -35,6 +35,9 @@ from ..core.models import brief, human_size, int_of_digits
 
 # What one snapshot reads of each process; the owner is looked up from the real
 # UID, as psutil's own username() does, but through a cache (see _owner_name).
+# A process that ends while psutil reads it: NoSuchProcess, or, when its /proc entry is
+# half gone (a readlink of cwd failing before the directory itself is), FileNotFoundError.
+_GONE = (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError)
 _ATTRS = ["name", "cmdline", "cwd", "uids", "create_time", "cpu_times", "memory_info",
           "cpu_affinity", "status"]
 # States in which a tracked job's process group can still hold live processes.
@@ -243,8 +246,12 @@ class MonitoringSession:
                   sampled: dict[int, psutil.Process]):
         """(Process, fields) of each process: all of them, or those of ``wanted`` in order."""
         if wanted is None:
-            for process in psutil.process_iter(attrs=attrs, ad_value=None):
-                yield process, process.info
+            for process in psutil.process_iter():
+                try:
+                    fields = process.as_dict(attrs, ad_value=None)
+                except _GONE:
+                    continue  # it ended while it was read
+                yield process, fields
             return
         for pid in wanted:
             try:
@@ -253,7 +260,7 @@ class MonitoringSession:
                     process = psutil.Process(pid)
                 # as_dict reads inside oneshot(): one parse of /proc/PID/stat
                 fields = process.as_dict(attrs, ad_value=None)
-            except psutil.NoSuchProcess:
+            except _GONE:
                 if missing is None:
                     raise JobNotFound(f"process not found: {pid}") from None
                 missing.append(pid)
