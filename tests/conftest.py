@@ -51,7 +51,11 @@ def _live_records(state_dir):
         return
     for job in os.listdir(jobs):
         folder = os.path.join(jobs, job)
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):  # compacted to ended/ meanwhile
+            continue
+        for name in names:
             if name.endswith(".json") and name not in ("job.json", "cancel.json", "summary.json"):
                 try:
                     with open(os.path.join(folder, name)) as handle:
@@ -119,8 +123,11 @@ def cleanup(state_dir):
             folder = os.path.join(jobs, job)
             if os.path.isdir(folder) and _reaper_alive(folder) and \
                     not os.path.exists(os.path.join(folder, "cancel.json")):
-                with open(os.path.join(folder, "cancel.json"), "w") as handle:
-                    handle.write('{"schema": 1, "reason": "test teardown"}')
+                try:
+                    with open(os.path.join(folder, "cancel.json"), "w") as handle:
+                        handle.write('{"schema": 1, "reason": "test teardown"}')
+                except FileNotFoundError:  # its reaper compacted it to ended/ meanwhile
+                    pass
         if not any(_reaper_alive(os.path.join(jobs, job)) for job in os.listdir(jobs)
                    if os.path.isdir(os.path.join(jobs, job))):
             return
