@@ -45,25 +45,66 @@ def proc_state(pid: int) -> str | None:
     return None if current is None else current.state
 
 
+def task_records(folder) -> dict:
+    """The tasks' records of the job directory ``folder`` as they are on disk: index (None
+    for a single job) -> the last record of each, from ``state.json``, an array's
+    ``tasks.log`` or an earlier version's ``I.json`` files; damaged ones left out."""
+    found = {}
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):  # compacted to ended/ meanwhile
+        return found
+    texts = []
+    for name in names:
+        try:
+            if name == "tasks.log":
+                with open(os.path.join(folder, name), "rb") as handle:
+                    lines = handle.read().split(b"\n")[:-1]
+                texts += [(int(index), body) for index, _, body in
+                          (line.partition(b"\t") for line in lines) if index.isdigit()]
+            elif name == "state.json" or (name.endswith(".json") and name[:-5].isdigit()):
+                with open(os.path.join(folder, name), "rb") as handle:
+                    texts.append((None if name == "state.json" else int(name[:-5]),
+                                  handle.read()))
+        except OSError:
+            continue
+    for index, text in texts:
+        try:
+            record = json.loads(text)
+        except (ValueError, RecursionError):  # a damaged record
+            continue
+        if isinstance(record, dict):
+            found[index] = record
+    return found
+
+
+def damage_task_record(folder, index, damage) -> str:
+    """Replace the record of task ``index`` (None: the single job's) in the job directory
+    ``folder`` by ``damage(its bytes)``: its file, or its last line of the array's
+    ``tasks.log``; return that file's path."""
+    path = os.path.join(folder, "state.json" if index is None else "tasks.log")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if index is None:
+        data = damage(data)
+    else:
+        lines = data.split(b"\n")[:-1]
+        last = max(at for at, line in enumerate(lines) if line.startswith(b"%d\t" % index))
+        lines[last] = b"%d\t%s" % (index, damage(lines[last].partition(b"\t")[2]))
+        data = b"\n".join(lines) + b"\n"
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
 def _live_records(state_dir):
     jobs = os.path.join(state_dir, "jobs")
     if not os.path.isdir(jobs):
         return
     for job in os.listdir(jobs):
         folder = os.path.join(jobs, job)
-        try:
-            names = os.listdir(folder)
-        except (FileNotFoundError, NotADirectoryError):  # compacted to ended/ meanwhile
-            continue
-        for name in names:
-            if name.endswith(".json") and name not in ("job.json", "cancel.json", "summary.json"):
-                try:
-                    with open(os.path.join(folder, name)) as handle:
-                        record = json.load(handle)
-                except (OSError, ValueError, RecursionError):  # a damaged record
-                    continue
-                if isinstance(record, dict):
-                    yield folder, record
+        for record in task_records(folder).values():
+            yield folder, record
 
 
 def _reaper_alive(folder):

@@ -333,7 +333,7 @@ def effects(calls: list[Call], state_dir: str) -> tuple[list[int], list[str], li
 
     A key names an effectful call the same way in every run whatever the timing
     did to the rest of the path: its signature and how many times that signature
-    came before it (``("renameat(...2.json)", 2)``: the second rename of 2.json).
+    came before it (``("renameat(...state.json)", 2)``: the second rename of state.json).
     """
     index = [i for i, effect in enumerate(effect_mask(calls)) if effect]
     sigs = [signature(calls[i], state_dir) for i in index]
@@ -1082,24 +1082,19 @@ def _misaimed(trace: str) -> bool:
     return False
 
 
-def _record_name(job_id: str) -> tuple[str, str]:
+def _record_name(job_id: str) -> tuple[str, int | None]:
     number, _, index = job_id.partition(".")
-    return number, f"{index}.json" if index else "state.json"
+    return number, int(index) if index else None
 
 
 def _record_files(state: str) -> set:
-    """(job, record file) of every task record in the state dir: which tasks a reaper
+    """(job, task index) of every task record in the state dir: which tasks a reaper
     began to start."""
-    found = set()
+    from conftest import task_records
+
     jobs = os.path.join(state, "jobs")
-    for job in os.listdir(jobs) if os.path.isdir(jobs) else []:
-        try:
-            names = os.listdir(os.path.join(jobs, job))
-        except OSError:
-            continue
-        found |= {(job, name) for name in names
-                  if name.endswith(".json") and (name == "state.json" or name[:-5].isdigit())}
-    return found
+    return {(job, index) for job in (os.listdir(jobs) if os.path.isdir(jobs) else [])
+            for index in task_records(os.path.join(jobs, job))}
 
 
 def kill_marked_tree(pid: int | None) -> None:

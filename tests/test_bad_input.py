@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from conftest import CLI, cleanup, poll
+from conftest import CLI, cleanup, poll, task_records
 
 # -- the shared DB ---------------------------------------------------------------------
 
@@ -415,10 +415,10 @@ def check_refused(world, kind, argv, formatted=False):
                                      if path == new_dir or path.startswith(new_dir + os.sep)}
     names = {os.path.basename(path) for path in changed if path.startswith(new_dir + os.sep)}
     is_array = "--array" in args
-    records = {"1.json", "cancel.json", "summary.json"} if is_array else {"state.json"}
+    records = {"tasks.log", "cancel.json", "summary.json"} if is_array else {"state.json"}
     allowed = {"job.json", "reaper.lock", *records, "stdout", "stderr", "1.stdout", "1.stderr"}
     assert {"job.json", *records} <= names <= allowed, names
-    record = json.loads(after[os.path.join(new_dir, "1.json" if is_array else "state.json")][2])
+    record = task_records(os.path.join(state, new_dir))[1 if is_array else None]
     assert record["state"] == "Failed" and record["sub_state"].startswith("could not start")
     shown = json.loads(_cli(state, "status", job_id, "--json").stdout)
     assert shown and all(job["state"] == "Failed" for job in shown)

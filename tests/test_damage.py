@@ -30,7 +30,7 @@ import subprocess
 
 import pytest
 
-from conftest import CLI, cleanup, poll
+from conftest import CLI, cleanup, damage_task_record, poll, task_records
 
 # The records stay in jobs/N, not compacted into the history (tests/test_history.py
 # damages that), so that each can be damaged.
@@ -90,7 +90,7 @@ def base(tmp_path_factory):
         cleanup(folder)
     jobs = {job["id"]: job for job in json.loads(listed.stdout)}
     assert [jobs[f"{CANCELLED}.{i}"]["state"] for i in (1, 2, 3)] == ["Failed"] * 3
-    assert not os.path.exists(os.path.join(folder, "jobs", CANCELLED, "2.json")), \
+    assert 2 not in task_records(os.path.join(folder, "jobs", CANCELLED)), \
         "a cancelled task has a record of its own: the cancel marker is never read"
     return folder, jobs
 
@@ -144,6 +144,8 @@ def copied(job: str, name: str):
     """Another job's record of the same kind, copied in."""
     def damage(original, path):
         jobs = os.path.dirname(os.path.dirname(path))
+        if name[:-5].isdigit():  # an array task's: its record, from that array's log
+            return json.dumps(task_records(os.path.join(jobs, job))[int(name[:-5])]).encode()
         with open(os.path.join(jobs, job, name), "rb") as handle:
             return handle.read()
     return damage
@@ -451,12 +453,16 @@ def damage_file(state_dir, kind, way) -> str:
         # was killed before it wrote one.
         os.unlink(os.path.join(folder, "summary.json"))
     damage, _ = WAYS[kind][way]
-    path = os.path.join(folder, name)
-    with open(path, "rb") as handle:
-        original = handle.read()
+    path = os.path.join(folder, name)  # where an earlier version kept a task's record
     if kind in ("state", "task") and way == "another job's, copied in":
         source = ("1", "state.json") if kind == "state" else ("3", "2.json")
         damage = copied(*source)
+    if kind in ("state", "task"):
+        written = damage_task_record(folder, None if kind == "state" else int(name[:-5]),
+                                     lambda original: damage(original, path))
+        return f"/jobs/{victim}/{os.path.basename(written)}"
+    with open(path, "rb") as handle:
+        original = handle.read()
     with open(path, "wb") as handle:
         handle.write(damage(original, path))
     return f"/jobs/{victim}/{name}"
@@ -562,12 +568,9 @@ def test_a_damaged_task_of_a_running_array_hides_not_its_running_tasks(
     poll(lambda: run("wait", "--timeout", "0", f"{array}.1").returncode == 0,
          message="task 1 to end")
     assert run("wait", done).returncode == 0
-    path = os.path.join(state_dir, "jobs", array, "1.json")
-    with open(path, "rb") as handle:
-        original = handle.read()
-    with open(path, "wb") as handle:
-        handle.write(LIVE_WAYS[way](original, path))
-    named = f"/jobs/{array}/1.json"
+    path = os.path.join(state_dir, "jobs", array, "1.json")  # (an earlier version's name)
+    damage_task_record(os.path.dirname(path), 1, lambda original: LIVE_WAYS[way](original, path))
+    named = f"/jobs/{array}/tasks.log"
     result = run("status", "--json")
     assert result.returncode == 0, result.stderr
     stderr_of(result, named)

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import CLI, cleanup, poll, proc_state
+from conftest import CLI, cleanup, damage_task_record, poll, proc_state
 from ostracker.local import proc
 
 NOBODY = 65534
@@ -123,12 +123,21 @@ def rewrite(path, **changes):
 
 
 def all_records_parse(state_dir):
-    """Every .json under jobs/ parses (temp files, which start with a dot, aside)."""
+    """Every .json under jobs/ parses (temp files, which start with a dot, aside), and every
+    line of an array's tasks.log is a task's index and its record."""
     count = 0
     jobs = os.path.join(state_dir, "jobs")
     for folder, _, files in os.walk(jobs):
         for name in files:
-            if name.endswith(".json") and not name.startswith("."):
+            if name == "tasks.log":
+                with open(os.path.join(folder, name), "rb") as handle:
+                    lines = handle.read().split(b"\n")
+                assert lines[-1] == b"", os.path.join(folder, name)  # no half line
+                for line in lines[:-1]:
+                    index, tab, body = line.partition(b"\t")
+                    assert index.isdigit() and tab and isinstance(json.loads(body), dict), line
+                count += len(lines) - 1
+            elif name.endswith(".json") and not name.startswith("."):
                 with open(os.path.join(folder, name)) as handle:
                     assert isinstance(json.load(handle), dict), os.path.join(folder, name)
                 count += 1
@@ -506,8 +515,9 @@ def test_records_of_an_earlier_boot_read_undetermined_and_their_pids_are_never_s
     kill9(parent_of(first))
     kill_group(first)
     rewrite(os.path.join(array_folder, "job.json"), boot_id=OTHER_BOOT)
-    rewrite(os.path.join(array_folder, "1.json"), boot_id=OTHER_BOOT, state="Running",
-            pid=pid, start_ticks=ticks)
+    damage_task_record(array_folder, 1, lambda data: json.dumps(dict(
+        json.loads(data), boot_id=OTHER_BOOT, state="Running", pid=pid,
+        start_ticks=ticks)).encode())
 
     job = info_of(run, job_id)
     assert job["state"] == "Undetermined" and job["sub_state"].startswith("machine rebooted"), job
@@ -665,15 +675,15 @@ def test_damaged_array_task_record_and_summary_are_named(run, submit, state_dir)
     array = submit("--array", "1-3", "--", "true")
     assert run("wait", good, array).returncode == 0
     folder = os.path.join(state_dir, "jobs", array)
-    _truncate(os.path.join(folder, "2.json"))
+    damage_task_record(folder, 2, lambda data: data[:len(data) // 2])
     _write(b"\x00garbage")(os.path.join(folder, "summary.json"))
     result = run("status")
     assert result.returncode == 0, result.stderr
-    assert f"/jobs/{array}/2.json" in one_line(result)
+    assert f"/jobs/{array}/tasks.log (task 2)" in one_line(result)
     assert [line.split()[0] for line in result.stdout.splitlines()[1:]][0] == good
     result = run("status", array)
     assert result.returncode == 1
-    assert f"/jobs/{array}/2.json" in one_line(result)
+    assert f"/jobs/{array}/tasks.log (task 2)" in one_line(result)
     assert run("info", f"{array}.1").returncode == 0
 
 
@@ -886,7 +896,7 @@ def test_state_dir_and_records_are_private_even_under_umask_000(state_dir, tmp_p
             if mode != (0o700 if name in dirs else 0o600):
                 wrong.append((path, oct(mode)))
     assert stat.S_IMODE(os.stat(state_dir).st_mode) == 0o700
-    assert {"lock", "last-id", "job.json", "state.json", "1.json", "3.json", "summary.json",
+    assert {"lock", "last-id", "job.json", "state.json", "tasks.log", "summary.json",
             "reaper.lock", "stdout", "stderr"} <= names
     assert wrong == []
 

@@ -170,7 +170,7 @@ def test_under_any_umask_the_state_dir_its_made_parents_and_every_file_are_priva
             if stat.S_IMODE(os.stat(made).st_mode) != 0o700:
                 wrong.append((str(made), oct(stat.S_IMODE(os.stat(made).st_mode))))
         assert wrong == []
-        assert {"lock", "last-id", "job.json", "state.json", "1.json", "3.json", "summary.json",
+        assert {"lock", "last-id", "job.json", "state.json", "tasks.log", "summary.json",
                 "reaper.lock", "stdout", "stderr"} <= names
         assert stat.S_IMODE(os.stat(home).st_mode) == 0o755  # not ours to change
         assert info_json(running, state)["state"] == "Running"  # what a live job has, too

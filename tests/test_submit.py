@@ -501,3 +501,13 @@ def test_stdin_that_is_a_link_to_the_output_file_is_refused(run, tmp_path):
     assert result.returncode == 1
     assert "stdin and stdout are the same file" in result.stderr
     assert target.read_text() == "precious input\n"
+
+
+def test_stdout_to_dev_null_beside_the_default_stdin(run, tmp_path):
+    """``-o /dev/null`` (stdin is /dev/null too, by default) is a device, not a file that
+    could be clobbered: the job runs, and its stderr is still captured."""
+    job = run("submit", "-o", "/dev/null", "--wait", "--", "sh", "-c",
+              "echo out; echo err >&2").stdout.strip()
+    assert run("info", job, "--json").returncode == 0
+    assert json.loads(run("info", job, "--json").stdout)["state"] == "Done"
+    assert run("output", job, "--stderr").stdout == "err\n"

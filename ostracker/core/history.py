@@ -37,7 +37,7 @@ import os
 from .errors import StorageError
 from .records import EndedEntry, history_line_id, is_kept_when_ended
 from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, Store, _check_file, _describe,
-                    _open_error, _private, _remove_tree, _write_at)
+                    _open_error, _private, _remove_tree, _write_at, append_line)
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
@@ -132,21 +132,13 @@ class History:
             except OSError as exc:
                 raise _open_error(exc, self.path, "record", "open") from None
             try:
-                start = _check_file(fd, self.path, "record").st_size
+                _check_file(fd, self.path, "record")
                 try:
-                    start = _whole_lines(fd, start)
                     _private(fd)
-                    view = memoryview(line)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
                 except OSError as exc:
-                    try:
-                        os.ftruncate(fd, start)  # no half line is left for readers
-                    except OSError:
-                        pass
                     raise StorageError(f"cannot write {self.path}: {_describe(exc)}") \
                         from None
+                append_line(fd, line, True, self.path)
             finally:
                 os.close(fd)
         finally:
@@ -220,22 +212,3 @@ def _remove_all_but_kept(directory: int) -> int:
         except OSError:
             left += 1
     return left
-
-
-def _whole_lines(fd: int, size: int) -> int:
-    """The end of the file's last whole line, where the next line goes: what a writer
-    killed half-way through its line left after it is cut off (that job was never
-    moved out of ``jobs/``: it is read there)."""
-    end = size
-    while end > 0:
-        chunk = os.pread(fd, min(end, 1 << 16), end - min(end, 1 << 16))
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            end = end - len(chunk) + newline + 1
-            break
-        end -= len(chunk)
-    if end < size:
-        os.ftruncate(fd, end)
-    return end
-
-

@@ -76,6 +76,7 @@ TOKEN_VARIABLE = "OSTRACKER_TOKEN"
 CONTROL = "control"  # the socket on which a reaper hears commands, while it lives
 HELD = "held.json"
 ON_END = "on_end.json"
+TASK_LOG = "tasks.log"  # an array's task records, one line per change (``tasklog``)
 
 # The summary file: this prefix, a JSON list of JobInfo objects, then its check
 # (``SUMMARY_CHECK``: the array's ID, the list's inside's length and CRC-32), then "}".

@@ -47,7 +47,7 @@ from contextlib import contextmanager
 
 from .errors import JobNotFound, StorageError
 from .models import MAX_DIGITS
-from .records import HEADER, REAPER_LOCK
+from .records import HEADER, REAPER_LOCK, TASK_LOG, task_record_name
 
 JOBS = "jobs"
 LOCK = "lock"
@@ -179,6 +179,7 @@ class Store:
         self._pinned: dict[int, tuple[int, int, int]] = {}  # job ID -> its directory
         self._recent: tuple[int, tuple[int, int, int]] | None = None  # the last job read
         self._history = None
+        self._task_logs: dict = {}  # job ID -> its ``tasklog.TaskLog``, as last read
         if create:
             self._jobs_fd(create=True)
 
@@ -609,6 +610,76 @@ class Store:
                                    f"{_describe(exc)}") from None
         else:
             self.flusher.add((dir_fd, name))
+
+    # -- task records: a single job's file, an array's log (``tasklog``) -----------
+
+    def task_log(self, job_id: int):
+        """The array's ``tasklog.TaskLog``, kept so that it is read on from where it was."""
+        log = self._task_logs.get(job_id)
+        if log is None:
+            from .tasklog import TaskLog
+
+            log = self._task_logs[job_id] = TaskLog(self, job_id)
+        return log
+
+    def forget_task_log(self, job_id: int) -> None:
+        """Read the array's log anew, whole, next time (not only what was added since)."""
+        self._task_logs.pop(job_id, None)
+
+    def create_task_log(self, job_id: int) -> None:
+        """Give a new array its (empty) log, before anything can write a task's record."""
+        self.task_log(job_id).create()
+
+    def _log_lines(self, job_id: int, index: int | None):
+        """The array's log's lines, or None where the task's record is a file: a single
+        job's, or an array of an earlier version (one without a log)."""
+        return None if index is None else self.task_log(job_id).lines()
+
+    def read_task(self, job_id: int, index: int | None) -> dict | None:
+        """Task ``index``'s (None: the single job's) record; None if it has none;
+        StorageError if it is damaged."""
+        if self._log_lines(job_id, index) is not None:
+            return self.task_log(job_id).read(index)
+        return self.read(job_id, task_record_name(index))
+
+    def has_task(self, job_id: int, index: int | None) -> bool:
+        """Whether the task has a record (a damaged one too)."""
+        lines = self._log_lines(job_id, index)
+        if lines is not None:
+            return index in lines
+        return self.exists(job_id, task_record_name(index))
+
+    def task_indices(self, job_id: int) -> list[int]:
+        """The indices of the array's tasks that have a record, ascending."""
+        lines = self._log_lines(job_id, 0)
+        if lines is not None:
+            return sorted(lines)
+        try:
+            names = os.listdir(self.job_dir(job_id))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.job_dir(job_id)}: {_describe(exc)}") \
+                from None
+        return sorted(int(name[:-5]) for name in names
+                      if name.endswith(".json") and name[:-5].isdigit())
+
+    def task_path(self, job_id: int, index: int | None) -> str:
+        """Where the task's record is, for a message."""
+        if self._log_lines(job_id, index) is not None:
+            return f"{self.path(job_id, TASK_LOG)} (task {index})"
+        return self.path(job_id, task_record_name(index))
+
+    def write_task(self, job_id: int, index: int | None, record: dict,
+                   durable: bool = True) -> None:
+        """Record the task's new state: a line added to an array's log, else ``write``."""
+        if index is not None and \
+                self.task_log(job_id).append(index, record, durable and self.flusher is None):
+            directory = self._job_fd(job_id)
+            if durable and self.flusher is not None and directory is not None:
+                self.flusher.add((directory, TASK_LOG))
+            return
+        self.write(job_id, task_record_name(index), record, durable)
 
     def create_job_dir(self, job_id: int) -> None:
         """Create the job's directory (0700) and hold it: this Store writes the job."""
@@ -1103,6 +1174,43 @@ def _write_at(dir_fd: int, name: str, chunks: Iterable[bytes], durable: bool,
         except OSError:
             pass
         raise _write_error(exc, dir_fd, path) from None
+
+
+def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
+    """Append ``line`` (newline-terminated) to the file whole, or nothing of it: what a
+    writer killed half-way through its line left at the end is cut off first, and a write
+    that fails is cut off again, so readers only ever see whole lines.  The caller holds
+    the file's lock."""
+    start = os.fstat(fd).st_size
+    try:
+        start = _whole_lines(fd, start)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise StorageError(f"cannot write {path}: {_describe(exc)}") from None
+
+
+def _whole_lines(fd: int, size: int) -> int:
+    """The end of the file's last whole line, where the next line goes; an unfinished
+    line after it is cut off."""
+    end = size
+    while end > 0:
+        chunk = os.pread(fd, min(end, 1 << 16), end - min(end, 1 << 16))
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = end - len(chunk) + newline + 1
+            break
+        end -= len(chunk)
+    if end < size:
+        os.ftruncate(fd, end)
+    return end
 
 
 def _write_error(exc: OSError, dir_fd: int, path: str) -> Exception:

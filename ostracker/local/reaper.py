@@ -63,7 +63,7 @@ from ..core.models import (ENDED_NAMES, epoch, expand_path, is_per_task, task_id
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, captured_output_name,
                             check_task_record, held_tasks, history_line, info_from_record,
-                            new_record, spawned_name, summary_chunks, task_record_name)
+                            new_record, spawned_name, summary_chunks)
 from ..core.store import Flusher, Store
 from . import proc
 from .board import Board
@@ -157,7 +157,9 @@ class Reaper:
         self.lock_fd: int | None = None  # the reaper lock, which no child of ours may keep
         self.outcome: tuple | None = None  # (state, exit status, signal) once the job ended
         self.deadline = epoch(self.template.deadline_time)  # --deadline, as a time.time()
-        self.unwritten: dict[str, tuple[list[bytes] | dict, bool]] = {}  # name -> (data, durable)
+        # What the disk did not take yet: a file's name, or ("task", index) for a task's
+        # record -> (the record, or a file's chunks; durable).
+        self.unwritten: dict[str | tuple, tuple[list[bytes] | dict, bool]] = {}
         self._retry_delay = _RETRY_FIRST
         self._retry_at: float | None = None
         self._timers: list = []  # heap of (when, sequence, callback)
@@ -171,16 +173,31 @@ class Reaper:
 
     def write(self, name: str, record: dict, durable: bool = True) -> bool:
         """Write a record now if the disk lets us, else keep it for a retry; True if written."""
-        self.unwritten.pop(name, None)
+        return self._put(name, record, durable)
+
+    def write_task(self, index: int | None, record: dict, durable: bool = True) -> bool:
+        """``write`` for the task's record (``Store.write_task``)."""
+        return self._put(("task", index), record, durable)
+
+    def _put(self, key: str | tuple, data: dict | list[bytes], durable: bool) -> bool:
+        self.unwritten.pop(key, None)
         try:
-            self.store.write(self.job_id, name, record, durable=durable)
+            self._store_put(key, data, durable)
             return True
         except JobNotFound:
             return True  # the job was deleted: nobody is left to read it
         except StorageError:
-            self.unwritten[name] = (record, durable)
+            self.unwritten[key] = (data, durable)
             self._schedule_retry()
             return False
+
+    def _store_put(self, key: str | tuple, data: dict | list[bytes], durable: bool) -> None:
+        if isinstance(key, tuple):
+            self.store.write_task(self.job_id, key[1], data, durable=durable)
+        elif isinstance(data, dict):
+            self.store.write(self.job_id, key, data, durable=durable)
+        else:
+            self.store.write_chunks(self.job_id, key, data, durable=durable)
 
     def _schedule_retry(self) -> None:
         if self._retry_at is None:
@@ -189,18 +206,15 @@ class Reaper:
 
     def _retry_writes(self) -> None:
         self._retry_at = None
-        for name, (data, durable) in list(self.unwritten.items()):
+        for key, (data, durable) in list(self.unwritten.items()):
             try:
-                if isinstance(data, dict):
-                    self.store.write(self.job_id, name, data, durable=durable)
-                else:
-                    self.store.write_chunks(self.job_id, name, data, durable=durable)
+                self._store_put(key, data, durable)
             except JobNotFound:
                 pass
             except StorageError:
                 self._schedule_retry()
                 return  # the disk is still full: the rest waits for the next round
-            del self.unwritten[name]
+            del self.unwritten[key]
         self._retry_delay = _RETRY_FIRST
 
     # -- starting ----------------------------------------------------------------
@@ -320,10 +334,9 @@ class Reaper:
         a task that has no record yet: the task is either cancelled (held) or
         recorded, never both.
         """
-        name = task_record_name(index)
         try:
             with self.store.job_lock(self.job_id):
-                existing = self.store.read(self.job_id, name)
+                existing = self.store.read_task(self.job_id, index)
                 if (existing is not None and
                         not (index in self.retrying and existing.get("state") == "Requeued") and
                         not (self.template.waits and
@@ -333,7 +346,7 @@ class Reaper:
                 if self.store.exists(self.job_id, HELD) and index in held_tasks(
                         self.store.read(self.job_id, HELD), self.array):
                     raise _Held(_HELD)
-                self.store.write(self.job_id, name, record, durable=False)
+                self.store.write_task(self.job_id, index, record, durable=False)
         except StorageError as error:
             raise _NotNow(f"cannot record the job: {error}") from None
 
@@ -394,7 +407,7 @@ class Reaper:
             for fd in set(opened):
                 os.close(fd)
         record = self._running_record(index, pid, {"token": token})
-        if self.write(task_record_name(index), record, durable=False) and \
+        if self.write_task(index, record, durable=False) and \
                 self.template.waits:  # (if unwritten, kept, and the mark with it)
             try:
                 self.store.unlink(self.job_id, spawned_name(index))
@@ -499,7 +512,7 @@ class Reaper:
         """The record of a task that ends without having run: ``Failed``, and why."""
         record = new_record("Failed", sub_state, task_id_string(self.job_id, index))
         record["finish_time"] = timestamp()
-        self.write(task_record_name(index), record)
+        self.write_task(index, record)
 
     def cancel_rest(self, reason: str) -> None:
         """Mark every array task that has not started as cancelled."""
@@ -551,11 +564,11 @@ class Reaper:
         if os.WIFSTOPPED(status):
             record.update(state="Suspended",
                           sub_state=f"stopped by {signal.Signals(os.WSTOPSIG(status)).name}")
-            self.write(task_record_name(task.index), record, durable=False)
+            self.write_task(task.index, record, durable=False)
             return
         if os.WIFCONTINUED(status):
             record.update(state="Running", sub_state=None)
-            self.write(task_record_name(task.index), record, durable=False)
+            self.write_task(task.index, record, durable=False)
             return
         del self.running[task.pid]
         if task.status_fd is not None:  # what it said before it ended, all of it
@@ -588,7 +601,7 @@ class Reaper:
             ended = f"{left} leftover process{'es' if left > 1 else ''} ended"
             record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
                 else ended
-        self.write(task_record_name(task.index), record)
+        self.write_task(task.index, record)
         if self.array is None:
             self.outcome = (record["state"], record["exit_status"], record["terminating_signal"])
         self.tell_scheduler()
@@ -619,7 +632,7 @@ class Reaper:
                       f"({record['sub_state']}); attempt {attempt + 1} in {delay:g} s" +
                       (f"; {left} leftover process{'es' if left > 1 else ''} ended"
                        if left else ""))
-        self.write(task_record_name(task.index), record)
+        self.write_task(task.index, record)
         self.attempts[task.index] = attempt + 1
         self.retrying.add(task.index)
         self.after(delay, self._start_again, task.index)
@@ -633,7 +646,7 @@ class Reaper:
                 self._poller.register(task.status_fd, _READABLE)
         except _Cancelled:  # its own record says so, or the array's cancel marker does
             try:
-                record = self.store.read(self.job_id, task_record_name(index)) or {}
+                record = self.store.read_task(self.job_id, index) or {}
             except StorageError:
                 record = {"state": "Requeued", "sub_state": "its record unreadable"}
             if record.get("state") == "Requeued":
@@ -863,21 +876,19 @@ class Reaper:
         at the end."""
         try:
             if self.array is None:
-                record = self.store.read(self.job_id, task_record_name(None))
+                record = self.store.read_task(self.job_id, None)
                 if record is None or record.get("state") not in ENDED_NAMES:
                     return None
                 return [info_from_record(self.header, None, check_task_record(
-                    record, self.store.path(self.job_id, task_record_name(None)),
-                    str(self.job_id)))]
+                    record, self.store.task_path(self.job_id, None), str(self.job_id)))]
+            self.store.forget_task_log(self.job_id)  # read whole, as it is on the disk now
             marker = self.store.read(self.job_id, CANCEL)
             if self.queue is not None and marker is None and not all(
-                    self.store.exists(self.job_id, task_record_name(index))
-                    for index in self.array.indices()):
+                    self.store.has_task(self.job_id, index) for index in self.array.indices()):
                 return None
             cancelled = cancelled_record(marker)
             infos = [info_from_record(self.header, index,
-                                      self.store.read(self.job_id, task_record_name(index))
-                                      or cancelled)
+                                      self.store.read_task(self.job_id, index) or cancelled)
                      for index in self.array.indices()]
         except (JobNotFound, StorageError, KeyError):
             return None  # damaged: readers report it, from the records as they are
@@ -959,13 +970,13 @@ class Reaper:
                                                    "finish_time": timestamp()})
             if code != 0 and self.array is None:
                 with self.store.job_lock(self.job_id):
-                    record = self.store.read(self.job_id, task_record_name(None))
+                    record = self.store.read_task(self.job_id, None)
                     how = f"exit status {code}" if code > 0 else \
                         f"killed by {_signal_name(-code)}"
                     failed = f"--on-end failed: {how}"
                     record["sub_state"] = f"{record['sub_state']}; {failed}" \
                         if record.get("sub_state") else failed
-                    self.store.write(self.job_id, task_record_name(None), record)
+                    self.store.write_task(self.job_id, None, record)
             self.finish(self.final_infos())
         except BaseException:  # noqa: BLE001 - nothing here may climb back into the reaper's code
             pass
@@ -1114,7 +1125,8 @@ def _open_input(path: str | None, status: int | None) -> int:
 
 def _open_output(stream: str, path: str, captured: bool, truncate: bool, stdin: int,
                  status: int | None) -> int:
-    """Open stdout or stderr; refuse the file that is stdin, and (captured) any planted link.
+    """Open stdout or stderr; refuse the regular file that is stdin (it would be emptied or
+    clobbered: a device such as /dev/null is fine), and (captured) any planted link.
 
     A file the user named is created with the user's umask, as a shell's
     redirection would; a captured one in the state dir is private, and never
@@ -1126,7 +1138,8 @@ def _open_output(stream: str, path: str, captured: bool, truncate: bool, stdin: 
         existing = None
     if existing is not None:
         read = os.fstat(stdin)
-        if (existing.st_dev, existing.st_ino) == (read.st_dev, read.st_ino):
+        if stat.S_ISREG(existing.st_mode) and \
+                (existing.st_dev, existing.st_ino) == (read.st_dev, read.st_ino):
             raise _Refused(f"stdin and {stream} are the same file: {path}")
         if stat.S_ISFIFO(existing.st_mode):
             _say_if_fifo(path, status)
@@ -1296,9 +1309,9 @@ def main(argv: list[str]) -> None:
         os.set_inheritable(status, False)
     if unwritten:  # begin() could not write it: it is ours to write now
         task = Task(index, first_pid, json.loads(unwritten), status)
-        reaper.write(task_record_name(index), task.record, durable=False)
+        reaper.write_task(index, task.record, durable=False)
     else:
-        task = Task(index, first_pid, store.read(job_id, task_record_name(index)), status)
+        task = Task(index, first_pid, store.read_task(job_id, index), status)
     reaper.running[first_pid] = task
     _carry_on(reaper, task)
 

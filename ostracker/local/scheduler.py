@@ -53,7 +53,7 @@ import time
 
 from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import JobState, epoch, parse_job_id, task_id_string, timestamp
-from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record, task_record_name
+from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record
 from ..core.store import Store
 from . import proc
 from .board import Board
@@ -349,7 +349,7 @@ class Scheduler:
         "starting" record of a reaper that died before it created the process."""
         from .reaper import never_spawned
 
-        record = self.store.read(job_id, task_record_name(index))
+        record = self.store.read_task(job_id, index)
         return record is not None and (self.store.reaper_alive(job_id) or
                                        not never_spawned(self.store, job_id, index, record))
 
@@ -368,7 +368,7 @@ class Scheduler:
         if array is None or not held:
             return bool(held)
         return all(index in held for index in array.indices()[entry.cursor:]
-                   if not self.store.exists(entry.job_id, task_record_name(index)))
+                   if not self.store.has_task(entry.job_id, index))
 
     def _dependency_met(self, entry: Waiting) -> bool:
         verdict, why = entry.dependency.evaluate(self._states_of)
@@ -394,10 +394,10 @@ class Scheduler:
                         self.store.write(job_id, CANCEL, {"schema": SCHEMA_VERSION,
                                                           "time": timestamp(),
                                                           "reason": reason})
-                elif not self.store.exists(job_id, task_record_name(None)):
+                elif not self.store.has_task(job_id, None):
                     record = new_record("Failed", reason, str(job_id))
                     record["finish_time"] = timestamp()
-                    self.store.write(job_id, task_record_name(None), record)
+                    self.store.write_task(job_id, None, record)
         except (JobNotFound, StorageError):
             return  # the next pass tries again
         self.board.remove_waiting(job_id)

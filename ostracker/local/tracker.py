@@ -22,8 +22,7 @@ from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobSta
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
                             check_task_record, encode_infos, fill_template, held_tasks,
-                            info_from_record, infos_from_summary, new_record, summary_body,
-                            task_record_name)
+                            info_from_record, infos_from_summary, new_record, summary_body)
 from . import proc
 from .board import Board
 
@@ -78,10 +77,9 @@ class LocalSubmission(Submission):
 
     def record(self, index: int | None) -> dict | None:
         """The task's record, checked (every key present, of its type); None if it has none."""
-        name = task_record_name(index)
-        record = self.store.read(self.job_id, name)
+        record = self.store.read_task(self.job_id, index)
         if record is not None:
-            record = check_task_record(record, self.store.path(self.job_id, name),
+            record = check_task_record(record, self.store.task_path(self.job_id, index),
                                        task_id_string(self.job_id, index))
         return record
 
@@ -159,9 +157,7 @@ class LocalSubmission(Submission):
 
     def started_indices(self) -> list[int]:
         """Indices of the array's tasks that have a record (started or cancelled)."""
-        names = os.listdir(self.store.job_dir(self.job_id))
-        return sorted(int(name[:-5]) for name in names
-                      if name.endswith(".json") and name[:-5].isdigit())
+        return self.store.task_indices(self.job_id)
 
     def _summary(self) -> tuple[str, bool] | None:
         """An ended array's JobInfos as its reaper wrote them (a JSON list's inside,
@@ -263,6 +259,8 @@ class JobTracker(TrackerBase):
                                 environment=dict(os.environ), umask=umask)
             lock_fd = self.store.open_reaper_lock(job_id)
             try:
+                if array is not None:
+                    self.store.create_task_log(job_id)
                 if template.submit_as_hold:
                     self.store.write(job_id, HELD, {"schema": SCHEMA_VERSION, "tasks": None})
                 self.store.write(job_id, HEADER, header.to_dict())
@@ -439,6 +437,8 @@ class JobTracker(TrackerBase):
             header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
             lock_fd = self.store.open_reaper_lock(job_id)
             try:
+                if array is not None:
+                    self.store.create_task_log(job_id)
                 # fsync'd by the reaper once the job runs: submit's latency holds no disk flush.
                 self.store.write(job_id, HEADER, header.to_dict(), durable=False)
             except BaseException:
@@ -456,7 +456,7 @@ class JobTracker(TrackerBase):
             launch(self.store, header, lock_fd)
         except StartError as error:
             first = array.begin if array else None
-            if not self.store.exists(job_id, task_record_name(first)):
+            if not self.store.has_task(job_id, first):
                 # Nothing ran (no process starts before its task's record exists)
                 # and nothing says why: leave no trace of the job.
                 self.store.remove_job_dir(job_id)
@@ -644,7 +644,7 @@ class JobTracker(TrackerBase):
         array = submission.array
         with self.store.job_lock(job_id):
             targets = [info.task_id for info in infos
-                       if not self.store.exists(job_id, task_record_name(info.task_id))]
+                       if not self.store.has_task(job_id, info.task_id)]
             if not targets:
                 return []
             marker = self.store.read(job_id, HELD)
@@ -739,7 +739,7 @@ class JobTracker(TrackerBase):
         with self.store.job_lock(submission.job_id):
             ended = dict(record, state="Failed", sub_state="terminated",
                          terminating_signal="SIGKILL", exit_status=None, finish_time=timestamp())
-            self.store.write(submission.job_id, task_record_name(index), ended)
+            self.store.write_task(submission.job_id, index, ended)
 
     def _cancel_task(self, submission: LocalSubmission, index: int) -> dict | None:
         """Cancel a queued (or requeued) task for good; if the reaper started it meanwhile,
@@ -758,7 +758,7 @@ class JobTracker(TrackerBase):
                 if record is not None:
                     ended = dict(record, state="Failed", sub_state=reason)
                 ended["finish_time"] = timestamp()
-                self.store.write(submission.job_id, task_record_name(index), ended)
+                self.store.write_task(submission.job_id, index, ended)
                 return None
         return record
 
