@@ -145,13 +145,14 @@ def test_under_any_umask_the_state_dir_its_made_parents_and_every_file_are_priva
     gate = tmp_path / "go"
     try:
         array = submitted(cli("submit", "--array", "1-3", "--max-parallel", "1", "--",
-                              "sleep", "0.2", state=state, umask=mask))
+                              "sleep", "1", state=state, umask=mask))
+        # at once: task 3 starts 2 s after task 1 does
+        assert cli("terminate", f"{array}.3", state=state, umask=mask).returncode == 0
         single = submitted(cli("submit", "-e", "TOKEN=secret", "--", "sh", "-c",
                                "umask; echo err >&2", state=state, umask=mask))
         named = submitted(cli("submit", "-o", own, "--", "echo", "mine", state=state,
                               umask=mask))
         running = submitted(cli("submit", "--", *gated(gate), state=state, umask=mask))
-        assert cli("terminate", f"{array}.3", state=state, umask=mask).returncode == 0
         done = cli("wait", "--timeout", "30", array, single, named, state=state, umask=mask)
         assert done.returncode == 1, done.stderr  # task 3 was terminated
         wrong, names = [], set()

@@ -126,8 +126,14 @@ class EndedSubmission(Submission):
 
     def encoded_infos(self, indices=None, errors: list | None = None) -> str:
         if indices is None:
-            return self.entry.encoded_infos()
+            return self._decoded(self.entry.encoded_infos())
         return encode_infos(self.infos(indices))
+
+    def _decoded(self, data: bytes) -> str:
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            raise self.entry.damage() from None
 
 
 Target = tuple[Submission, "int | None"]  # a submission and one task index (None: every task)
@@ -413,25 +419,26 @@ class TrackerBase(abc.ABC):
         """``job_infos`` as a JSON list, the way ``status --json`` prints it.
 
         Listing all, the history's JobInfos are copied from its lines as they are,
-        with no object made per job: ten thousand ended jobs cost little more than
-        reading the file."""
+        with no object made per job and one decoding for all of them: ten thousand
+        ended jobs cost little more than reading the file."""
         if job_ids is not None:
-            parts = [part for _, part in self._encoded(self._targets_of(job_ids, errors),
-                                                       errors)]
+            parts = [part.encode() for _, part in self._encoded(
+                self._targets_of(job_ids, errors), errors)]
         else:
             live = self.store.job_ids()
-            found = [(target[0].job_id, part) for target, part in self._encoded(
+            found = [(target[0].job_id, part.encode()) for target, part in self._encoded(
                 self._named_targets([(job_id, None) for job_id in live], False, errors),
                 errors)]
             if not active:
                 found += self._ended_json(set(live), errors)
             found.sort()
             parts = [part for _, part in found]
-        return "[" + ", ".join(part for part in parts if part) + "]"
+        return (b"[" + b", ".join(part for part in parts if part) + b"]").decode(
+            errors="replace")
 
     def _ended_json(self, live: set[int], errors: list | None):
-        """(ID, JobInfos as JSON) of the history's jobs but ``live``, copied from their
-        lines with no object made per job."""
+        """(ID, JobInfos as UTF-8 JSON) of the history's jobs but ``live``, copied from
+        their lines with no object made per job."""
         for job_id, entry in self._ended_entries(live, errors):
             try:
                 yield job_id, entry.encoded_infos()

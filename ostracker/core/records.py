@@ -93,6 +93,7 @@ RECORD_STATES = frozenset({"Queued", "Running", "Suspended", "Requeued", "Done",
 # Inside a JSON string a quote is escaped, so these bytes can only be that key and
 # its value, wherever the key stands in the object.
 TEMPLATE_SLOT = '"job_template": null'
+_TEMPLATE_SLOT = TEMPLATE_SLOT.encode()
 
 
 
@@ -594,23 +595,29 @@ class EndedEntry:
         self._path = path
         self._fields: tuple[str, bytes, str, str] | None = None
 
-    def _checked(self) -> tuple[str, bytes, str, str]:
-        """(backend, header, template, infos); StorageError if the line is damaged."""
+    def _checked(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """(backend, header, template, infos), as the line has them; StorageError if the
+        line is damaged.  Found by offsets, the check computed in place: no copy of the
+        line is made but of its fields."""
         if self._fields is None:
-            fields = self._line.split(b"\t")
+            line = self._line
             try:
-                job, backend, check, header, template, infos = fields
-                body = memoryview(self._line)[len(job) + len(backend) + len(check) + 3:]
-                if not check.isdigit() or len(check) > 10 or crc32(body) != int(check):
+                ends = [line.index(b"\t")]
+                for _ in range(4):
+                    ends.append(line.index(b"\t", ends[-1] + 1))
+                check = line[ends[1] + 1:ends[2]]
+                if b"\t" in line[ends[4] + 1:] or not check.isdigit() or len(check) > 10 \
+                        or crc32(memoryview(line)[ends[2] + 1:]) != int(check):
                     raise ValueError("no check")
-                self._fields = (backend.decode(), header, template.decode(), infos.decode())
-            except (ValueError, UnicodeDecodeError):
+            except ValueError:
                 raise self.damage() from None
+            self._fields = (line[ends[0] + 1:ends[1]], line[ends[2] + 1:ends[3]],
+                            line[ends[3] + 1:ends[4]], line[ends[4] + 1:])
         return self._fields
 
     @property
     def backend(self) -> str:
-        return self._checked()[0]
+        return self._checked()[0].decode(errors="replace")
 
     def header(self) -> Header:
         _, header, template, _ = self._checked()
@@ -621,14 +628,19 @@ class EndedEntry:
             raise self.damage() from None
         return Header.from_dict(self.job_id, data, self._path)
 
-    def encoded_infos(self) -> str:
-        """The JobInfos as JSON objects, comma-separated, templates in."""
+    def encoded_infos(self) -> bytes:
+        """The JobInfos as JSON objects, comma-separated, templates in: UTF-8, as the line
+        holds them (a listing of thousands decodes them once, all together)."""
         _, _, template, infos = self._checked()
-        return infos.replace(TEMPLATE_SLOT, '"job_template": ' + template)
+        return infos.replace(_TEMPLATE_SLOT, b'"job_template": ' + template)
 
     def infos(self, header: Header, only=None) -> list[JobInfo]:
         """The JobInfos of every task (with ``only``, of those tasks alone)."""
-        infos = infos_from_summary(self._checked()[3], header.template, self.job_id,
+        try:
+            text = self._checked()[3].decode()
+        except UnicodeDecodeError:
+            raise self.damage() from None
+        infos = infos_from_summary(text, header.template, self.job_id,
                                    header.array.indices() if header.array else [None], only)
         if infos is None:
             raise self.damage()

@@ -2,10 +2,11 @@
 
 Its files and formats are described in ``records``.
 
-Why this shape: one event (a task starting or ending) writes one small file, so
-its cost does not grow with the array; a record is replaced by writing a
-temporary file, fsync-ing it and renaming it over the old one, so a reader
-never sees half a record; ``job.json`` is never replaced, so an flock on it is
+Why this shape: one event (a task starting or ending) writes one small file, or
+appends one line to its array's log (``tasklog``), so its cost does not grow
+with the array; a record is replaced by writing a temporary file, fsync-ing it
+and renaming it over the old one, and a line is appended whole or not at all
+(``append_line``), so a reader never sees half a record; ``job.json`` is never replaced, so an flock on it is
 the job's mutation lock; and a reaper that dies drops its lock, which readers
 detect.  Deleting a job renames its directory out of the way first, so a
 reader sees the whole job or none of it.
@@ -185,6 +186,8 @@ class Store:
 
     def close(self) -> None:
         """Close every descriptor this Store holds (it opens them again if used)."""
+        for log in self._task_logs.values():
+            log.close()
         for entry in [self._root, self._jobs, *self._pinned.values(),
                       self._recent and self._recent[1]]:
             _release(entry)
@@ -538,11 +541,11 @@ class Store:
             raise
         return fd
 
-    def open_file(self, job_id: int, name: str, flags: int, mode: int = 0o600,
-                  regular: bool = True) -> int:
+    def open_file(self, job_id: int, name: str, flags: int, mode: int = 0o600) -> int:
         """``os.open`` of the job's file ``name``, relative to the job's (held) directory,
-        never through a link (``O_NOFOLLOW``); with ``regular``, an existing file must be a
-        regular file with one link.  Raises OSError as ``os.open`` does (JobNotFound if the
+        never through a link (``O_NOFOLLOW``); a file that was there already must be a
+        regular file with one link (one that ``O_EXCL`` created is new: nothing to check),
+        and one created is private.  Raises OSError as ``os.open`` does (JobNotFound if the
         job's directory is gone), StorageError for a planted link."""
         dir_fd = self._job_fd(job_id)
         path = self.path(job_id, name)
@@ -554,14 +557,14 @@ class Store:
             if exc.errno == errno.ELOOP:
                 raise StorageError(f"damaged file {path}: a symbolic link") from None
             raise
-        if regular:
-            try:
+        try:
+            if not flags & os.O_EXCL:
                 _check_file(fd, path, "file")
-                if flags & os.O_CREAT:
-                    _private(fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            if flags & os.O_CREAT:
+                _private(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def unlink(self, job_id: int, name: str) -> None:
@@ -624,7 +627,9 @@ class Store:
 
     def forget_task_log(self, job_id: int) -> None:
         """Read the array's log anew, whole, next time (not only what was added since)."""
-        self._task_logs.pop(job_id, None)
+        log = self._task_logs.pop(job_id, None)
+        if log is not None:
+            log.close()
 
     def create_task_log(self, job_id: int) -> None:
         """Give a new array its (empty) log, before anything can write a task's record."""

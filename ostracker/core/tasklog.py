@@ -46,6 +46,7 @@ class TaskLog:
         self._damage: StorageError | None = None  # a line that names no task was read
         self._seen: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
         self._offset = 0  # the end of the last whole line read
+        self._append_fd: int | None = None  # kept open by a writer (a reaper) that appends
 
     def create(self) -> None:
         """Create the empty log of a new array (its directory is the Store's own)."""
@@ -122,21 +123,36 @@ class TaskLog:
     # -- writing ------------------------------------------------------------------------
 
     def append(self, index: int, record: dict, durable: bool) -> bool:
-        """Add the task's record (fsync'd if ``durable``); False if the array has no log."""
+        """Add the task's record (fsync'd if ``durable``); False if the array has no log.
+
+        The log stays open for the next append: a reaper appends three lines a task,
+        and the file is never replaced (``close`` closes it)."""
         line = b"%d\t%s\n" % (index, json.dumps(record).encode())
-        try:
-            fd = self._open(_APPEND_FLAGS)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise _open_error(exc, self.path, "record", "write") from None
-        try:
+        fd = self._append_fd
+        if fd is None:
+            try:
+                fd = self._open(_APPEND_FLAGS)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise _open_error(exc, self.path, "record", "write") from None
             try:
                 _check_file(fd, self.path, "record")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                raise StorageError(f"cannot write {self.path}: {_describe(exc)}") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            self._append_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.path}: {_describe(exc)}") from None
+        try:
             append_line(fd, line, durable, self.path)
         finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         return True
+
+    def close(self) -> None:
+        if self._append_fd is not None:
+            os.close(self._append_fd)
+            self._append_fd = None

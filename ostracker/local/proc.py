@@ -44,10 +44,17 @@ def _stat_fields(pid: int | str) -> list[bytes] | None:
 
     The command name (field 2) is in parentheses and may itself hold ") ".
     """
+    try:  # os.open and one read: a stat line is far below 4 KiB, and no buffer is needed
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # gone (ENOENT, ESRCH)
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except OSError:  # gone (ENOENT, ESRCH) or vanishing while read
+        raw = os.read(fd, 4096)
+    except OSError:  # vanishing while read
+        return None
+    finally:
+        os.close(fd)
+    if not raw:
         return None
     return raw[raw.rindex(b")") + 2:].split()
 

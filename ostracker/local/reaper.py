@@ -73,6 +73,7 @@ from .board import Board
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
               "from ostracker.local.reaper import main; main(sys.argv[2:])")
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_OPEN_NEW = _OPEN_WRITE | os.O_EXCL
 LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to what a job left running
 SUMMARY_PATIENCE = 60.0  # seconds an ended array's reaper tries to write its summary
 # In a job's environment, "1": its records stay in its directory once it ends, not
@@ -418,9 +419,17 @@ class Reaper:
     def _open_captured(self, index: int | None, stream: str, truncate: bool = True) -> int:
         """The task's captured stdout or stderr, created private in the job's (held)
         directory, emptied (``truncate``: not for a later attempt, which appends); never
-        through a link or a FIFO planted at its name."""
+        through a link or a FIFO planted at its name.
+
+        A first attempt's file is most often new: created in one call (``O_EXCL``);
+        only what is already at its name is opened, checked and emptied."""
         name = captured_output_name(index, stream)
         try:
+            try:
+                if truncate:
+                    return self.store.open_file(self.job_id, name, _OPEN_NEW)
+            except FileExistsError:
+                pass
             # Emptied only once checked: O_TRUNC would empty a file linked there first.
             fd = self.store.open_file(self.job_id, name, _OPEN_WRITE | os.O_NONBLOCK)
         except StorageError as error:

@@ -149,11 +149,18 @@ class LocalSubmission(Submission):
             except StorageError as error:
                 if errors is None:
                     raise
-                if self.damaged is None or str(error) not in map(str, errors):
-                    errors.append(error)
-                self.damaged = self.damaged or error
+                self._damaged(error, errors)
                 continue
             yield index, record
+        if self.is_array and errors is not None:  # a line of the log that names no task
+            damage = self.store.task_log(self.job_id).damage()
+            if damage is not None:
+                self._damaged(damage, errors)
+
+    def _damaged(self, error: StorageError, errors: list) -> None:
+        if self.damaged is None or str(error) not in map(str, errors):
+            errors.append(error)
+        self.damaged = self.damaged or error
 
     def started_indices(self) -> list[int]:
         """Indices of the array's tasks that have a record (started or cancelled)."""
