@@ -842,6 +842,8 @@ def test_write_failing_with_efbig_changes_nothing_and_says_so(state_dir, run, su
     """RLIMIT_FSIZE: cancelling a queued task and submitting fail clearly, records intact."""
     array = submit("--array", "1-3", "--max-parallel", "1", "--", "sleep", "60")
     assert [t["state"] for t in listing(run, array)][1:] == ["Queued", "Queued"]
+    # until the reaper has recorded task 1's PID, it still writes: no snapshot before
+    poll(lambda: listing(run, f"{array}.1")[0]["sub_state"] is None, message="task 1's PID")
 
     def limited(*args):
         return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,

@@ -36,30 +36,27 @@ import os
 
 from .errors import StorageError
 from .records import EndedEntry, history_line_id, is_kept_when_ended
-from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, Store, _check_file, _describe,
-                    _open_error, _private, _remove_tree, _write_at, append_line)
+from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, GrowingLines, Store, _check_file,
+                    _describe, _open_error, _private, _remove_tree, _write_at, append_line)
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
 
 
-class History:
+class History(GrowingLines):
     """The history of one Store, read once and then only what was added since."""
 
     def __init__(self, store: Store):
+        super().__init__(os.path.join(store.root, HISTORY))
         self.store = store
-        self.path = os.path.join(store.root, HISTORY)
         self._entries: dict[int, EndedEntry] = {}
         self._nameless: StorageError | None = None  # a line that names no job was read
-        self._seen: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
-        self._offset = 0  # how far it was read: the end of its last whole line
 
     # -- reading ------------------------------------------------------------------------
 
     def entries(self, errors: list | None = None) -> dict[int, EndedEntry]:
         """Every ended job's entry by ID (the last line of each); a line too damaged to
-        name its job goes to ``errors``.  The file is read anew when it was replaced,
-        and from where the last read stopped when it grew."""
+        name its job goes to ``errors``."""
         root = self.store._root_fd()
         try:
             fd = os.open(HISTORY, _READ_FLAGS, dir_fd=root) if root is not None else None
@@ -68,34 +65,26 @@ class History:
         except OSError as exc:
             raise _open_error(exc, self.path, "record") from None
         if fd is None:
-            self._entries, self._nameless, self._seen, self._offset = {}, None, None, 0
+            self._forget()
             return {}
-        try:
-            info = _check_file(fd, self.path, "record")
-            if self._seen != (info.st_dev, info.st_ino) or info.st_size < self._offset:
-                self._entries, self._nameless = {}, None
-                self._seen, self._offset = (info.st_dev, info.st_ino), 0
-            if info.st_size > self._offset:
-                self._take(os.pread(fd, info.st_size - self._offset, self._offset))
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
-        finally:
-            os.close(fd)
+        self._read_new(fd)
         if errors is not None and self._nameless is not None:
             errors.append(self._nameless)
         return self._entries
 
-    def _take(self, data: bytes) -> None:
-        end = data.rfind(b"\n") + 1  # an unfinished last line is read once it is whole
+    def _forget(self) -> None:
+        super()._forget()
+        self._entries, self._nameless = {}, None
+
+    def _take(self, lines: list[bytes]) -> None:
         entries, path = self._entries, self.path
-        for line in data[:end].split(b"\n")[:-1]:
+        for line in lines:
             job_id = history_line_id(line)
             if job_id is None:
                 self._nameless = StorageError(
                     f"damaged record in {path}: a line that names no job is left out")
             else:
                 entries[job_id] = EndedEntry(job_id, line, path)  # its last line counts
-        self._offset += end
 
     def entry(self, job_id: int) -> EndedEntry | None:
         """The job's entry; None if it has none (its line may be damaged: it says so

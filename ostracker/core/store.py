@@ -1181,6 +1181,42 @@ def _write_at(dir_fd: int, name: str, chunks: Iterable[bytes], durable: bool,
         raise _write_error(exc, dir_fd, path) from None
 
 
+class GrowingLines:
+    """An append-only file of lines, read once and then only what was added since: the
+    history and an array's task log are read so.  A file replaced (another inode) or
+    shorter than what was read is read anew, whole; an unfinished last line (a writer
+    at work) is left for a later read.  A subclass takes the lines (``_take``) and
+    forgets them (``_forget``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
+        self._offset = 0  # the end of the last whole line read
+
+    def _take(self, lines: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        self._seen, self._offset = None, 0
+
+    def _read_new(self, fd: int) -> None:
+        """Take the whole lines added to the open file ``fd`` since the last read; close it."""
+        try:
+            info = _check_file(fd, self.path, "record")
+            if self._seen != (info.st_dev, info.st_ino) or info.st_size < self._offset:
+                self._forget()
+                self._seen = (info.st_dev, info.st_ino)
+            if info.st_size > self._offset:
+                data = os.pread(fd, info.st_size - self._offset, self._offset)
+                end = data.rfind(b"\n") + 1
+                self._take(data[:end].split(b"\n")[:-1])
+                self._offset += end
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
+        finally:
+            os.close(fd)
+
+
 def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
     """Append ``line`` (newline-terminated) to the file whole, or nothing of it: what a
     writer killed half-way through its line left at the end is cut off first, and a write

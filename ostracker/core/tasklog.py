@@ -29,23 +29,21 @@ import os
 from .errors import JobNotFound, StorageError
 from .models import MAX_DIGITS
 from .records import TASK_LOG
-from .store import (_CREATE_FLAGS, _READ_FLAGS, _check_file, _describe, _open_error,
-                    _private, append_line)
+from .store import (_CREATE_FLAGS, _READ_FLAGS, GrowingLines, _check_file, _describe,
+                    _open_error, _private, append_line)
 
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class TaskLog:
+class TaskLog(GrowingLines):
     """One array's log, as one Store reads and writes it."""
 
     def __init__(self, store, job_id: int):
+        super().__init__(store.path(job_id, TASK_LOG))
         self.store = store
         self.job_id = job_id
-        self.path = store.path(job_id, TASK_LOG)
         self._lines: dict[int, bytes] = {}  # index -> the JSON of its last line
         self._damage: StorageError | None = None  # a line that names no task was read
-        self._seen: tuple[int, int] | None = None  # (st_dev, st_ino) of the file read
-        self._offset = 0  # the end of the last whole line read
         self._append_fd: int | None = None  # kept open by a writer (a reaper) that appends
 
     def create(self) -> None:
@@ -75,33 +73,22 @@ class TaskLog:
             return None
         except OSError as exc:
             raise _open_error(exc, self.path, "record") from None
-        try:
-            info = _check_file(fd, self.path, "record")
-            if self._seen != (info.st_dev, info.st_ino) or info.st_size < self._offset:
-                self._forget()
-                self._seen = (info.st_dev, info.st_ino)
-            if info.st_size > self._offset:
-                self._take(os.pread(fd, info.st_size - self._offset, self._offset))
-        except OSError as exc:
-            raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
-        finally:
-            os.close(fd)
+        self._read_new(fd)
         return self._lines
 
     def _forget(self) -> None:
-        self._lines, self._damage, self._seen, self._offset = {}, None, None, 0
+        super()._forget()
+        self._lines, self._damage = {}, None
 
-    def _take(self, data: bytes) -> None:
-        end = data.rfind(b"\n") + 1  # an unfinished last line is read once it is whole
-        lines = self._lines
-        for line in data[:end].split(b"\n")[:-1]:
+    def _take(self, lines: list[bytes]) -> None:
+        taken = self._lines
+        for line in lines:
             index, tab, body = line.partition(b"\t")
             if tab and index.isdigit() and len(index) <= MAX_DIGITS:
-                lines[int(index)] = body
+                taken[int(index)] = body
             else:
                 self._damage = StorageError(
                     f"damaged record in {self.path}: a line that names no task is left out")
-        self._offset += end
 
     def read(self, index: int) -> dict | None:
         """Task ``index``'s record; None if it has none.  Call ``lines`` first."""
