@@ -67,7 +67,10 @@ class History(GrowingLines):
         if fd is None:
             self._forget()
             return {}
-        self._read_new(fd)
+        try:
+            self._read_new(fd)
+        finally:
+            os.close(fd)
         if errors is not None and self._nameless is not None:
             errors.append(self._nameless)
         return self._entries

@@ -1200,7 +1200,7 @@ class GrowingLines:
         self._seen, self._offset = None, 0
 
     def _read_new(self, fd: int) -> None:
-        """Take the whole lines added to the open file ``fd`` since the last read; close it."""
+        """Take the whole lines added to the open file ``fd`` since the last read."""
         try:
             info = _check_file(fd, self.path, "record")
             if self._seen != (info.st_dev, info.st_ino) or info.st_size < self._offset:
@@ -1213,8 +1213,6 @@ class GrowingLines:
                 self._offset += end
         except OSError as exc:
             raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
-        finally:
-            os.close(fd)
 
 
 def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
@@ -1240,7 +1238,9 @@ def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
 
 def _whole_lines(fd: int, size: int) -> int:
     """The end of the file's last whole line, where the next line goes; an unfinished
-    line after it is cut off."""
+    line after it is cut off.  Most often the file ends with a newline: one byte read."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
     end = size
     while end > 0:
         chunk = os.pread(fd, min(end, 1 << 16), end - min(end, 1 << 16))

@@ -65,7 +65,11 @@ class TaskLog(GrowingLines):
     # -- reading ------------------------------------------------------------------------
 
     def lines(self) -> dict[int, bytes] | None:
-        """Each task's last line (its JSON) by index; None if the array has no log."""
+        """Each task's last line (its JSON) by index; None if the array has no log.
+        A writer reads through the descriptor it appends through."""
+        if self._append_fd is not None:
+            self._read_new(self._append_fd)
+            return self._lines
         try:
             fd = self._open(_READ_FLAGS)
         except (FileNotFoundError, JobNotFound):
@@ -73,7 +77,10 @@ class TaskLog(GrowingLines):
             return None
         except OSError as exc:
             raise _open_error(exc, self.path, "record") from None
-        self._read_new(fd)
+        try:
+            self._read_new(fd)
+        finally:
+            os.close(fd)
         return self._lines
 
     def _forget(self) -> None:
