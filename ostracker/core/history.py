@@ -3,7 +3,8 @@
 Why: a cron job that runs every few minutes leaves thousands of ended jobs,
 and a directory of records per job costs a listing an open and a parse each,
 makes ``status --active`` and TAB completion pay for the whole past, and
-leaves three files per array task on the disk.  So once a job has ended,
+leaves two captured output files per array task on the disk, empty most
+often.  So once a job has ended,
 its reaper *compacts* it (``compact``):
 
 1. it adds one line to ``history`` (``records.history_line``: the header and

@@ -597,22 +597,16 @@ class EndedEntry:
 
     def _checked(self) -> tuple[bytes, bytes, bytes, bytes]:
         """(backend, header, template, infos), as the line has them; StorageError if the
-        line is damaged.  Found by offsets, the check computed in place: no copy of the
-        line is made but of its fields."""
+        line is damaged."""
         if self._fields is None:
-            line = self._line
             try:
-                ends = [line.index(b"\t")]
-                for _ in range(4):
-                    ends.append(line.index(b"\t", ends[-1] + 1))
-                check = line[ends[1] + 1:ends[2]]
-                if b"\t" in line[ends[4] + 1:] or not check.isdigit() or len(check) > 10 \
-                        or crc32(memoryview(line)[ends[2] + 1:]) != int(check):
+                _, backend, check, body = self._line.split(b"\t", 3)
+                if not check.isdigit() or len(check) > 10 or crc32(body) != int(check):
                     raise ValueError("no check")
+                header, template, infos = body.split(b"\t")
             except ValueError:
                 raise self.damage() from None
-            self._fields = (line[ends[0] + 1:ends[1]], line[ends[2] + 1:ends[3]],
-                            line[ends[3] + 1:ends[4]], line[ends[4] + 1:])
+            self._fields = (backend, header, template, infos)
         return self._fields
 
     @property
