@@ -593,7 +593,7 @@ class EndedEntry:
         self.job_id = job_id
         self._line = line
         self._path = path
-        self._fields: tuple[str, bytes, str, str] | None = None
+        self._fields: tuple[bytes, bytes, bytes, bytes] | None = None
 
     def _checked(self) -> tuple[bytes, bytes, bytes, bytes]:
         """(backend, header, template, infos), as the line has them; StorageError if the

@@ -6,9 +6,9 @@ Why this shape: one event (a task starting or ending) writes one small file, or
 appends one line to its array's log (``tasklog``), so its cost does not grow
 with the array; a record is replaced by writing a temporary file, fsync-ing it
 and renaming it over the old one, and a line is appended whole or not at all
-(``append_line``), so a reader never sees half a record; ``job.json`` is never replaced, so an flock on it is
-the job's mutation lock; and a reaper that dies drops its lock, which readers
-detect.  Deleting a job renames its directory out of the way first, so a
+(``append_line``), so a reader never sees half a record; ``job.json`` is never
+replaced, so an flock on it is the job's mutation lock; and a reaper that dies
+drops its lock, which readers detect.  Deleting a job renames its directory out of the way first, so a
 reader sees the whole job or none of it.
 
 Files are reached through directory descriptors, never by path from the
@@ -1220,9 +1220,9 @@ def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
     writer killed half-way through its line left at the end is cut off first, and a write
     that fails is cut off again, so readers only ever see whole lines.  The caller holds
     the file's lock."""
-    start = os.fstat(fd).st_size
+    start = None
     try:
-        start = _whole_lines(fd, start)
+        start = _whole_lines(fd, os.fstat(fd).st_size)
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view):]
@@ -1230,7 +1230,8 @@ def append_line(fd: int, line: bytes, durable: bool, path: str) -> None:
             os.fsync(fd)
     except OSError as exc:
         try:
-            os.ftruncate(fd, start)
+            if start is not None:
+                os.ftruncate(fd, start)
         except OSError:
             pass
         raise StorageError(f"cannot write {path}: {_describe(exc)}") from None
