@@ -1,7 +1,8 @@
 """Small helpers for bench/run.sh (standard library only; run with any python3 >= 3.8).
 
     helper.py fresh DIR              wait for the reapers of DIR to end, then empty DIR (0700)
-    helper.py wait-reapers DIR [SEC] wait until no reaper holds a reaper.lock under DIR/jobs
+    helper.py wait-reapers DIR [SEC] wait until no reaper of DIR lives (a lock under DIR/jobs,
+                                     or a reaper process naming DIR)
     helper.py mem PID                {"pid", "ppid", "rss_kb", "pss_kb", "uss_kb", "cmdline"} as JSON
     helper.py parent PID             parent PID (field 4 of /proc/PID/stat)
     helper.py cleanup BASE           kill (by PID) every reaper whose state dir is under BASE,
@@ -49,9 +50,12 @@ def live_reaper_locks(state_dir: str) -> list[str]:
 
 
 def wait_reapers(state_dir: str, timeout: float = 30.0) -> bool:
+    """Until no reaper of ``state_dir`` lives: none holds a reaper.lock under jobs/, and
+    no reaper process names the directory (one that compacts its ended job has moved
+    its lock to ended/ and removes it, yet still works)."""
     deadline = time.monotonic() + timeout
     while True:
-        if not live_reaper_locks(state_dir):
+        if not live_reaper_locks(state_dir) and not reapers_of(state_dir):
             return True
         if time.monotonic() > deadline:
             return False
@@ -99,17 +103,27 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def reapers_under(base: str) -> list[int]:
-    base = os.path.abspath(base).rstrip("/") + "/"
+def _reapers(names_it) -> list[int]:
+    """PIDs of the reapers one of whose arguments ``names_it`` accepts."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
         argv = cmdline(int(name))
         if any("ostracker.local.reaper" in a for a in argv) and \
-                any(a.startswith(base) and "site-packages" not in a for a in argv):
+                any(names_it(a) and "site-packages" not in a for a in argv):
             found.append(int(name))
     return found
+
+
+def reapers_under(base: str) -> list[int]:
+    base = os.path.abspath(base).rstrip("/") + "/"
+    return _reapers(lambda argument: argument.startswith(base))
+
+
+def reapers_of(state_dir: str) -> list[int]:
+    state_dir = os.path.abspath(state_dir).rstrip("/")
+    return _reapers(lambda argument: argument == state_dir)
 
 
 def cleanup(base: str) -> None:
