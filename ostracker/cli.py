@@ -442,7 +442,6 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
     """The JobTemplate's limit and lifetime fields from submit's options (README, "Limits
     and retries"); bad ones are usage errors."""
     from .core import limits as parse
-    from .core.models import parse_count
 
     fields = {"join_files": join}
     resource_limits = dict(parse.parse_limit(text) for text in limits)
@@ -463,17 +462,16 @@ def lifetime(time_limit, kill_after, deadline, warning, limits, retries, retry_d
         if "WALLCLOCK_TIME" not in resource_limits and deadline is None:
             raise click.UsageError("--signal warns before a time limit or a deadline: give "
                                    "-t/--time or --deadline")
-        name, seconds = parse.parse_warning(warning)
-        fields["warning_signal"] = f"{name}@{seconds}"
+        fields["warning_signal"] = parse.parse_warning(warning)
     if retries is not None:
-        fields["retries"] = 0 if retries.strip("0") == "" and retries.isdigit() \
-            else parse_count(retries)
+        fields["retries"] = parse.parse_retries(retries)
     if retry_delay is not None:
         fields["retry_delay"] = retry_delay
     if on_end is not None:
-        if not on_end.strip() or "\0" in on_end:
-            raise click.BadParameter("cannot be empty", param_hint="--on-end")
-        fields["on_end"] = on_end
+        try:
+            fields["on_end"] = parse.check_on_end(on_end)
+        except InvalidArgument as error:
+            raise click.BadParameter(str(error), param_hint="--on-end") from None
     return fields
 
 

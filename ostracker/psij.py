@@ -100,7 +100,7 @@ class OstrackerExecutor(psij.JobExecutor):
         self._lock = threading.RLock()
         self._status_lock = threading.RLock()  # one status change at a time: each once
         self._changed = threading.Condition()  # guards what follows; wakes the watcher
-        self._jobs: dict[Job, str] = {}  # the jobs watched, not yet in a final state
+        self._jobs: set[Job] = set()  # the jobs watched, not yet in a final state
         # Jobs that ``cancel`` has asked to end: CANCELED once ended.  Until it knows whether
         # the job took the cancel or had ended by itself, no one else reports their end (the
         # local reaper may word a cancelled job's end "killed by SIGKILL", not "terminated").
@@ -134,7 +134,7 @@ class OstrackerExecutor(psij.JobExecutor):
             raise SubmitException(str(error), error,
                                   transient=isinstance(error, SlurmUnavailable)) from None
         job._native_id = native_id
-        self._watch(job, native_id)
+        self._watch(job)
         self._report(job, info)
 
     def cancel(self, job: Job) -> None:
@@ -190,7 +190,7 @@ class OstrackerExecutor(psij.JobExecutor):
             raise SubmitException(f"cannot attach to job {native_id}: {error}", error) from None
         job.executor = self
         job._native_id = info.id  # as ostracker spells it: "007" is "7"
-        self._watch(job, info.id)
+        self._watch(job)
         self._report(job, info)
 
     # -- reporting ------------------------------------------------------------------------
@@ -231,10 +231,10 @@ class OstrackerExecutor(psij.JobExecutor):
 
     # -- the watcher ----------------------------------------------------------------------
 
-    def _watch(self, job: Job, native_id: str) -> None:
+    def _watch(self, job: Job) -> None:
         """Have the watcher follow the job; start it if none runs (it ends with its last job)."""
         with self._changed:
-            self._jobs[job] = native_id
+            self._jobs.add(job)
             self._woken = True
             self._changed.notify_all()
             if self._watcher is None:
@@ -248,12 +248,11 @@ class OstrackerExecutor(psij.JobExecutor):
         ``_interval`` s, cut short when a job is added)."""
         while True:
             with self._changed:
-                self._jobs = {job: native_id for job, native_id in self._jobs.items()
-                              if not job.status.final}
+                self._jobs = {job for job in self._jobs if not job.status.final}
                 if not self._jobs:
                     self._watcher = None
                     return
-                jobs = dict(self._jobs)
+                jobs = {job: job.native_id for job in self._jobs}
                 self._woken = False
             try:
                 infos = self._read(sorted(set(jobs.values())))
@@ -415,7 +414,6 @@ def _custom(name: str, value: object, fields: dict) -> None:
     """One ``ostracker.NAME`` custom attribute into ``fields``, checked as the CLI checks
     the option of that name (README, "PSI/J"); InvalidArgument if bad."""
     from .core import limits, schedule
-    from .core.models import parse_count
 
     if name.startswith("limit."):
         key, amount = limits.parse_limit(f"{name[len('limit.'):]}={_text(name, value)}")
@@ -437,18 +435,16 @@ def _custom(name: str, value: object, fields: dict) -> None:
     elif name == "session":
         fields["session_name"] = schedule.parse_name(_text(name, value), "session")
     elif name == "signal":
-        signal_name, seconds = limits.parse_warning(_text(name, value))
-        fields["warning_signal"] = f"{signal_name}@{seconds}"
+        fields["warning_signal"] = limits.parse_warning(_text(name, value))
     elif name == "retries":
-        text = _text(name, value)
-        fields["retries"] = 0 if text.isdigit() and not text.strip("0") else parse_count(text)
+        fields["retries"] = limits.parse_retries(_text(name, value))
     elif name in ("kill_after", "retry_delay"):
         fields[name] = _seconds(name, value)
     elif name == "on_end":
-        command = _text(name, value)
-        if not command.strip() or "\0" in command:
-            raise InvalidArgument("ostracker.on_end cannot be empty")
-        fields["on_end"] = command
+        try:
+            fields["on_end"] = limits.check_on_end(_text(name, value))
+        except InvalidArgument as error:
+            raise InvalidArgument(f"ostracker.on_end {error}") from None
     else:
         raise InvalidArgument(f"unknown custom attribute ostracker.{name} (known: "
                               f"{', '.join(sorted(_CUSTOM))}, limit.NAME)")

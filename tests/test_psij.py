@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 from ostracker.core import registry
+from ostracker.core.models import epoch
 
 from conftest import SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
 
@@ -59,14 +60,17 @@ def test_the_executor_is_found_by_name(executor):
     import psij
 
     assert "ostracker" in psij.JobExecutor.get_executor_names()
-    assert executor.name == "ostracker" and type(executor).__name__ == "OstrackerExecutor"
+    assert type(psij.JobExecutor.get_instance("ostracker")).__name__ == "OstrackerExecutor"
 
 
-def test_states_come_once_each_in_order_and_exit_0_completes(executor):
+def test_states_come_once_each_in_order_and_exit_0_completes(executor, state_dir):
     from psij import JobState
 
     job = _job("/bin/sh", "-c", "sleep 0.2")
     seen = _recorded(job)
+    statuses = []
+    job.set_job_status_callback(lambda _, status: (seen.append(status.state),
+                                                   statuses.append(status)))
     on_executor = []
     executor.set_job_status_callback(lambda j, status: on_executor.append(status.state))
     executor.submit(job)
@@ -76,6 +80,11 @@ def test_states_come_once_each_in_order_and_exit_0_completes(executor):
     wanted = [JobState.QUEUED, JobState.ACTIVE, JobState.COMPLETED]
     poll(lambda: len(seen) >= 3 and len(on_executor) >= 3, message="three callbacks")
     assert seen == on_executor == wanted
+    # PSI/J itself fills in a state skipped over, and drops one said again: what only the
+    # executor's reports carry shows that it said each of them, once.
+    info = _tracker(executor, state_dir).job_info(job.native_id)
+    assert statuses[0].metadata == {"nativeId": job.native_id}
+    assert statuses[1].time == pytest.approx(epoch(info.dispatch_time_text), abs=1e-3)
 
 
 def test_exit_3_fails_with_exit_code_3(executor):
@@ -239,3 +248,30 @@ def test_custom_attributes_map_and_what_cannot_be_done_is_refused(executor, tmp_
             executor.submit(refused)
         assert words in caught.value.message
         assert refused.status.state == JobState.NEW and refused.native_id is None
+
+
+def test_custom_attributes_take_the_values_the_cli_options_take(executor, state_dir):
+    """``ostracker.retries``, ``signal``, ``on_end`` and ``hold`` become the template's fields
+    as ``--retries``, ``--signal``, ``--on-end`` and ``--hold`` make them; what those
+    options refuse is refused, naming the attribute."""
+    from psij import InvalidJobException, JobAttributes, JobState
+
+    if executor.backend != "local":
+        pytest.skip("--hold, --retries and --on-end are the local backend's")
+    custom = {"ostracker.retries": "2", "ostracker.signal": "USR1@5",
+              "ostracker.on_end": "true", "ostracker.hold": True}
+    job = _job("/bin/true", attributes=JobAttributes(custom_attributes=custom))
+    executor.submit(job)
+    template = _tracker(executor, state_dir).job_info(job.native_id).job_template
+    assert (template.retries, template.warning_signal, template.on_end,
+            template.submit_as_hold) == (2, "SIGUSR1@5", "true", True)
+    assert job.status.state == JobState.QUEUED  # held: it waits for release
+    job.cancel()
+    assert job.wait(timeout=executor.timeout).state == JobState.CANCELED
+    for name, value in (("retries", "x"), ("on_end", " "), ("signal", "USR1@x")):
+        refused = _job("/bin/true", attributes=JobAttributes(
+            custom_attributes={f"ostracker.{name}": value}))
+        with pytest.raises(InvalidJobException) as caught:
+            executor.submit(refused)
+        assert refused.native_id is None and (
+            name != "on_end" or "ostracker.on_end cannot be empty" in caught.value.message)

@@ -112,10 +112,24 @@ def signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
-def parse_warning(text: str) -> tuple[str, int]:
-    """``SIG[@SEC]`` of ``--signal``: (the signal's name, seconds before the limit, 60 by
-    default, as Slurm's)."""
+def parse_warning(text: str) -> str:
+    """``SIG[@SEC]`` of ``--signal`` as the template keeps it: ``NAME@SEC``, the signal's
+    name and the seconds before the limit (60 by default, as Slurm's)."""
     name, sep, seconds = text.partition("@")
     if sep and not re.fullmatch(r"[0-9]{1,6}", seconds):
         raise InvalidArgument(f"bad --signal {brief(text)!r}: expected SIG[@SEC]")
-    return signal_name(signal_number(name)), int(seconds) if sep else 60
+    return f"{signal_name(signal_number(name))}@{int(seconds) if sep else 60}"
+
+
+def parse_retries(text: str) -> int:
+    """``--retries N``: 0, or a whole number of 1 or more (``models.parse_count``)."""
+    from .models import parse_count
+
+    return 0 if text.isdigit() and not text.strip("0") else parse_count(text)
+
+
+def check_on_end(command: str) -> str:
+    """``--on-end CMD``: any shell command, but an empty one (or one holding NUL)."""
+    if not command.strip() or "\0" in command:
+        raise InvalidArgument("cannot be empty")
+    return command

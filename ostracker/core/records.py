@@ -7,7 +7,9 @@ Layout of a state directory (mode 0700, every file 0600)::
     jobs/N/          one directory per submission
         job.json     the header: backend, template, array spec, who/where/when (written once)
         state.json   a single job's state record (local backend)
-        I.json       an array task's state record, written when task I starts or is cancelled
+        tasks.log    an array's task records: a line "I TAB RECORD" per change of task I,
+                     the last one of I its record (``tasklog``); an array of an earlier
+                     version has I.json, task I's record, instead
         cancel.json  "every task of this array that has not started is cancelled"
         summary.json the JobInfo of every task of an ended array, for fast listing
         stopped.json Slurm IDs this user stopped with SIGTSTP (Slurm backend)

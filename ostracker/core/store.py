@@ -8,8 +8,8 @@ with the array; a record is replaced by writing a temporary file, fsync-ing it
 and renaming it over the old one, and a line is appended whole or not at all
 (``append_line``), so a reader never sees half a record; ``job.json`` is never
 replaced, so an flock on it is the job's mutation lock; and a reaper that dies
-drops its lock, which readers detect.  Deleting a job renames its directory out of the way first, so a
-reader sees the whole job or none of it.
+drops its lock, which readers detect.  Deleting a job renames its directory out
+of the way first, so a reader sees the whole job or none of it.
 
 Files are reached through directory descriptors, never by path from the
 root each time (``os.open(name, dir_fd=...)``): the state directory and its
@@ -656,7 +656,7 @@ class Store:
 
     def task_indices(self, job_id: int) -> list[int]:
         """The indices of the array's tasks that have a record, ascending."""
-        lines = self._log_lines(job_id, 0)
+        lines = self.task_log(job_id).lines()
         if lines is not None:
             return sorted(lines)
         try:

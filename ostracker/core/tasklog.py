@@ -29,10 +29,10 @@ import os
 from .errors import JobNotFound, StorageError
 from .models import MAX_DIGITS
 from .records import TASK_LOG
-from .store import (_CREATE_FLAGS, _READ_FLAGS, GrowingLines, _check_file, _describe,
-                    _open_error, _private, append_line)
+from .store import (_CREATE_FLAGS, _READ_FLAGS, GrowingLines, _describe, _open_error,
+                    append_line)
 
-_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND
 
 
 class TaskLog(GrowingLines):
@@ -48,19 +48,10 @@ class TaskLog(GrowingLines):
 
     def create(self) -> None:
         """Create the empty log of a new array (its directory is the Store's own)."""
-        fd = self._open(_CREATE_FLAGS)
         try:
-            _private(fd)
+            os.close(self.store.open_file(self.job_id, TASK_LOG, _CREATE_FLAGS))
         except OSError as exc:
-            raise StorageError(f"cannot write {self.path}: {_describe(exc)}") from None
-        finally:
-            os.close(fd)
-
-    def _open(self, flags: int) -> int:
-        directory = self.store._job_fd(self.job_id)
-        if directory is None:
-            raise JobNotFound(f"job directory {self.store.job_dir(self.job_id)} is gone")
-        return os.open(TASK_LOG, flags, 0o600, dir_fd=directory)
+            raise _open_error(exc, self.path, "record", "write") from None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -71,7 +62,7 @@ class TaskLog(GrowingLines):
             self._read_new(self._append_fd)
             return self._lines
         try:
-            fd = self._open(_READ_FLAGS)
+            fd = self.store.open_file(self.job_id, TASK_LOG, _READ_FLAGS)
         except (FileNotFoundError, JobNotFound):
             self._forget()
             return None
@@ -125,17 +116,12 @@ class TaskLog(GrowingLines):
         fd = self._append_fd
         if fd is None:
             try:
-                fd = self._open(_APPEND_FLAGS)
+                fd = self._append_fd = self.store.open_file(self.job_id, TASK_LOG,
+                                                            _APPEND_FLAGS)
             except FileNotFoundError:
                 return False
             except OSError as exc:
                 raise _open_error(exc, self.path, "record", "write") from None
-            try:
-                _check_file(fd, self.path, "record")
-            except BaseException:
-                os.close(fd)
-                raise
-            self._append_fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:
