@@ -100,9 +100,9 @@ def test_sigint_from_outside_is_recorded_as_the_terminating_signal(run, submit):
 
 def test_a_suspended_job_does_not_finish_while_suspended(run, submit):
     """A job suspended for longer than its run time is still there, Suspended."""
-    job_id, pid = running_job(submit, run, "sleep", "0.5")
+    job_id, pid = running_job(submit, run, "sleep", "2")  # longer than a busy suspend takes
     assert run("suspend", job_id).returncode == 0
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         assert record(run, job_id)["state"] == "Suspended"
         assert proc_state(pid) == "T"
