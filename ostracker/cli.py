@@ -918,6 +918,8 @@ def delete(ctx, finished, older_than, job_ids):
     """
     if not finished and not job_ids:
         raise click.UsageError("name the jobs to delete, or give --finished")
+    if finished and job_ids:  # never "all ended jobs" where a user meant only these
+        raise click.UsageError("--finished deletes every ended job: give it no IDs")
     if older_than is not None and not finished:
         raise click.UsageError("--older-than goes with --finished")
     from .core.limits import parse_duration
