@@ -170,9 +170,28 @@ def cleanup(state_dir):
                 except FileNotFoundError:  # its reaper compacted it to ended/ meanwhile
                     pass
         if not any(_reaper_alive(os.path.join(jobs, job)) for job in os.listdir(jobs)
-                   if os.path.isdir(os.path.join(jobs, job))):
+                   if os.path.isdir(os.path.join(jobs, job))) and \
+                not _reapers_naming(state_dir):
             return
         time.sleep(0.1)
+
+
+def _reapers_naming(state_dir):
+    """PIDs of the reapers (and schedulers, whose forks some reapers are) whose arguments
+    name ``state_dir``: a reaper compacting its ended job has moved its lock to ``ended/``
+    (and removes it there), yet still works."""
+    state_dir = os.path.abspath(state_dir)
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except (OSError, ValueError):
+            continue  # not a process, or gone meanwhile
+        if len(argv) > 4 and b"from ostracker.local." in argv[4] and \
+                os.fsencode(state_dir) in argv[5:]:
+            found.append(int(name))
+    return found
 
 
 @pytest.fixture

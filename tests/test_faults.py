@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import CLI, cleanup, damage_task_record, poll, proc_state
+from conftest import CLI, _lock_held, cleanup, damage_task_record, poll, proc_state
 from ostracker.local import proc
 
 NOBODY = 65534
@@ -829,6 +829,53 @@ def test_full_disk_when_the_reaper_writes_a_result_loses_nothing(run, small_fs):
                message="the result written once space returned")
     assert (job["state"], job["terminating_signal"]) == ("Failed", "SIGKILL"), job
     assert run("wait", job_id, env=env).returncode == 128 + signal.SIGKILL
+
+
+def test_full_disk_cutting_a_history_line_short_keeps_the_job_whole(run, small_fs, tmp_path):
+    """ENOSPC half-way through an ended job's history line: the part written is cut off
+    again, the job stays in ``jobs/N`` and reads as it ended, and the next job's line
+    follows the whole lines before it.
+
+    The job's line (its template holds a 6,000-byte variable) needs two new pages of the
+    tmpfs; once the job ended, one page is freed: its final record takes that page and
+    gives back the one it replaces, and the line gets as far as the page's end.
+    """
+    where, state = small_fs
+    env = {"OSTRACKER_STATE_DIR": state, "OSTRACKER_KEEP_RECORDS": "0"}  # (this module's 1)
+    first = run("submit", "--wait", "--", "true", env=env)
+    assert first.returncode == 0, first.stderr
+    history = os.path.join(state, "history")
+    poll(lambda: os.listdir(os.path.join(state, "jobs")) == [], message="compacted")
+    before = open(history, "rb").read()
+    go = tmp_path / "go"
+    job = run("submit", "-e", "PAD=" + "x" * 6000, "--", "sh", "-c",
+              f"while [ ! -e {go} ]; do sleep 0.01; done", env=env).stdout.strip()
+    poll(lambda: info_of(run, job, env=env)["state"] == "Running", message="running")
+    filler = fill(where)
+    try:
+        go.touch()
+        record = os.path.join(state, "jobs", job, "state.json")
+        poll(lambda: proc_state(json.load(open(record))["pid"]) is None, message="job ended")
+        pages = -(-os.stat(filler).st_size // 4096)
+        os.truncate(filler, (pages - 1) * 4096)  # one page free
+        poll(lambda: json.load(open(record))["state"] != "Running", message="its result")
+        reaper = os.path.join(state, "jobs", job, "reaper.lock")
+        poll(lambda: not _lock_held(reaper), message="its reaper gone")
+        assert open(history, "rb").read() == before  # the part written was cut off
+        assert temp_files(state) == []
+        status = run("status", "-q", env=env)
+        assert (status.stdout.split(), status.stderr) == ([first.stdout.strip(), job], "")
+        assert info_of(run, job, env=env)["state"] == "Done"
+    finally:
+        os.unlink(filler)
+    second = run("submit", "--wait", "--", "true", env=env)
+    assert second.returncode == 0, second.stderr
+    lines = open(history, "rb").read().split(b"\n")
+    assert [line.split(b"\t")[0].decode() for line in lines[:-1]] == \
+        [first.stdout.strip(), second.stdout.strip()] and lines[-1] == b""
+    status = run("status", "-q", env=env)
+    assert status.stdout.split() == [first.stdout.strip(), job, second.stdout.strip()]
+    assert status.stderr == ""
 
 
 def _file_size_limit(limit):

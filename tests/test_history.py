@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import subprocess
 import time
+
+import pytest
+
+from conftest import CLI
 
 
 def ids(run, *args):
@@ -41,8 +48,9 @@ def test_filters_combine_with_each_other_ids_and_states(run, submit, tmp_path):
     assert run("status", "--last", "0").returncode == 2
 
 
-def test_delete_finished_older_than(run, submit, state_dir):
+def test_delete_finished_older_than(run, submit, state_dir, tracker):
     old = submit("--wait", "--", "true", env={"OSTRACKER_KEEP_RECORDS": "1"})
+    old_compacted = submit("--wait", "--", "true")
     new = submit("--wait", "--", "true")
     # an hour ago, as its record says it ended then
     path = os.path.join(state_dir, "jobs", old, "state.json")
@@ -51,10 +59,14 @@ def test_delete_finished_older_than(run, submit, state_dir):
     record["finish_time"] = f"{stamp}.000000+00:00"
     with open(path, "w") as handle:
         json.dump(record, handle)
+    rewrite_line(state_dir, tracker, old_compacted, finish_time_text=f"{stamp}.000000+00:00")
     assert run("delete", "--finished", "--older-than", "30m").returncode == 0
     assert ids(run) == [new]
+    assert [line.split(b"\t")[0].decode() for line in history_lines(state_dir)] == [new]
     assert run("delete", "--older-than", "1h", new).returncode == 2  # needs --finished
     assert run("delete", "--finished", "--older-than", "soon").returncode == 2
+    refused = run("delete", "--finished", new)  # every ended job, or only this one?
+    assert (refused.returncode, refused.stdout) == (2, "") and "no IDs" in refused.stderr
     assert ids(run) == [new]
 
 
@@ -81,6 +93,23 @@ def files_under(directory):
 def history_lines(state_dir):
     with open(os.path.join(state_dir, "history"), "rb") as handle:
         return handle.read().split(b"\n")[:-1]
+
+
+def rewrite_line(state_dir, tracker, job_id, **changes):
+    """Write the compacted job's line anew, whole and checked, its JobInfo's fields
+    changed as ``changes`` says: a job that ended otherwise than it did."""
+    from ostracker.core.records import history_line
+
+    entry = tracker.store.history.entry(int(job_id))
+    header = entry.header()
+    infos = entry.infos(header)
+    for info in infos:
+        for name, value in changes.items():
+            setattr(info, name, value)
+    lines = [history_line(header, infos) if line.split(b"\t")[0] == job_id.encode()
+             else line + b"\n" for line in history_lines(state_dir)]
+    with open(os.path.join(state_dir, "history"), "wb") as handle:
+        handle.write(b"".join(lines))
 
 
 def test_an_ended_job_leaves_one_line_and_its_non_empty_output(run, submit, state_dir):
@@ -123,7 +152,21 @@ def test_a_compacted_job_reads_as_its_records_did(run, submit, state_dir):
                                         compacted).stdout)
 
 
-def test_active_listing_and_completion_never_read_the_history(run, submit, state_dir):
+def opened_paths(state_dir, *args, env=None):
+    """The paths the CLI given ``args`` opens (strace -f, so its children's too), and its
+    CompletedProcess."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("needs strace (Debian package strace) to see what is opened")
+    trace = os.path.join(os.path.dirname(state_dir), "opened.trace")
+    done = subprocess.run([strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o",
+                           trace, *CLI, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+    with open(trace) as handle:
+        return re.findall(r'open(?:at2?)?\((?:[^,]*, )?"([^"]*)"', handle.read()), done
+
+
+def test_active_listing_and_completion_never_open_the_history(run, submit, state_dir):
     ended = submit("--wait", "--", "true")
     running = submit("--", "sleep", "60")
     with open(os.path.join(state_dir, "history"), "ab") as handle:
@@ -135,10 +178,16 @@ def test_active_listing_and_completion_never_read_the_history(run, submit, state
     full = run("status", "-q")
     assert full.stdout.split() == [ended, running]
     assert "damaged record" in full.stderr and "job 9" in full.stderr
-    completion = run("suspend", "", env={"_OSTRACKER_COMPLETE": "bash_complete",
-                                         "COMP_WORDS": "ostracker suspend ",
-                                         "COMP_CWORD": "2"})
-    assert [line.split(",")[1] for line in completion.stdout.split()] == [running]
+    completion = {"_OSTRACKER_COMPLETE": "bash_complete", "COMP_WORDS": "ostracker suspend ",
+                  "COMP_CWORD": "2"}
+    for args, env in ((["status", "--active"], None), (["status", "-q", "--state", "Running"],
+                                                       None), ([], completion)):
+        paths, done = opened_paths(state_dir, *args, env=env)
+        assert done.returncode == 0 and done.stderr == ""
+        assert not [path for path in paths if os.path.basename(path) == "history"], args
+    assert [line.split(",")[1] for line in done.stdout.split()] == [running]
+    paths, _ = opened_paths(state_dir, "status", "-q")  # (the check sees the history read)
+    assert [path for path in paths if os.path.basename(path) == "history"]
     run("terminate", running)
 
 
@@ -149,11 +198,17 @@ def test_a_damaged_line_is_its_jobs_error_and_hides_no_other(run, submit, state_
     lines[1] = lines[1].replace(b'"exit_status": 0', b'"exit_status": 1')  # CRC now wrong
     with open(path, "wb") as handle:
         handle.write(b"".join(line + b"\n" for line in lines))
-    listing = run("status", "-q")
-    assert listing.stdout.split() == [first, third]
-    assert listing.stderr.count("damaged record") == 1 and f"job {second}" in listing.stderr
+    for listing in (run("status", "-q"), run("status"), run("status", "--json")):
+        assert listing.returncode == 0
+        assert listing.stderr.count("damaged record") == 1 and f"job {second}" in \
+            listing.stderr
+    assert run("status", "-q").stdout.split() == [first, third]
+    assert [job["id"] for job in json.loads(run("status", "--json").stdout)] == [first, third]
     assert run("info", second).returncode == 1
     assert run("info", third).returncode == 0
+    swept = run("delete", "--finished")
+    assert swept.returncode == 0 and f"job {second}" in swept.stderr
+    assert [line.split(b"\t")[0].decode() for line in history_lines(state_dir)] == [second]
     assert run("delete", second).returncode == 0  # a damaged job can still be deleted
     assert run("status", "-q").stderr == ""
 
@@ -205,6 +260,8 @@ def test_a_job_in_jobs_and_in_the_history_is_read_once_from_jobs(run, submit, st
     tracker.store.history.append(history_line(header, infos))
     assert [info.exit_status for info in tracker.job_infos()] == [3]
     assert ids(run) == [job]
+    assert [info["exit_status"] for info in json.loads(run("status", "--json").stdout)] == [3]
+    assert json.loads(run("info", job, "--json").stdout)["exit_status"] == 3
     assert run("delete", job).returncode == 0
     assert ids(run) == [] and history_lines(state_dir) == []
 
@@ -219,3 +276,24 @@ def test_on_end_runs_before_the_job_is_compacted(run, submit, state_dir, tmp_pat
     assert os.listdir(os.path.join(state_dir, "jobs")) == []
     assert (tmp_path / "said").read_text() == "Failed\n"
     assert "--on-end failed" not in run("info", job).stdout
+
+
+def test_a_line_written_twice_reads_as_its_last_and_goes_whole(run, submit, state_dir,
+                                                                tracker):
+    """A compaction done again (its reaper killed after its line, a second one after it)
+    writes the job's line twice: the job is listed once, as its last line says, and
+    delete removes both."""
+    job = run("submit", "--wait", "--", "sh", "-c", "exit 3").stdout.strip()
+    other = submit("--wait", "--", "true")
+    first = history_lines(state_dir)[0]
+    rewrite_line(state_dir, tracker, job, exit_status=4)
+    with open(os.path.join(state_dir, "history"), "r+b") as handle:
+        lines = handle.read()
+        handle.seek(0)
+        handle.write(first + b"\n" + lines)  # the first line, then its later form
+    assert ids(run) == [job, other]
+    assert [info["exit_status"] for info in json.loads(run("status", "--json").stdout)] == \
+        [4, 0]
+    assert json.loads(run("info", job, "--json").stdout)["exit_status"] == 4
+    assert run("delete", job).returncode == 0
+    assert [line.split(b"\t")[0].decode() for line in history_lines(state_dir)] == [other]
