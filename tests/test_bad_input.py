@@ -312,7 +312,7 @@ SLOTS = [
     (["output", "--follow=" + V, "{done}"], FLAG),
     (["delete", "--", V], ID),
     (["delete", "--finished=" + V], FLAG),
-    (["delete", "--finished", "--", V], BESIDE),  # checked before anything is deleted
+    (["delete", "--finished", "--", V], ALL),  # --finished takes no IDs, any ID refused
     (["suspend", "--", V], ID),
     (["suspend", "{run}", "--", V], BESIDE),  # checked before {run} is suspended
     (["resume", "--", V], ID),
