@@ -439,6 +439,60 @@ def test_output_does_not_print_what_a_symlink_planted_at_the_captured_stdout_nam
     assert result.returncode == 1 and path in one_line(result)
 
 
+# -- an ended task's empty output, reused -----------------------------------------------------
+
+def captured(state_dir, job_id):
+    folder = os.path.join(state_dir, "jobs", job_id)
+    return {name: open(os.path.join(folder, name)).read() for name in os.listdir(folder)
+            if name.endswith((".stdout", ".stderr"))}
+
+
+def test_an_ended_tasks_empty_output_becomes_a_later_tasks_file(run, submit, state_dir):
+    """One task at a time: each empty file of an ended task is the next task's, moved (no
+    new inode); what a task wrote stays its own, and every task's output reads as written."""
+    array = submit("--array", "1-6", "--max-parallel", "1", "--", "sh", "-c",
+                   '[ "$TASK_ID" != 3 ] || echo three')
+    assert run("wait", "--timeout", "30", array).returncode == 0
+    assert captured(state_dir, array) == {"3.stdout": "three\n", "6.stdout": "", "6.stderr": ""}
+    for index in range(1, 7):
+        for stream in ([], ["--stderr"]):
+            shown = run("output", f"{array}.{index}", *stream)
+            assert (shown.returncode, shown.stderr) == (0, "")
+            assert shown.stdout == ("three\n" if index == 3 and not stream else "")
+
+
+def test_a_reader_of_a_file_that_became_a_later_tasks_reads_none_of_it(run, submit, tmp_path):
+    """``output -f`` of a task with nothing written, while its file becomes the next task's
+    and that task writes: the first task's output stays empty."""
+    gate = tmp_path / "go"
+    array = submit("--array", "1-2", "--max-parallel", "1", "--",
+                   *gated(gate, '[ "$TASK_ID" = 1 ] || { echo two; echo two >&2; sleep 60; }'))
+    reader = subprocess.Popen([*CLI, "output", "-f", f"{array}.1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: any(os.readlink(f"/proc/{reader.pid}/fd/{fd}").endswith("/1.stdout")
+                         for fd in os.listdir(f"/proc/{reader.pid}/fd")
+                         if os.path.islink(f"/proc/{reader.pid}/fd/{fd}")),
+             message="the reader holds task 1's stdout")
+        gate.touch()
+        out, err = reader.communicate(timeout=30)
+    finally:
+        reader.kill()
+    assert (reader.returncode, out, err) == (0, "", "")
+    assert run("output", f"{array}.2").stdout == "two\n"
+    run("terminate", array)
+
+
+def test_the_output_of_a_task_whose_process_outlives_it_is_never_reused(run, submit):
+    """What a task leaves running may still write to its files: they stay its own."""
+    array = submit("--array", "1-2", "--max-parallel", "1", "--", "sh", "-c",
+                   '[ "$TASK_ID" = 2 ] && echo two || '
+                   '{ (trap "" TERM; sleep 0.5; echo late) & }')
+    assert run("wait", "--timeout", "30", array).returncode == 0
+    poll(lambda: run("output", f"{array}.1").stdout == "late\n", message="the late line")
+    assert run("output", f"{array}.2").stdout == "two\n"
+
+
 # -- readers create nothing ---------------------------------------------------------------
 
 READERS = [["status"], ["status", "--json"], ["status", "-q", "--state", "Running"],

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, TrackerError,
                      UnsupportedOperation, WaitTimeout)
@@ -496,20 +496,27 @@ class TrackerBase(abc.ABC):
         if (template.output_path if stream == "stdout" else template.error_path) is None:
             name = captured_output_name(index, stream)
             try:
-                return os.fdopen(self.store.open_captured(submission.job_id, name,
-                                                          submission.ended), "rb")
+                fd = self.store.open_captured(submission.job_id, name, submission.ended)
             except FileNotFoundError:
+                fd = None
                 if not submission.ended:  # compacted meanwhile?
                     if self.store.at_home(submission.job_id):
-                        raise
-                    try:
-                        return os.fdopen(self.store.open_captured(submission.job_id, name,
-                                                                  True), "rb")
-                    except FileNotFoundError:
-                        pass
+                        if index is None or not self.has_ended(job_id):
+                            raise
+                    else:
+                        try:
+                            fd = self.store.open_captured(submission.job_id, name, True)
+                        except FileNotFoundError:
+                            pass
+            if fd is None:
                 import io
 
-                return io.BytesIO()  # a compacted job's empty output leaves no file
+                # A compacted job's empty output leaves no file, and an ended task's
+                # empty file may have become a later task's (README, "Design").
+                return io.BytesIO()
+            if index is None or submission.ended:
+                return os.fdopen(fd, "rb")
+            return _TaskOutput(fd, lambda: self.store.names_file(submission.job_id, name, fd))
         return open(self.output_path(job_id, stream), "rb")
 
     # -- waiting --------------------------------------------------------------------------
@@ -691,6 +698,44 @@ class TrackerBase(abc.ABC):
         self.store.remove_job_dir(submission.job_id)
         if submission.job_id in self.store.history.entries():
             self.store.history.remove({submission.job_id})
+
+
+class _TaskOutput:
+    """An array task's captured output, read while its reaper may give the file, once the
+    task ended with it empty, to a later task (README, "Design", *Captured output*): what
+    a read returns counts only if the file is still the task's afterwards; once it is
+    not, the task wrote nothing and the reading is over."""
+
+    def __init__(self, fd: int, still_its: Callable[[], bool]):
+        self._fd = fd
+        self._still_its = still_its
+        self._over = False
+
+    def read(self, size: int = -1) -> bytes:
+        import os
+
+        if size < 0:
+            return b"".join(iter(lambda: self.read(1 << 16), b""))
+        if self._over:
+            return b""
+        data = os.read(self._fd, size)
+        if data and not self._still_its():
+            self._over = True
+            return b""
+        return data
+
+    def close(self) -> None:
+        import os
+
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _by_id(read: Iterable[tuple[Target, object]], job_ids) -> list:

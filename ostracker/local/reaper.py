@@ -116,7 +116,7 @@ def _become_subreaper() -> None:
 class Task:
     """A task whose process the reaper started: its record, and how its start went."""
 
-    __slots__ = ("index", "pid", "record", "status_fd", "said", "terminated", "limit")
+    __slots__ = ("index", "pid", "record", "status_fd", "said", "terminated", "limit", "alone")
 
     def __init__(self, index: int | None, pid: int, record: dict, status_fd: int | None):
         self.index = index
@@ -126,6 +126,7 @@ class Task:
         self.said = b""             # what it said on its status pipe
         self.terminated = False     # `terminate` said it is killing it
         self.limit = None           # "TIMEOUT" or "DEADLINE" once a limit ended it
+        self.alone = False          # it ended and no process of it is left (end_leftovers)
 
 
 class Reaper:
@@ -169,6 +170,9 @@ class Reaper:
         self._poller = None
         self._control = None  # the control socket (main loop only)
         self._board = Board(store)  # where the scheduler listens, if one does
+        # Empty captured output of ended tasks that no process holds: a later task's file
+        # is one of these, renamed, rather than a new inode (``_open_captured``).
+        self._spares: list[str] = []
 
     # -- records -----------------------------------------------------------------
 
@@ -421,9 +425,15 @@ class Reaper:
         directory, emptied (``truncate``: not for a later attempt, which appends); never
         through a link or a FIFO planted at its name.
 
-        A first attempt's file is most often new: created in one call (``O_EXCL``);
-        only what is already at its name is opened, checked and emptied."""
+        A first attempt's file is most often an ended task's empty one, renamed (an
+        inode costs up to a millisecond of kernel time on some file systems, a rename
+        microseconds), or else new: created in one call (``O_EXCL``); only what is
+        already at its name is opened, checked and emptied."""
         name = captured_output_name(index, stream)
+        if truncate and self._spares:
+            fd = self.store.reuse_empty_file(self.job_id, self._spares.pop(), name)
+            if fd is not None:
+                return fd
         try:
             try:
                 if truncate:
@@ -611,9 +621,17 @@ class Reaper:
             record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
                 else ended
         self.write_task(task.index, record)
+        if task.alone and self.queued:
+            self._spares += [name for name in self._captured_names(task.index)
+                             if self.store.is_empty_file(self.job_id, name)]
         if self.array is None:
             self.outcome = (record["state"], record["exit_status"], record["terminating_signal"])
         self.tell_scheduler()
+
+    def _captured_names(self, index: int | None) -> list[str]:
+        """The names of the task's output captured in the job's directory."""
+        return [captured_output_name(index, stream)
+                for stream, _, captured, _ in self._paths(index, False)[1] if captured]
 
     def tell_scheduler(self) -> None:
         """A task ended: the scheduler (if one listens) may start what waited for it."""
@@ -674,6 +692,7 @@ class Reaper:
         Returns how many processes were left.
         """
         if not self._may_have_leftovers(task):
+            task.alone = True
             return 0  # the common case, decided without a pass over /proc
         left = proc.job_tree(task.pid, task_id_string(self.job_id, task.index), os.getpid())
         if left:
