@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import threading
+import time
 from typing import Optional
 
 import psij
@@ -33,7 +34,7 @@ from . import __version__
 from .core import registry
 from .core.base import TrackerBase
 from .core.errors import (InvalidArgument, InvalidState, JobNotFound, SlurmUnavailable,
-                          TrackerError, UnsupportedOperation)
+                          TrackerError, UnsupportedOperation, WaitTimeout)
 from .core.models import ENDED_STATES, JobInfo, JobTemplate, epoch
 from .core.models import JobState as OsState
 
@@ -42,6 +43,7 @@ __all__ = ["OstrackerExecutor", "OstrackerExecutorConfig"]
 logger = logging.getLogger(__name__)
 
 _ACTIVE = frozenset({OsState.RUNNING, OsState.SUSPENDED})  # PSI/J has no suspended state
+WAKE_WITHIN = 1.0  # seconds: a job submitted while the watcher waits in the kernel, seen
 # How ostracker words the end of a job that ``terminate`` (or Slurm's scancel) ended:
 # locally "terminated" or "cancelled before it started", on Slurm "CANCELLED ...".
 _CANCELLED_PREFIXES = ("terminated", "cancelled", "CANCELLED")
@@ -54,7 +56,8 @@ class OstrackerExecutorConfig(JobExecutorConfig):
     local) and ``$OSTRACKER_STATE_DIR`` (else the per-user state directory).
     ``poll_interval``: seconds between two looks at jobs that are waiting to
     start (default: 0.25 s, and the backend's own pace on Slurm, 1 s); the
-    end of a running local job is seen at once, through its pidfd.
+    end of a running local job is seen at once, through its pidfd, and a job
+    submitted meanwhile within a second.
     """
 
     def __init__(self, backend: Optional[str] = None, state_dir: Optional[str] = None,
@@ -183,11 +186,10 @@ class OstrackerExecutor(psij.JobExecutor):
         try:
             with self._lock:
                 info = self._tracker.job_info(str(native_id))
-        except (JobNotFound, InvalidArgument) as error:
-            raise InvalidJobException(f"cannot attach to job {native_id}: {error}",
-                                      error) from None
+        except (JobNotFound, InvalidArgument) as error:  # (the error quotes the ID, cut short)
+            raise InvalidJobException(f"cannot attach: {error}", error) from None
         except TrackerError as error:
-            raise SubmitException(f"cannot attach to job {native_id}: {error}", error) from None
+            raise SubmitException(f"cannot attach: {error}", error) from None
         job.executor = self
         job._native_id = info.id  # as ostracker spells it: "007" is "7"
         self._watch(job)
@@ -290,15 +292,24 @@ class OstrackerExecutor(psij.JobExecutor):
             return found
 
     def _sleep(self, infos: dict) -> None:
-        """Until a watched job may have changed, or ``_interval`` s."""
-        running = [native_id for native_id, info in infos.items()
-                   if isinstance(info, JobInfo) and info.state in _ACTIVE]
-        if self._kernel_wait and running and len(running) == len(infos):
+        """Until a watched job may have changed, or ``_interval`` s; a job added meanwhile
+        is seen within ``WAKE_WITHIN`` s."""
+        # A job that ended, or was found deleted, this round is done with.
+        followed = [native_id for native_id, info in infos.items()
+                    if isinstance(info, JobInfo) and not info.state.ended]
+        running = [native_id for native_id in followed if infos[native_id].state in _ACTIVE]
+        if self._kernel_wait and running and len(running) == len(followed):
             # Only an end can come next to any of them (PSI/J has no suspended state).
-            try:
-                self._watcher_tracker.wait_jobs(running, timeout=self._interval, any_job=True)
-            except TrackerError:
-                pass  # WaitTimeout, or a job deleted meanwhile: the next round says
+            until = time.monotonic() + self._interval
+            while not self._woken and (left := until - time.monotonic()) > 0:
+                try:
+                    self._watcher_tracker.wait_jobs(running, timeout=min(left, WAKE_WITHIN),
+                                                    any_job=True)
+                    return
+                except WaitTimeout:
+                    continue
+                except TrackerError:
+                    return  # a job deleted meanwhile: the next round says
             return
         with self._changed:
             if not self._woken:
