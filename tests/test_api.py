@@ -79,6 +79,14 @@ def test_job_info_has_every_field_with_datetimes_for_the_times(tracker, tmp_path
     assert info.job_template.job_environment == {"API_VAR": "1"}
 
 
+def test_slots_without_a_queue_are_refused_and_nothing_runs(tracker, state_dir):
+    """Slots are a queue's (README, "Scheduling"): min_slots with no queue_name would run
+    the job on no slot at all, so it is refused, as ``submit --slots`` without -q is."""
+    with pytest.raises(TrackerError, match="min_slots counts slots of a queue"):
+        tracker.add_job(JobTemplate("true", min_slots=2))
+    assert tracker.list_jobs() == [] and not os.path.exists(os.path.join(state_dir, "jobs"))
+
+
 def test_add_array_job_with_step_gives_the_right_tasks(tracker):
     """add_array_job(begin=1, end=7, step=3) -> tasks N.1, N.4, N.7, each with TASK_ID set."""
     array = tracker.add_array_job(shell('test "$TASK_ID" = "${JOB_ID#*.}"'), begin=1, end=7,

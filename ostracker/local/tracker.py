@@ -16,7 +16,8 @@ import signal
 from collections.abc import Iterable
 
 from ..core.base import ALLOWED, Submission, Target, TrackerBase
-from ..core.errors import InvalidState, JobNotFound, StartError, StorageError, TrackerError
+from ..core.errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
+                           TrackerError)
 from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
                            JobTemplate, complete_template, epoch, task_id_string, timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
@@ -434,6 +435,9 @@ class JobTracker(TrackerBase):
 
     def _submit(self, template: JobTemplate, array: ArraySpec | None) -> str:
         template = complete_template(template, array is not None)
+        if template.min_slots is not None and template.queue_name is None:
+            raise InvalidArgument("min_slots counts slots of a queue: give queue_name too "
+                                  "(submit --slots takes -q)")
         _check_limits(template)
         if template.waits:
             return self._submit_waiting(template, array)
