@@ -123,28 +123,36 @@ def writing():
             from None
 
 
-def write_out(data: bytes) -> None:
-    """``data`` on stdout, all of it, now; OutputError or BrokenOutput if it cannot be.
+def write_out(data: bytes | list[bytes]) -> None:
+    """``data`` (bytes, or pieces of it to be written one after the other) on stdout, all
+    of it, now; OutputError or BrokenOutput if it cannot be.
 
     Straight to the descriptor, in a loop: Python's buffered stdout takes a
     write that the pipe's reader cut short (65,536 bytes of 200,000 written,
     then the reader left) as done, drops the rest and reports no error, so a
-    broken pipe went unnoticed and the command exited 0.
+    broken pipe went unnoticed and the command exited 0.  Pieces go out by
+    ``writev``, up to ``IOV_MAX`` a call, never joined into one copy.
     """
     import os
 
+    pieces = [data] if isinstance(data, bytes) else list(data)
     with writing():
         stream = sys.stdout
         try:
             fd = stream.fileno()
         except (AttributeError, ValueError, OSError):  # not a file (a test's stand-in)
-            stream.buffer.write(data)
+            stream.buffer.write(b"".join(pieces))
             stream.flush()
             return
         stream.flush()  # whatever was written before, first
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        first, most = 0, os.sysconf("SC_IOV_MAX")
+        while first < len(pieces):
+            written = os.writev(fd, pieces[first:first + most])
+            while first < len(pieces) and written >= len(pieces[first]):
+                written -= len(pieces[first])
+                first += 1
+            if written:  # cut short inside a piece: the rest of it goes next
+                pieces[first] = memoryview(pieces[first])[written:]
 
 
 def echo(text: str) -> None:
@@ -557,7 +565,7 @@ def status(ctx, states, name_glob, queue, session, since, until, active, last, a
     if last is not None:
         job_ids = _last(tracker, job_ids, last)
     if as_json and keep is None:
-        echo(tracker.job_infos_json(job_ids or None, errors=errors))
+        write_out(tracker.job_infos_json(job_ids or None, errors=errors))
         infos = []
     else:
         infos = tracker.job_infos(job_ids or None, errors=errors, active=live)

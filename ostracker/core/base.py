@@ -415,12 +415,14 @@ class TrackerBase(abc.ABC):
         return [info for _, infos in _by_id(read, job_ids) for info in infos]
 
     def job_infos_json(self, job_ids: Iterable[str] | None = None,
-                       errors: list[TrackerError] | None = None, active: bool = False) -> str:
-        """``job_infos`` as a JSON list, the way ``status --json`` prints it.
+                       errors: list[TrackerError] | None = None,
+                       active: bool = False) -> list[bytes]:
+        """``job_infos`` as a JSON list, the way ``status --json`` prints it: its pieces,
+        ASCII, to be written one after the other (a newline ends the last).
 
         Listing all, the history's JobInfos are copied from its lines as they are,
-        with no object made per job and one decoding for all of them: ten thousand
-        ended jobs cost little more than reading the file."""
+        with no object made per job and nothing joined: ten thousand ended jobs cost
+        little more than reading the file."""
         if job_ids is not None:
             parts = [part.encode() for _, part in self._encoded(
                 self._targets_of(job_ids, errors), errors)]
@@ -433,8 +435,12 @@ class TrackerBase(abc.ABC):
                 found += self._ended_json(set(live), errors)
             found.sort()
             parts = [part for _, part in found]
-        return (b"[" + b", ".join(part for part in parts if part) + b"]").decode(
-            errors="replace")
+        pieces = [b"["]
+        for part in parts:
+            if part:
+                pieces += (part, b", ")
+        pieces[-1] = b"]\n" if len(pieces) > 1 else b"[]\n"
+        return pieces
 
     def _ended_json(self, live: set[int], errors: list | None):
         """(ID, JobInfos as UTF-8 JSON) of the history's jobs but ``live``, copied from

@@ -598,18 +598,21 @@ class EndedEntry:
         self._fields: tuple[bytes, bytes, bytes, bytes] | None = None
 
     def _checked(self) -> tuple[bytes, bytes, bytes, bytes]:
-        """(backend, header, template, infos), as the line has them; StorageError if the
-        line is damaged."""
+        """(backend, header, template, infos), as the line has them, kept for the next
+        call; StorageError if the line is damaged."""
         if self._fields is None:
-            try:
-                _, backend, check, body = self._line.split(b"\t", 3)
-                if not check.isdigit() or len(check) > 10 or crc32(body) != int(check):
-                    raise ValueError("no check")
-                header, template, infos = body.split(b"\t")
-            except ValueError:
-                raise self.damage() from None
-            self._fields = (backend, header, template, infos)
+            self._fields = self._split()
         return self._fields
+
+    def _split(self) -> tuple[bytes, bytes, bytes, bytes]:
+        try:
+            _, backend, check, body = self._line.split(b"\t", 3)
+            if not check.isdigit() or len(check) > 10 or crc32(body) != int(check):
+                raise ValueError("no check")
+            header, template, infos = body.split(b"\t")
+        except ValueError:
+            raise self.damage() from None
+        return backend, header, template, infos
 
     @property
     def backend(self) -> str:
@@ -625,9 +628,10 @@ class EndedEntry:
         return Header.from_dict(self.job_id, data, self._path)
 
     def encoded_infos(self) -> bytes:
-        """The JobInfos as JSON objects, comma-separated, templates in: UTF-8, as the line
-        holds them (a listing of thousands decodes them once, all together)."""
-        _, _, template, infos = self._checked()
+        """The JobInfos as JSON objects, comma-separated, templates in: ASCII, as the line
+        holds them.  The line's fields are not kept: a listing of ten thousand jobs
+        takes each once, and would otherwise hold a second copy of the history."""
+        _, _, template, infos = self._fields or self._split()
         return infos.replace(_TEMPLATE_SLOT, b'"job_template": ' + template)
 
     def infos(self, header: Header, only=None) -> list[JobInfo]:
