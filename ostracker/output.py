@@ -96,14 +96,25 @@ def exit_column(info: JobInfo) -> str:
 
 def job_table(infos: list[JobInfo]) -> str:
     """The ``status`` table: one row per single job or array task."""
-    from tabulate import tabulate
-
     rows = [[info.id, info.job_name, info.state.value, exit_column(info),
              "-" if info.pid is None else info.pid, local_time(info.dispatch_time),
              duration(info.wallclock_time), command_line(info)] for info in infos]
-    return tabulate(_cells(rows), headers=["ID", "NAME", "STATE", "EXIT", "PID", "STARTED",
-                                           "WALL", "COMMAND"],
-                    tablefmt="plain", disable_numparse=True)
+    return text_table(["ID", "NAME", "STATE", "EXIT", "PID", "STARTED", "WALL", "COMMAND"],
+                      _cells(rows))
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """What tabulate draws as a "plain" table of text, without its guessing of each cell's
+    type, which costs 50 µs a row: ``status`` lists every ended job.
+
+    Cells are stripped and left-aligned, a column as wide as its widest cell or its
+    header and two more, columns two spaces apart, every line stripped on the right.
+    """
+    rows = [[cell.strip() for cell in row] for row in rows]
+    widths = [max([len(header) + 2, *(len(row[column]) for row in rows)])
+              for column, header in enumerate(headers)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [headers, *rows])
 
 
 def queue_table(queues: list[dict]) -> str:
