@@ -171,7 +171,7 @@ class Reaper:
         self._control = None  # the control socket (main loop only)
         self._board = Board(store)  # where the scheduler listens, if one does
         # Empty captured output of ended tasks that no process holds: a later task's file
-        # is one of these, renamed, rather than a new inode (``_open_captured``).
+        # is one of these, moved, rather than a new inode (``_open_captured``).
         self._spares: list[str] = []
 
     # -- records -----------------------------------------------------------------
@@ -425,10 +425,10 @@ class Reaper:
         directory, emptied (``truncate``: not for a later attempt, which appends); never
         through a link or a FIFO planted at its name.
 
-        A first attempt's file is most often an ended task's empty one, renamed (an
-        inode costs up to a millisecond of kernel time on some file systems, a rename
-        microseconds), or else new: created in one call (``O_EXCL``); only what is
-        already at its name is opened, checked and emptied."""
+        A first attempt's file is most often an ended task's empty one, moved (an
+        inode costs up to a millisecond of kernel time on some file systems, a link
+        and an unlink microseconds), or else new: created in one call (``O_EXCL``);
+        only what is already at its name is opened, checked and emptied."""
         name = captured_output_name(index, stream)
         if truncate and self._spares:
             fd = self.store.reuse_empty_file(self.job_id, self._spares.pop(), name)
