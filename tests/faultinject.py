@@ -215,7 +215,7 @@ _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
 # Syscalls that the write-fault sweep fails with ENOSPC (where a full disk shows).
 # (Not ftruncate: truncating to 0, all ostracker does, never needs space.)
 WRITE_CLASS = {"write", "pwrite64", "writev", "renameat", "rename", "renameat2", "mkdirat",
-               "mkdir", "fsync", "fdatasync", "bind", "openat"}
+               "mkdir", "fsync", "fdatasync", "bind", "openat", "link", "linkat"}
 
 
 def _ignored_prefixes() -> tuple[str, ...]:
