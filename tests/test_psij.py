@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 
 from ostracker.core import registry
+from ostracker.core.errors import InvalidState
 from ostracker.core.models import epoch
 
 from conftest import SLURM_TIMEOUT, cancel_slurm_jobs, poll, proc_state, slurm_problem
@@ -326,7 +327,7 @@ def test_cancel_of_a_job_that_has_ended_keeps_its_own_end(executor, state_dir, t
 
 
 def test_a_watched_job_deleted_underneath_fails_once_and_the_watcher_ends(
-        executor, state_dir, tmp_path, run, caplog):
+        executor, state_dir, tmp_path, caplog):
     """``ostracker delete`` refuses a job that has not ended; one deleted after its end, before
     the watcher saw it, can never be read again.  The watcher must report it FAILED once,
     saying why, report the other jobs as before, and end with its last job rather than
@@ -347,13 +348,14 @@ def test_a_watched_job_deleted_underneath_fails_once_and_the_watcher_ends(
     for job in (gone, other):
         executor.submit(job)
         job.wait(timeout=executor.timeout, target_states=[JobState.ACTIVE])
-    refused = run("delete", gone.native_id)
-    assert refused.returncode == 1 and "only ended jobs can be deleted" in refused.stderr
+    tracker = _tracker(executor, state_dir)  # (as ``delete`` with the executor's backend)
+    with pytest.raises(InvalidState, match="only ended jobs can be deleted"):
+        tracker.delete_job(gone.native_id)
     (tmp_path / "go-other").touch()
     assert in_callback.wait(executor.timeout.total_seconds())
     (tmp_path / "go").touch()
-    _tracker(executor, state_dir).wait(gone.native_id, timeout=executor.timeout.total_seconds())
-    assert run("delete", gone.native_id).returncode == 0
+    tracker.wait(gone.native_id, timeout=executor.timeout.total_seconds())
+    tracker.delete_job(gone.native_id)
     assert gone.status.state == JobState.ACTIVE
     go_on.set()
     status = gone.wait(timeout=executor.timeout)
