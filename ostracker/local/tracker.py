@@ -510,8 +510,8 @@ class JobTracker(TrackerBase):
     def _each(self, targets, errors, how: str):
         """(target, what the submission's method ``how`` gives) for each target.
 
-        A job compacted by its reaper while it was read (its directory left
-        ``jobs/`` under the reader: ``Store.at_home``) is read again from its
+        A job compacted by its reaper since it was listed or while it was read (its
+        directory left ``jobs/`` under the reader: ``Store.at_home``) is read from its
         history line, which was written before the directory moved.
         """
         for target in targets:
@@ -519,8 +519,10 @@ class JobTracker(TrackerBase):
             indices = None if index is None else [index]
             try:
                 try:
+                    if self._moved(submission):  # since it was listed: not read in vain
+                        raise JobNotFound(f"no such job: {submission.job_id}")
                     result = getattr(submission, how)(indices, errors)
-                    if not submission.ended and not self.store.at_home(submission.job_id):
+                    if self._moved(submission):  # while it was read
                         raise JobNotFound(f"no such job: {submission.job_id}")
                 except JobNotFound:
                     if submission.ended:
@@ -538,6 +540,10 @@ class JobTracker(TrackerBase):
                 if errors is None:
                     raise
                 errors.append(error)
+
+    def _moved(self, submission: Submission) -> bool:
+        """Whether a submission read from ``jobs/N`` has left it (compacted, or deleted)."""
+        return not submission.ended and not self.store.at_home(submission.job_id)
 
     def _may_have_reached(self, target: Target, states: frozenset) -> bool:
         """While a whole job's reaper lives, some task of it has not ended: one lock probe."""
