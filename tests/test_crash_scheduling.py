@@ -272,6 +272,7 @@ class Case:
         """The PID of the process ``pid_of()`` names, once it sleeps in poll."""
         deadline = time.monotonic() + timeout
         calm = 0
+        seen: dict[str, int] = {}  # what it was doing instead, and how often (the message)
         while time.monotonic() < deadline:
             pid = pid_of()
             if pid is not None and _in_poll(pid):
@@ -280,8 +281,13 @@ class Case:
                     return pid
             else:
                 calm = 0
+                doing = "no process" if pid is None else _doing(pid)
+                seen[doing] = seen.get(doing, 0) + 1
             time.sleep(0.01)
-        self.outcome.problems.append(f"setup: no {what} asleep within {timeout:g} s")
+        board = sorted(os.listdir(self.board(""))) if os.path.isdir(self.board("")) else []
+        often = sorted(seen.items(), key=lambda item: -item[1])[:5]
+        self.outcome.problems.append(f"setup: no {what} asleep within {timeout:g} s (seen "
+                                     f"instead: {often}; board: {board})")
         return None
 
     def reaper_pid(self, name: str) -> int | None:
@@ -299,6 +305,17 @@ class Case:
                 self.outcome.problems.append(f"setup: job {name} did not start")
                 return
             time.sleep(0.01)
+
+
+def _doing(pid: int) -> str:
+    """What ``pid`` does now, for a message: its state and the syscall it sleeps in."""
+    try:
+        with open(f"/proc/{pid}/syscall") as handle:
+            call = handle.read().split()[0]
+    except (OSError, IndexError):
+        call = "?"
+    current = fi._stat(pid)
+    return f"pid {pid} {current[0] if current else 'gone'} syscall {call}"
 
 
 def _in_poll(pid: int) -> bool:
