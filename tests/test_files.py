@@ -282,6 +282,26 @@ def test_a_record_planted_as_a_link_is_named_and_not_read(run, submit, state_dir
     assert json.loads(decoy.read_text()) == record
 
 
+def test_a_file_planted_where_the_scheduling_board_goes_stops_no_reaper(run, submit,
+                                                                        state_dir, tmp_path):
+    """``schedule`` made a file while an array runs: each task's end, which tells the
+    scheduler (if one listens) through the board, finds no board, and the reaper carries
+    on: every task runs and is recorded."""
+    from conftest import _reapers_naming
+
+    gate = tmp_path / "go"
+    array = submit("--array", "1-2", "--max-parallel", "1", "--", *gated(gate))
+    board = os.path.join(state_dir, "schedule")
+    with open(board, "w") as handle:
+        handle.write("planted\n")
+    gate.touch()
+    poll(lambda: not _reapers_naming(state_dir), timeout=30, message="the reaper to finish")
+    os.unlink(board)
+    assert run("wait", "--timeout", "30", array).returncode == 0
+    assert [job["state"] for job in json.loads(run("status", "--json", array).stdout)] == \
+        ["Done", "Done"]
+
+
 def test_a_job_directory_planted_as_a_symlink_is_named_and_not_read(run, submit, state_dir,
                                                                    tmp_path):
     keep = submit("--", "true")

@@ -637,7 +637,11 @@ class Reaper:
         """A task ended: the scheduler (if one listens) may start what waited for it."""
         import socket
 
-        path = self._board.socket_path()
+        try:
+            path = self._board.socket_path()
+        except StorageError:
+            return  # no board to be read (damaged, no descriptor left): the next scheduler
+            #         reads the records, as when none listens
         if path is None:
             return  # nothing was ever scheduled in this state directory
         try:
@@ -856,7 +860,11 @@ class Reaper:
             self.run_on_end()  # its process compacts the job once CMD has ended
         else:
             self.finish(infos)
-        if self._board.waiting():  # a scheduler killed meanwhile: start the next one
+        try:
+            waiting = self._board.waiting()
+        except StorageError:
+            waiting = []  # no board to be read (damaged, no descriptor left): as in ensure
+        if waiting:  # a scheduler killed meanwhile: start the next one
             from .scheduler import ensure
 
             ensure(self.store, self._board)
