@@ -1102,8 +1102,9 @@ def test_output_follow_waits_for_a_queued_task(cluster, run, submit):
 def test_an_interrupt_during_submit_leaves_no_untracked_slurm_job(cluster, tmp_path):
     """Ctrl-C (SIGINT) while sbatch submits: the job Slurm took is recorded all the same.
 
-    A wrapper around the real sbatch waits after submitting, so that the signal
-    lands between Slurm accepting the job and ostracker recording it.
+    A wrapper around the real sbatch waits after submitting until the test has sent
+    the signal, so that it lands between Slurm accepting the job and ostracker
+    recording it, however loaded the machine.
     """
     import signal
 
@@ -1113,7 +1114,7 @@ def test_an_interrupt_during_submit_leaves_no_untracked_slurm_job(cluster, tmp_p
     wrapper = tmp_path / "bin" / "sbatch"
     wrapper.parent.mkdir()
     wrapper.write_text(f"#!/bin/sh\n{real} \"$@\"\nstatus=$?\ntouch {tmp_path}/submitted\n"
-                       f"sleep 1\nexit $status\n")
+                       f"while [ ! -e {tmp_path}/go ]; do sleep 0.01; done\nexit $status\n")
     wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
     submitting = subprocess.Popen([*CLI, "submit", "--", "sleep", "30"], env=env,
@@ -1121,6 +1122,7 @@ def test_an_interrupt_during_submit_leaves_no_untracked_slurm_job(cluster, tmp_p
     try:
         poll((tmp_path / "submitted").exists, timeout=SLURM_TIMEOUT, message="sbatch to submit")
         submitting.send_signal(signal.SIGINT)
+        (tmp_path / "go").touch()
         out, err = submitting.communicate(timeout=60)
     finally:
         if submitting.poll() is None:

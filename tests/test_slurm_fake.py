@@ -1117,14 +1117,16 @@ def test_sbatch_printing_the_cluster_name_too(fake, run):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupt_while_sbatch_submits_is_held_until_the_job_is_recorded(
-        fake, run, state_dir, signum):
+        fake, run, state_dir, tmp_path, signum):
     """Slurm took the job: ostracker records it before the signal may end it."""
-    fake.knob("sbatch-sleep", "0.5")
+    gate = tmp_path / "sbatch-go"
+    fake.knob("sbatch-gate", str(gate))  # sbatch says the job's ID only once it exists
     submitting = subprocess.Popen([*CLI, "submit", "--", "true"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
     try:
         poll(lambda: fake.calls("sbatch"), timeout=20, message="sbatch to run")
         submitting.send_signal(signum)
+        gate.touch()
         out, err = submitting.communicate(timeout=30)
     finally:
         if submitting.poll() is None:

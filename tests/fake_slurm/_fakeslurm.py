@@ -37,7 +37,8 @@ Knobs, files in ``$FAKE_SLURM_DIR`` (``fake-slurm`` writes them):
 * ``delay``: seconds after which the effect of scontrol and scancel shows
   (until then squeue shows the job as before).
 * ``sbatch-cluster``: sbatch --parsable prints ``ID;CLUSTER``.
-* ``sbatch-sleep``: seconds sbatch waits between Slurm taking the job and printing its ID.
+* ``sbatch-gate``: a path; between Slurm taking the job and printing its ID, sbatch
+  waits until it exists (so that a test can act in between, however loaded the machine).
 * ``term-ends``: a running job given SIGTERM by ``scancel --signal=TERM`` ends by it
   (FAILED, signal 15), as one without a trap; holding ``0``: it ends COMPLETED, exit
   status 0, as one whose trap cleans up and exits.
@@ -586,9 +587,10 @@ def sbatch(args: list[str], stdin: bytes) -> str:
             normalize(job)
         else:
             job = new_job(data, **fields)
-    pause = knob("sbatch-sleep")
-    if pause:  # Slurm has the job; sbatch has not said so yet
-        time.sleep(float(pause))
+    gate = knob("sbatch-gate")
+    if gate:  # Slurm has the job; sbatch has not said so yet
+        while not os.path.exists(gate.strip()):
+            time.sleep(0.01)
     cluster = knob("sbatch-cluster")
     if parsable:
         return f"{job['job_id']};{cluster.strip()}\n" if cluster else f"{job['job_id']}\n"
