@@ -34,7 +34,8 @@ Knobs, files in ``$FAKE_SLURM_DIR`` (``fake-slurm`` writes them):
   "Access/permission denied", as for every user who is no Slurm operator.
 * ``kill-wait``: a cancelled running job stays COMPLETING (its processes
   ignore SIGTERM) until ``fake-slurm reap`` or ``fake-slurm end``.
-* ``delay``: seconds after which the effect of scontrol and scancel shows
+* ``delay``: how many ``squeue --json`` looks still show a job as it was before scontrol
+  or scancel changed it (counted, not timed: the same on a loaded machine)
   (until then squeue shows the job as before).
 * ``sbatch-cluster``: sbatch --parsable prints ``ID;CLUSTER``.
 * ``sbatch-gate``: a path; between Slurm taking the job and printing its ID, sbatch
@@ -301,10 +302,10 @@ def wait_status(code: int = 0, sig: int = 0) -> int:
 
 
 def apply_due_effects(data: dict) -> bool:
-    """Carry out the control commands' effects whose time has come; True if any was."""
-    now = time.time()
-    due = [effect for effect in data.get("effects", []) if effect["at"] <= now]
-    data["effects"] = [effect for effect in data.get("effects", []) if effect["at"] > now]
+    """Carry out the control commands' effects that no look is left to hide; True if any
+    was."""
+    due = [effect for effect in data.get("effects", []) if effect["looks"] <= 0]
+    data["effects"] = [effect for effect in data.get("effects", []) if effect["looks"] > 0]
     for effect in due:
         for job in data["jobs"]:
             if job["job_id"] == effect["job_id"]:
@@ -316,7 +317,7 @@ def change(data: dict, job: dict, **fields) -> None:
     """Change a job as a control command does: at once, or after the ``delay`` knob."""
     delay = knob("delay")
     if delay:
-        data["effects"].append({"at": time.time() + float(delay), "job_id": job["job_id"],
+        data["effects"].append({"looks": int(delay), "job_id": job["job_id"],
                                 "fields": json.loads(json.dumps(fields))})
     else:
         job.update(fields)
@@ -412,9 +413,13 @@ def squeue(args: list[str]) -> str:
             "description": "Failed while looking for jobs", "error_number": -1,
             "error": "Unspecified error", "source": "slurm_load_jobs"}], "jobs": []}, indent=2)
     # 22.05 ignores --me and --states with --json: every job of the cluster is printed.
-    with State(write=False) as data:
+    state = State(write=False)
+    with state as data:
         records = [squeue_record_2302(job) if version == "23.02" else squeue_record(job)
                    for job in visible(data)]
+        for effect in data["effects"]:  # this look was one of those the effect waits out
+            effect["looks"] -= 1
+            state.write = True
     return json.dumps({"meta": meta, "errors": [], "jobs": records}, indent=2)
 
 
