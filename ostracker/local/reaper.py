@@ -640,8 +640,7 @@ class Reaper:
         try:
             path = self._board.socket_path()
         except StorageError:
-            return  # no board to be read (damaged, no descriptor left): the next scheduler
-            #         reads the records, as when none listens
+            return  # no board to read (damaged, no descriptor left): as when none listens
         if path is None:
             return  # nothing was ever scheduled in this state directory
         try:
@@ -863,7 +862,7 @@ class Reaper:
         try:
             waiting = self._board.waiting()
         except StorageError:
-            waiting = []  # no board to be read (damaged, no descriptor left): as in ensure
+            waiting = []  # no board to read (damaged, no descriptor left): as in ensure
         if waiting:  # a scheduler killed meanwhile: start the next one
             from .scheduler import ensure
 
