@@ -143,7 +143,8 @@ class OstrackerExecutor(psij.JobExecutor):
     def cancel(self, job: Job) -> None:
         """Terminate the job (SIGKILL to its whole process tree locally, ``scancel`` on
         Slurm); CANCELED is reported once it has ended, before this returns when ostracker
-        shows the end in time.  A job that had ended already keeps its own end."""
+        shows the end in time.  A job that had ended already keeps its own end (one
+        deleted since: FAILED, as the watcher says of it)."""
         native_id = job.native_id
         if native_id is None or job.executor is not self:
             raise SubmitException(f"cannot cancel job {job.id}: it was not submitted to or "
@@ -153,8 +154,8 @@ class OstrackerExecutor(psij.JobExecutor):
         try:
             with self._lock:
                 self._tracker.job_control(native_id, "terminate")
-        except InvalidState:
-            pass  # it ended by itself (or is ending): its own end is what is reported
+        except (InvalidState, JobNotFound):
+            pass  # it ended by itself (or is ending, or was deleted): that is reported
         except TrackerError as error:
             raise SubmitException(f"cannot cancel job {native_id}: {error}", error) from None
         else:
@@ -226,10 +227,20 @@ class OstrackerExecutor(psij.JobExecutor):
         try:
             with self._lock:
                 info = self._tracker.job_info(job.native_id)
+        except JobNotFound:
+            self._report_gone(job)
+            return
         except TrackerError as error:
             logger.warning("ostracker executor: cannot read job %s: %s", job.native_id, error)
             return
         self._report(job, info)
+
+    def _report_gone(self, job: Job) -> None:
+        """FAILED, once ostracker has no such job any more (only an ended job is deleted)."""
+        with self._status_lock:
+            self._set_job_status(job, JobStatus(
+                JobState.FAILED, message=f"ostracker has no job {job.native_id} any more "
+                "(deleted?)"))
 
     # -- the watcher ----------------------------------------------------------------------
 
@@ -263,10 +274,7 @@ class OstrackerExecutor(psij.JobExecutor):
                     if isinstance(found, JobInfo):
                         self._report(job, found)
                     elif isinstance(found, JobNotFound):
-                        with self._status_lock:
-                            self._set_job_status(job, JobStatus(
-                                JobState.FAILED, message=f"ostracker has no job {native_id} "
-                                "any more (deleted?)"))
+                        self._report_gone(job)
                 self._sleep(infos)
             except Exception:  # noqa: BLE001 - the watcher outlives a bad round
                 logger.exception("ostracker executor: watching jobs failed; trying again")

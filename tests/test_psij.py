@@ -367,6 +367,30 @@ def test_a_watched_job_deleted_underneath_fails_once_and_the_watcher_ends(
     assert _ostracker_logged(caplog) == []
 
 
+def test_cancel_of_a_job_deleted_before_the_watcher_saw_it_reports_it_failed(
+        executor, state_dir, tmp_path):
+    """A job deleted after its end, before the watcher saw it: ``cancel`` raises nothing
+    (it has ended: nothing to cancel) and reports it FAILED, as the watcher would have,
+    once; never CANCELED."""
+    from psij import JobState
+
+    tracker = _tracker(executor, state_dir)
+    job = _until(tmp_path / "go")
+    seen = _recorded(job)
+    executor.submit(job)
+    job.wait(timeout=executor.timeout, target_states=[JobState.ACTIVE])
+    with executor._status_lock:  # the watcher's reports wait, this thread's do not
+        (tmp_path / "go").touch()
+        tracker.wait(job.native_id, timeout=executor.timeout.total_seconds())
+        tracker.delete_job(job.native_id)
+        assert job.status.state == JobState.ACTIVE
+        job.cancel()
+        assert job.status.state == JobState.FAILED
+        assert job.status.message == f"ostracker has no job {job.native_id} any more (deleted?)"
+    assert job.wait(timeout=executor.timeout).state == JobState.FAILED
+    assert seen == [JobState.QUEUED, JobState.ACTIVE, JobState.FAILED]
+
+
 def test_a_running_jobs_end_is_seen_at_once_after_another_job_ended(executor, state_dir,
                                                                     tmp_path):
     """OstrackerExecutorConfig: "the end of a running local job is seen at once, through its
