@@ -567,25 +567,19 @@ class Store:
             raise
         return fd
 
-    def is_empty_file(self, job_id: int, name: str) -> bool:
-        """Whether the job's ``name`` is an empty regular file with one link (no link
-        followed)."""
-        dir_fd = self._job_fd(job_id)
-        if dir_fd is None:
-            return False
-        try:
-            found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return False
-        return stat.S_ISREG(found.st_mode) and found.st_size == 0 and found.st_nlink == 1
-
     def reuse_empty_file(self, job_id: int, spare: str, name: str) -> int | None:
         """Move the job's empty file ``spare`` to ``name`` (which must not exist) and open
-        it for appending: a file without the cost of a new inode (README, "Design",
-        *Captured output*).  None if something is at ``name`` already, or ``spare`` is
-        gone or no longer an empty regular file with one link."""
+        it for appending, checked as ``open_file`` checks: a file without the cost of a
+        new inode (README, "Design", *Captured output*).  None if ``spare`` is gone or
+        not empty, or something is at ``name`` already."""
         dir_fd = self._job_fd(job_id)
         if dir_fd is None:
+            return None
+        try:
+            found = os.stat(spare, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if not stat.S_ISREG(found.st_mode) or found.st_size:
             return None
         try:  # a link and an unlink: a rename would replace what is at ``name``
             os.link(spare, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -594,19 +588,17 @@ class Store:
         try:
             os.unlink(spare, dir_fd=dir_fd)
         except OSError:
-            os.unlink(name, dir_fd=dir_fd)  # (two links: the file would be refused)
+            try:
+                os.unlink(name, dir_fd=dir_fd)  # (two links: the file would be refused)
+            except OSError:
+                pass
             return None
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC |
-                         os.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
-            return None
-        found = os.fstat(fd)
-        if stat.S_ISREG(found.st_mode) and found.st_size == 0 and found.st_nlink == 1:
-            os.set_blocking(fd, True)
-            return fd
-        os.close(fd)
-        return None
+            fd = self.open_file(job_id, name, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+        except (OSError, StorageError):
+            return None  # (what is at ``name`` is then opened as any file found there)
+        os.set_blocking(fd, True)
+        return fd
 
     def names_file(self, job_id: int, name: str, fd: int) -> bool:
         """Whether the job's ``name`` (in ``jobs/N``, or in ``ended/N`` once it was

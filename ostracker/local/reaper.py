@@ -170,8 +170,8 @@ class Reaper:
         self._poller = None
         self._control = None  # the control socket (main loop only)
         self._board = Board(store)  # where the scheduler listens, if one does
-        # Empty captured output of ended tasks that no process holds: a later task's file
-        # is one of these, moved, rather than a new inode (``_open_captured``).
+        # Captured output of ended tasks that no process holds: a later task's file is one
+        # of these, moved if it is empty, rather than a new inode (``_open_captured``).
         self._spares: list[str] = []
 
     # -- records -----------------------------------------------------------------
@@ -430,7 +430,7 @@ class Reaper:
         and an unlink microseconds), or else new: created in one call (``O_EXCL``);
         only what is already at its name is opened, checked and emptied."""
         name = captured_output_name(index, stream)
-        if truncate and self._spares:
+        while truncate and self._spares:
             fd = self.store.reuse_empty_file(self.job_id, self._spares.pop(), name)
             if fd is not None:
                 return fd
@@ -621,9 +621,8 @@ class Reaper:
             record["sub_state"] = f"{record['sub_state']}; {ended}" if record["sub_state"] \
                 else ended
         self.write_task(task.index, record)
-        if task.alone and self.queued:
-            self._spares += [name for name in self._captured_names(task.index)
-                             if self.store.is_empty_file(self.job_id, name)]
+        if task.alone and self.queued:  # (each is checked empty as it is taken)
+            self._spares += self._captured_names(task.index)
         if self.array is None:
             self.outcome = (record["state"], record["exit_status"], record["terminating_signal"])
         self.tell_scheduler()
