@@ -175,7 +175,10 @@ def test_terminate_with_a_grace_lets_a_trap_clean_up(run, submit, info, tmp_path
     assert run("terminate", "--grace", "10", job).returncode == 0
     assert (tmp_path / "trap").read_text() == "cleaned\n"
     data = info(job)
-    assert (data["state"], data["sub_state"]) == ("Failed", "terminated")
+    # The sleep got SIGTERM with its leader; still dying when the leader ended, it counts
+    # as a leftover (seen once in CI under load).
+    assert data["state"] == "Failed"
+    assert data["sub_state"] in ("terminated", "terminated; 1 leftover process ended")
     assert proc_state(leader) in (None, "Z")
     assert run("wait", job).returncode == 1
 
