@@ -9,6 +9,7 @@ scripts/slurm-cluster) and cancel their jobs with ``cancel_slurm_jobs``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import json
@@ -294,3 +295,36 @@ def cancel_slurm_jobs(state_dir) -> None:
                               stdin=subprocess.DEVNULL)
         return done.returncode != 0 or not done.stdout.strip()
     poll(inactive, timeout=SLURM_TIMEOUT, interval=0.2, message="cancelled Slurm jobs to end")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 256 KiB tmpfs (skipped where mounting is not permitted)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                              str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    state = str(where / "state")
+    yield where, state
+    cleanup(state)
+    if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(where):
+    """Fill the file system to the last byte; returns the filler's path."""
+    filler = os.path.join(where, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return filler

@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import CLI, _lock_held, cleanup, damage_task_record, poll, proc_state
+from conftest import CLI, _lock_held, damage_task_record, fill, poll, proc_state
 from ostracker.local import proc
 
 NOBODY = 65534
@@ -728,39 +728,6 @@ def test_a_lost_or_damaged_counter_never_gives_an_id_again(run, state_dir, damag
 
 
 # -- full disk -------------------------------------------------------------------------
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 256 KiB tmpfs (skipped where mounting is not permitted)."""
-    where = tmp_path / "small"
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
-                              str(where)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    state = str(where / "state")
-    yield where, state
-    cleanup(state)
-    if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def fill(where):
-    """Fill the file system to the last byte; returns the filler's path."""
-    filler = os.path.join(where, "filler")
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
 
 def snapshot(root):
     found = {}
