@@ -22,7 +22,8 @@ import sys
 
 import pytest
 
-from conftest import CLI, cleanup, poll, task_records
+from conftest import CLI, _lock_held, cleanup, poll, task_records
+from ostracker.core.records import REAPER_LOCK
 
 # -- the shared DB ---------------------------------------------------------------------
 
@@ -389,6 +390,9 @@ def check_refused(world, kind, argv, formatted=False):
     state = world["state"]
     before = snapshot(state)
     result = _cli(state, *args, stdin=subprocess.DEVNULL, cwd=world["dir"])
+    # A job that could not start: its reaper reports that first, then writes the rest.
+    lock = os.path.join(state, "jobs", str(int(before["last-id"][2]) + 1), REAPER_LOCK)
+    poll(lambda: not _lock_held(lock), message="the reaper of a job that could not start")
     after = snapshot(state)
     if result.stdout.strip().isdigit():  # wrongly started: let it end, or it spoils the next case
         _cli(state, "wait", "--timeout", "10", result.stdout.strip())
