@@ -27,6 +27,7 @@ from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, T
                      UnsupportedOperation, WaitTimeout)
 from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, expand_path,
                      parse_job_id, task_id_string)
+from .listing import SEPARATOR
 from .records import HEADER, EndedEntry, Header, captured_output_name, encode_infos
 from .store import Store
 
@@ -416,42 +417,76 @@ class TrackerBase(abc.ABC):
 
     def job_infos_json(self, job_ids: Iterable[str] | None = None,
                        errors: list[TrackerError] | None = None,
-                       active: bool = False) -> list[bytes]:
+                       active: bool = False) -> list:
         """``job_infos`` as a JSON list, the way ``status --json`` prints it: its pieces,
-        ASCII, to be written one after the other (a newline ends the last).
+        ASCII bytes, to be written one after the other (a newline ends the last).
 
-        Listing all, the history's JobInfos are copied from its lines as they are,
-        with no object made per job and nothing joined: ten thousand ended jobs cost
-        little more than reading the file."""
+        Listing all, the history's JobInfos are copied from its listing, or else from
+        its lines as they are (``_all_json``), with no object made per job and nothing
+        joined: ten thousand ended jobs cost little more than reading two files."""
         if job_ids is not None:
-            parts = [part.encode() for _, part in self._encoded(
-                self._targets_of(job_ids, errors), errors)]
+            pieces = [piece for _, part in self._encoded(self._targets_of(job_ids, errors),
+                                                         errors)
+                      if part for piece in (part.encode(), SEPARATOR)]
         else:
             live = self.store.job_ids()
-            found = [(target[0].job_id, part.encode()) for target, part in self._encoded(
+            found = {target[0].job_id: part.encode() for target, part in self._encoded(
                 self._named_targets([(job_id, None) for job_id in live], False, errors),
-                errors)]
-            if not active:
-                found += self._ended_json(set(live), errors)
-            found.sort()
-            parts = [part for _, part in found]
-        pieces = [b"["]
-        for part in parts:
-            if part:
-                pieces += (part, b", ")
-        pieces[-1] = b"]\n" if len(pieces) > 1 else b"[]\n"
-        return pieces
+                errors)}
+            if active:
+                pieces = [piece for _, part in sorted(found.items())
+                          if part for piece in (part, SEPARATOR)]
+            else:
+                pieces = self._all_json(found, set(live), errors)
+        while pieces and not len(pieces[-1]):
+            pieces.pop()
+        if not pieces:
+            return [b"[]\n"]
+        pieces[-1] = pieces[-1][:-len(SEPARATOR)]
+        return [b"[", *pieces, b"]\n"]
 
-    def _ended_json(self, live: set[int], errors: list | None):
-        """(ID, JobInfos as UTF-8 JSON) of the history's jobs but ``live``, copied from
-        their lines with no object made per job."""
-        for job_id, entry in self._ended_entries(live, errors):
-            try:
-                yield job_id, entry.encoded_infos()
-            except StorageError as error:
-                if errors is None:
-                    raise
-                errors.append(error)
+    def _all_json(self, found: dict[int, bytes], live: set[int], errors: list | None) -> list:
+        """The JobInfos of ``found`` (``jobs/``'s, by ID) and of the history's jobs but
+        ``live`` (in ``jobs/``, which wins) in ID order: pieces, each job's followed by
+        ``", "``.  The history's come from its listing (``core.listing``) and the lines
+        after it, or from every line; reading ``REFRESH_LINES`` or more lines makes a new
+        listing."""
+        from .listing import REFRESH_LINES, write_listing
+
+        listing, entries, nameless, read = self.store.history.listed_entries(self.BACKEND)
+        read_parts, failed = {}, {}
+        for job_id, entry in entries.items():
+            if self._ours(entry):
+                try:
+                    read_parts[job_id] = entry.encoded_infos()
+                except StorageError as error:
+                    failed[job_id] = str(error)
+        # (job ID, or None: a line that names no job; message) of every damaged line
+        damaged = [] if listing is None else [(job_id, message) for job_id, message in
+                                              listing.errors if job_id not in entries]
+        if nameless is not None:
+            damaged.append((None, str(nameless)))
+        damaged += failed.items()
+        if len(read_parts) + len(failed) >= REFRESH_LINES:
+            parts = listing.parts() if listing is not None else {}
+            for job_id in failed:
+                parts.pop(job_id, None)
+            parts.update(read_parts)
+            write_listing(self.store._root_fd(), self.BACKEND, read, parts, damaged)
+        reported = [(job_id, StorageError(message)) for job_id, message in damaged
+                    if job_id not in live]
+        if errors is not None:
+            errors += [error for _, error in reported]
+        else:  # the first damaged job's error (a line that names none is left out)
+            for job_id, error in reported:
+                if job_id is not None:
+                    raise error
+        for job_id in live:
+            read_parts.pop(job_id, None)
+        if listing is not None:
+            return listing.merged({**read_parts, **found}, live | entries.keys())
+        return [piece for _, part in sorted({**read_parts, **found}.items())
+                if part for piece in (part, SEPARATOR)]
 
     def _encoded(self, targets: list[Target], errors: list | None
                  ) -> Iterable[tuple[Target, str]]:

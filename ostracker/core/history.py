@@ -23,22 +23,28 @@ A line that cannot be written whole (a full disk) is cut off again
 (``ftruncate``) and the job stays in ``jobs/N``, read as before.  Readers
 list ``jobs/`` and read those jobs *before* they read the history, so a job
 compacted meanwhile (its line is written before its directory moves) is seen
-in one place or the other.  A reader never writes: a damaged line is its job's
-StorageError, an unfinished last line (a writer at work) is not read yet.
+in one place or the other.  A reader never writes the history: a damaged line is its
+job's StorageError, an unfinished last line (a writer at work) is not read yet.
+(``status --json`` keeps a listing of it beside it: ``core.listing``.)
 
 Deleting ended jobs writes the file anew without their lines (a temporary
-file, fsync, rename) under the same lock, then removes their ``ended/N``.
+file, fsync, rename) under the same lock, removes the listings, then removes their
+``ended/N``.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from typing import TYPE_CHECKING
 
 from .errors import StorageError
 from .records import EndedEntry, history_line_id, is_kept_when_ended
 from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, GrowingLines, Store, _check_file,
                     _describe, _open_error, _private, _remove_tree, _write_at, append_line)
+
+if TYPE_CHECKING:
+    from .listing import Listing
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
@@ -58,13 +64,7 @@ class History(GrowingLines):
     def entries(self, errors: list | None = None) -> dict[int, EndedEntry]:
         """Every ended job's entry by ID (the last line of each); a line too damaged to
         name its job goes to ``errors``."""
-        root = self.store._root_fd()
-        try:
-            fd = os.open(HISTORY, _READ_FLAGS, dir_fd=root) if root is not None else None
-        except FileNotFoundError:
-            fd = None
-        except OSError as exc:
-            raise _open_error(exc, self.path, "record") from None
+        fd = self._open()
         if fd is None:
             self._forget()
             return {}
@@ -76,19 +76,64 @@ class History(GrowingLines):
             errors.append(self._nameless)
         return self._entries
 
+    def listed_entries(self, backend: str) -> tuple[Listing | None, dict[int, EndedEntry],
+                                                     StorageError | None, tuple | None]:
+        """(listing, entries, nameless, read) for listing every job: the backend's listing
+        of the history's first bytes if one holds (``core.listing``) and the entries of the
+        lines after them, or None and every entry; the error of a line they hold that
+        names no job; (device, inode, bytes) of what the two cover, None without a
+        history."""
+        from .listing import Listing
+
+        fd = self._open()
+        if fd is None:
+            return None, {}, None, None
+        try:
+            listing = Listing.load(self.store._root_fd(), backend, fd)
+            if listing is None:
+                self._read_new(fd)
+                return None, self._entries, self._nameless, (*self._seen, self._offset)
+            # The lines after the listing's, read apart: what was read before stays as it was.
+            info = _check_file(fd, self.path, "record")
+            data = os.pread(fd, max(0, info.st_size - listing.covered), listing.covered)
+            end = data.rfind(b"\n") + 1
+            entries = {}
+            nameless = self._parse(data[:end].split(b"\n")[:-1], entries)
+            return listing, entries, nameless, (info.st_dev, info.st_ino, listing.covered + end)
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
+        finally:
+            os.close(fd)
+
+    def _open(self) -> int | None:
+        """The history open for reading; None if there is none."""
+        root = self.store._root_fd()
+        try:
+            return os.open(HISTORY, _READ_FLAGS, dir_fd=root) if root is not None else None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _open_error(exc, self.path, "record") from None
+
     def _forget(self) -> None:
         super()._forget()
         self._entries, self._nameless = {}, None
 
     def _take(self, lines: list[bytes]) -> None:
-        entries, path = self._entries, self.path
+        self._nameless = self._parse(lines, self._entries) or self._nameless
+
+    def _parse(self, lines: list[bytes], entries: dict[int, EndedEntry]) -> StorageError | None:
+        """Each line's entry into ``entries`` (a job's last line counts); the error of a
+        line that names no job, if one does."""
+        nameless, path = None, self.path
         for line in lines:
             job_id = history_line_id(line)
             if job_id is None:
-                self._nameless = StorageError(
+                nameless = StorageError(
                     f"damaged record in {path}: a line that names no job is left out")
             else:
-                entries[job_id] = EndedEntry(job_id, line, path)  # its last line counts
+                entries[job_id] = EndedEntry(job_id, line, path)
+        return nameless
 
     def entry(self, job_id: int) -> EndedEntry | None:
         """The job's entry; None if it has none (its line may be damaged: it says so
@@ -154,6 +199,7 @@ class History(GrowingLines):
                         if history_line_id(line) not in job_ids]
                 _write_at(root, HISTORY, kept, True, self.path)
                 self._seen = None
+                _remove_listings(root)
         finally:
             os.close(lock)
         ended = self.store._area(ENDED)
@@ -163,6 +209,19 @@ class History(GrowingLines):
                     _remove_tree(ended, str(job_id))
             finally:
                 os.close(ended)
+
+
+def _remove_listings(root: int) -> None:
+    """Every backend's listing (``core.listing``): one made of the old history would keep
+    the deleted jobs' records on the disk until a new one replaced it."""
+    from .listing import is_listing_name
+
+    for name in os.listdir(root):
+        if is_listing_name(name):
+            try:
+                os.unlink(name, dir_fd=root)
+            except OSError:
+                pass
 
 
 def compact(store: Store, line: bytes, job_id: int) -> bool:

@@ -1,0 +1,194 @@
+"""``status --json`` through the history's listing: the same output as reading every line,
+whatever happened to the history or the listing since (README, "Design", *The listing*)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ostracker.core.listing import REFRESH_LINES, listing_name
+from ostracker.core.records import history_line
+
+from conftest import fill
+from test_history import history_lines, rewrite_line
+
+LISTING = listing_name("local")
+MANY = REFRESH_LINES + 36  # enough ended jobs for status --json to write a listing
+
+
+def many_ended(run, submit, state_dir, tracker, count=MANY):
+    """``count`` ended jobs, IDs 1 to ``count``: one run for real, the others its line
+    written again with their IDs and names (what compacting them would have written)."""
+    assert submit("--wait", "--name", "job-1", "--", "true") == "1"
+    entry = tracker.store.history.entry(1)
+    header = entry.header()
+    infos = entry.infos(header)
+    lines = []
+    for job_id in range(1, count + 1):
+        header.job_id = job_id
+        header.template.job_name = f"job-{job_id}"
+        for info in infos:
+            info.id, info.job_name = str(job_id), f"job-{job_id}"
+        lines.append(history_line(header, infos))
+    with open(os.path.join(state_dir, "history"), "wb") as handle:
+        handle.write(b"".join(lines))
+    with open(os.path.join(state_dir, "last-id"), "w") as handle:
+        handle.write(f"{count}\n")
+
+
+def listed(run):
+    result = run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def names(result):
+    return {job["id"]: job["job_name"] for job in json.loads(result.stdout)}
+
+
+def line_of(tracker, job_id, **changes):
+    """Job ``job_id``'s line written anew, its JobInfos' fields changed as ``changes`` says."""
+    entry = tracker.store.history.entry(job_id)
+    header = entry.header()
+    infos = entry.infos(header)
+    for info in infos:
+        for name, value in changes.items():
+            setattr(info, name, value)
+    return history_line(header, infos)
+
+
+def test_the_listing_prints_what_the_lines_say_and_what_came_after(run, submit, state_dir,
+                                                                      tracker):
+    many_ended(run, submit, state_dir, tracker)
+    first = listed(run)  # reads every line, then writes the listing
+    path = os.path.join(state_dir, LISTING)
+    made = open(path, "rb").read()
+    assert names(first) == {str(i): f"job-{i}" for i in range(1, MANY + 1)}
+    assert listed(run).stdout == first.stdout  # through the listing
+    # After the lines the listing covers: a job that ended since, a listed job's line
+    # written again (a later line wins), another's damaged; and a job still running.
+    late = run("submit", "--wait", "--name", "late", "--", "sh", "-c", "exit 3").stdout.strip()
+    running = submit("--name", "running", "--", "sleep", "60")
+    with open(os.path.join(state_dir, "history"), "ab") as handle:
+        handle.write(line_of(tracker, 7, exit_status=2))
+        handle.write(line_of(tracker, 5, exit_status=4).replace(b'"exit_status": 4',
+                                                                 b'"exit_status": 6'))
+    result = listed(run)
+    assert open(path, "rb").read() == made  # used, not made again
+    jobs = json.loads(result.stdout)
+    assert [job["id"] for job in jobs] == [str(i) for i in range(1, MANY + 1) if i != 5] + \
+        [late, running]
+    assert result.stderr.strip() == f"ostracker: damaged record of job 5 in " \
+        f"{os.path.join(state_dir, 'history')}"
+    by_id = {job["id"]: job for job in jobs}
+    assert by_id["7"]["exit_status"] == 2 and by_id[late]["exit_status"] == 3
+    assert by_id[running]["state"] == "Running" and by_id["8"]["exit_status"] == 0
+    assert run("terminate", running).returncode == 0
+
+
+def test_a_history_changed_in_place_is_read_again(run, submit, state_dir, tracker):
+    """The same file, the same size, one job's line written anew (its CRC right): what the
+    listing says of it no longer holds."""
+    many_ended(run, submit, state_dir, tracker)
+    listed(run)
+    size = os.path.getsize(os.path.join(state_dir, "history"))
+    for letter in "QRSTUVWXYZ":  # a name whose line's CRC has as many digits as before
+        rewrite_line(state_dir, tracker, "9", job_name=f"job-{letter}")
+        if os.path.getsize(os.path.join(state_dir, "history")) == size:
+            break
+    assert os.path.getsize(os.path.join(state_dir, "history")) == size
+    assert names(listed(run)) == {str(i): f"job-{letter}" if i == 9 else f"job-{i}"
+                                  for i in range(1, MANY + 1)}
+
+
+def test_a_damaged_listing_is_not_used_and_is_made_again(run, submit, state_dir, tracker):
+    many_ended(run, submit, state_dir, tracker)
+    expected = listed(run).stdout
+    path = os.path.join(state_dir, LISTING)
+    data = open(path, "rb").read()
+    with open(path, "r+b") as handle:  # one job's name changed, nothing else
+        handle.seek(data.rindex(b'"job-17"') + 5)
+        handle.write(b"9")
+    assert listed(run).stdout == expected
+    assert listed(run).stdout == expected and open(path, "rb").read() == data
+
+
+def test_damaged_lines_are_reported_through_the_listing(run, submit, state_dir, tracker):
+    many_ended(run, submit, state_dir, tracker)
+    lines = history_lines(state_dir)
+    lines[10] = lines[10].replace(b'"exit_status": 0', b'"exit_status": 1')  # CRC now wrong
+    lines.insert(20, b"no job here")
+    with open(os.path.join(state_dir, "history"), "wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+    for _ in range(2):  # reading the lines (and writing the listing), then the listing
+        result = listed(run)
+        assert result.stderr.count("\n") == 2, result.stderr
+        assert "damaged record of job 11" in result.stderr
+        assert "a line that names no job" in result.stderr
+        assert sorted(map(int, names(result))) == [i for i in range(1, MANY + 1) if i != 11]
+    assert os.path.isfile(os.path.join(state_dir, LISTING))
+
+
+def test_a_job_in_jobs_and_in_the_listing_is_read_from_jobs(run, submit, state_dir, tracker):
+    """A running job whose line is in the listing too (as if compacted but for the move of
+    its directory): ``jobs/N`` wins, the job is listed once."""
+    many_ended(run, submit, state_dir, tracker)
+    running = submit("--name", "running", "--", "sleep", "60")
+    with open(os.path.join(state_dir, "history"), "ab") as handle:
+        handle.write(history_lines(state_dir)[0].replace(b"1\t", f"{running}\t".encode(), 1)
+                     + b"\n")
+    listed(run)
+    for _ in range(2):
+        jobs = json.loads(listed(run).stdout)
+        assert [job["id"] for job in jobs].count(running) == 1
+        assert [job["state"] for job in jobs if job["id"] == running] == ["Running"]
+    assert run("terminate", running).returncode == 0
+
+
+def test_delete_removes_the_listing(run, submit, state_dir, tracker):
+    many_ended(run, submit, state_dir, tracker)
+    listed(run)
+    assert run("delete", "3").returncode == 0
+    assert not os.path.exists(os.path.join(state_dir, LISTING))
+    assert "3" not in names(listed(run)) and len(names(listed(run))) == MANY - 1
+
+
+def test_a_link_planted_at_the_listing_is_neither_read_nor_written_through(run, submit,
+                                                                         state_dir, tracker,
+                                                                         tmp_path):
+    many_ended(run, submit, state_dir, tracker)
+    expected = listed(run).stdout
+    path = os.path.join(state_dir, LISTING)
+    target = tmp_path / "target"
+    os.rename(path, target)  # a whole listing, true of the history, behind a link
+    os.symlink(target, path)
+    before = target.read_bytes()
+    assert listed(run).stdout == expected
+    assert target.read_bytes() == before and not os.path.islink(path)
+
+
+def test_a_full_disk_leaves_no_listing_and_no_error(run, submit, small_fs, tracker,
+                                                     monkeypatch):
+    where, state = small_fs
+    monkeypatch.setenv("OSTRACKER_STATE_DIR", state)
+    tracker = type(tracker)(state)
+    many_ended(run, submit, state, tracker)
+    expected = names(listed(run))
+    os.unlink(os.path.join(state, LISTING))
+    filler = fill(where)
+    try:
+        result = listed(run)
+        assert (names(result), result.stderr) == (expected, "")
+        assert [name for name in os.listdir(state) if "listing" in name] == []
+    finally:
+        os.unlink(filler)
+
+
+def test_what_an_interrupted_writer_left_goes_with_the_next_listing(run, submit, state_dir,
+                                                                     tracker):
+    many_ended(run, submit, state_dir, tracker)
+    leftover = os.path.join(state_dir, f".{LISTING}.0123456789ab.tmp")
+    with open(leftover, "wb") as handle:
+        handle.write(b"half a listing")
+    listed(run)
+    assert not os.path.exists(leftover) and os.path.isfile(os.path.join(state_dir, LISTING))
