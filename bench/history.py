@@ -215,8 +215,10 @@ def many_jobs(venv: str, base: str, work: str, log, n: int, args, notes: list,
     ost("terminate", job)
     running.remove((ost, job))
     helper.wait_reapers(state, 10)
+    listing = os.path.join(state, "history-local.listing")
     return {"n": n, "made": made, "files": files, "results": results,
-            "offered": len(lines), "checks": checks}
+            "offered": len(lines), "checks": checks,
+            "listing_bytes": os.path.getsize(listing) if os.path.exists(listing) else None}
 
 
 # -- 2a. the files of an ended array -----------------------------------------------------
@@ -453,6 +455,10 @@ def report(data: dict) -> str:
         add(f"    {label}: {files['files']:,} files ({files['files'] / jobs:.4g} a job), "
             f"{files['bytes']:,} bytes ({files['bytes'] / jobs:,.0f} a job), "
             f"{kib(files['disk_bytes'])} on disk")
+    for part in data.get("singles", []):
+        if part.get("listing_bytes") is not None:
+            add(f"    and after the listings above, the listing `status --json` kept of "
+                f"{part['n']:,} ended jobs: {kib(part['listing_bytes'])}")
         rows.append((f"files left: {label}", f"{files['files']:,} files, {kib(files['bytes'])}",
                      "—", f"{files['files'] / jobs:.4g} files a job",
                      f"{files['bytes'] / jobs:,.0f} bytes a job", "— (report only)", "—"))
