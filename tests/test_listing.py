@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 from ostracker.core.listing import REFRESH_LINES, listing_name
 from ostracker.core.records import history_line
@@ -192,3 +193,45 @@ def test_what_an_interrupted_writer_left_goes_with_the_next_listing(run, submit,
         handle.write(b"half a listing")
     listed(run)
     assert not os.path.exists(leftover) and os.path.isfile(os.path.join(state_dir, LISTING))
+
+
+def rebuilt(data, errors):
+    """The listing ``data`` with its errors section replaced, its first line made to match:
+    whole by its CRC, whatever the section says."""
+    from ostracker.core.listing import MAGIC
+
+    head, _, body = data.partition(b"\n")
+    fields = head[len(MAGIC) + 1:].split(b" ")
+    count, errors_size = int(fields[5]), int(fields[6])
+    index = 8 * count
+    body = body[:2 * index + 8] + errors + body[2 * index + 8 + errors_size:]
+    fields[6], fields[7] = b"%d" % len(errors), b"%d" % zlib.crc32(body)
+    return MAGIC + b" " + b" ".join(fields) + b"\n" + body
+
+
+def test_what_is_no_listing_is_not_used(run, submit, state_dir, tracker):
+    """Whatever lies at the listing's name, ``status --json`` prints what the history says,
+    in one piece, with no error: an empty file, a first line cut short, fields of 5,000
+    digits, more jobs than bytes, errors nested 100,000 deep (its CRC right), a FIFO, a
+    directory."""
+    many_ended(run, submit, state_dir, tracker)
+    expected = listed(run).stdout
+    path = os.path.join(state_dir, LISTING)
+    made = open(path, "rb").read()
+    head = made.partition(b"\n")[0]
+    fields = head.split(b" ")
+    contents = [b"", head, b" ".join(fields[:-1]) + b"\n", b" ".join(
+        [*fields[:3], b"9" * 5000, *fields[4:]]) + b"\n", b" ".join(
+        [*fields[:8], b"%d" % (1 << 40), *fields[9:]]) + made[len(head):],
+        rebuilt(made, b"[" * 100_000 + b"]" * 100_000)]
+    for content in contents:
+        with open(path, "wb") as handle:
+            handle.write(content)
+        result = listed(run)
+        assert (result.stdout, result.stderr) == (expected, ""), content[:80]
+    for make in (os.mkfifo, os.mkdir):  # (a new listing replaces the FIFO, not the directory)
+        os.unlink(path)
+        make(path)
+        result = listed(run)
+        assert (result.stdout, result.stderr) == (expected, "")
+    assert os.path.isdir(path)

@@ -419,7 +419,8 @@ class TrackerBase(abc.ABC):
                        errors: list[TrackerError] | None = None,
                        active: bool = False) -> list:
         """``job_infos`` as a JSON list, the way ``status --json`` prints it: its pieces,
-        ASCII bytes, to be written one after the other (a newline ends the last).
+        ASCII bytes or views of them, to be written one after the other (a newline ends
+        the last).
 
         Listing all, the history's JobInfos are copied from its listing, or else from
         its lines as they are (``_all_json``), with no object made per job and nothing

@@ -8,10 +8,11 @@ so what its first bytes said is worth keeping.
 
 What: ``history-BACKEND.listing`` beside the history.  Its first line names the history
 it was made from (device and inode), how many of its bytes it covers and their CRC-32,
-its change time (ctime) if the listing covers all of it, how many jobs it holds and the CRC-32 of all that follows the line: the jobs' IDs in
-order, where each job's JSON starts, the errors the covered lines gave (a damaged line
-is reported as if it were read), then the JSON of every job of the backend in those
-bytes, in ID order, each followed by ``", "``: what ``status --json`` prints.
+its change time (ctime) if the listing covers all of it, how many jobs it holds and the
+CRC-32 of all that follows the line: the jobs' IDs in order, where each job's JSON
+starts, the errors the covered lines gave (a damaged line is reported as if it were
+read), then the JSON of every job of the backend in those bytes, in ID order, each
+followed by ``", "``: what ``status --json`` prints.
 
 Trust: a listing is used only if its own CRC holds and the history is the same file
 with the same first bytes: the history only grows at its end, or is written anew
@@ -108,7 +109,7 @@ class Listing:
                     prefix_crc(history, covered) != history_crc:
                 return None
             errors = _errors(bytes(body[2 * index + 8:2 * index + 8 + errors_size]))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             return None
         return cls(body[:index].cast("q"), body[index:2 * index + 8].cast("q"),
                    body[2 * index + 8 + errors_size:], errors, covered)
