@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
 import zlib
 
+import pytest
+
+import faultinject as fi
+from conftest import CLI, fill
 from ostracker.core.listing import REFRESH_LINES, listing_name
 from ostracker.core.records import history_line
-
-from conftest import fill
 from test_history import history_lines, rewrite_line
 
 LISTING = listing_name("local")
@@ -235,3 +240,53 @@ def test_what_is_no_listing_is_not_used(run, submit, state_dir, tracker):
         result = listed(run)
         assert (result.stdout, result.stderr) == (expected, "")
     assert os.path.isdir(path)
+
+
+def listing_calls(trace: str) -> list[tuple[str, int]]:
+    """(syscall, its ordinal among calls of that name) of each call a traced
+    ``status --json`` made to write its listing: what a kill can land before."""
+    seen, points, fds = {}, [], set()
+    with open(trace) as handle:
+        for line in handle:
+            name = line.split("(", 1)[0].strip()
+            if not name or not line[0].isalpha():
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            result = line.rsplit("=", 1)[-1].split()[0] if "=" in line else ""
+            fd = re.match(r"\w+\((\d+)[,)]", line)
+            touches = LISTING in line or (fd is not None and fd.group(1) in fds)
+            if name == "openat" and f".{LISTING}." in line and result.isdigit():
+                fds.add(result)
+            if touches:
+                points.append((name, seen[name]))
+    return points
+
+
+@pytest.mark.skipif(fi.strace_problem() is not None, reason=str(fi.strace_problem()))
+def test_status_killed_before_each_call_of_its_listing_leaves_it_whole_or_none(
+        run, submit, state_dir, tracker, tmp_path):
+    many_ended(run, submit, state_dir, tracker)
+    expected = listed(run).stdout
+    path = os.path.join(state_dir, LISTING)
+    env = {**os.environ, "OSTRACKER_STATE_DIR": state_dir}
+
+    def traced(*strace_args):
+        os.unlink(path)
+        return subprocess.run(["strace", "-qq", *strace_args, *CLI, "status", "--json"],
+                              env=env, capture_output=True, timeout=60)
+
+    trace = str(tmp_path / "trace")
+    assert traced("-o", trace).returncode == 0
+    points = listing_calls(trace)
+    names = {name for name, _ in points}
+    assert {"openat", "write", "rename"} <= names or {"openat", "write", "renameat"} <= names, \
+        points
+    for name, ordinal in points:
+        killed = traced("-o", "/dev/null", "-e", f"inject={name}:signal=SIGKILL:when={ordinal}")
+        assert killed.returncode == -signal.SIGKILL, (name, ordinal, killed.stderr)
+        if os.path.exists(path):  # the kill came after the rename: it must be whole
+            assert open(path, "rb").read().count(b"\n") >= 1
+        result = listed(run)
+        assert (result.stdout, result.stderr) == (expected, ""), (name, ordinal)
+        assert [name for name in os.listdir(state_dir) if name.endswith(".tmp")] == []
+    print(f"listing writer killed before {len(points)} calls: {points}")
