@@ -142,6 +142,17 @@ def hyperfine(work: str, log, label: str, env: dict, commands: list[tuple[str, s
         return json.load(handle)["results"]
 
 
+def settle(most: float = 120.0) -> str:
+    """The load average once the 1-minute figure is under 1, or after ``most`` seconds:
+    making thousands of jobs leaves the machine busy (its disk flushing, its page cache
+    refilling) for a while, and hyperfine would time that too."""
+    deadline = time.monotonic() + most
+    while float(open("/proc/loadavg").read().split()[0]) >= 1.0 and \
+            time.monotonic() < deadline:
+        time.sleep(2)
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
 def files_and_bytes(path: str) -> dict:
     count = sum(len(files) for _, _, files in os.walk(path))
     apparent = int(subprocess.run(["du", "-sb", path], capture_output=True, text=True)
@@ -201,7 +212,8 @@ def many_jobs(venv: str, base: str, work: str, log, n: int, args, notes: list,
         notes.append(f"N={n}: ODD: {check}")
         say(f"   ODD: {check}")
 
-    say(f"-- 1. hyperfine over {n:,} ended jobs + 1 running ({args.runs} runs each)")
+    load = settle()
+    say(f"-- 1. hyperfine over {n:,} ended jobs + 1 running ({args.runs} runs each; load {load})")
     commands = [
         ("python -c 'import click'", f"{shlex.quote(ost.python)} -c 'import click'"),
         ("status --json", f"{shlex.quote(ost.exe)} status --json"),
@@ -216,7 +228,7 @@ def many_jobs(venv: str, base: str, work: str, log, n: int, args, notes: list,
     running.remove((ost, job))
     helper.wait_reapers(state, 10)
     listing = os.path.join(state, "history-local.listing")
-    return {"n": n, "made": made, "files": files, "results": results,
+    return {"n": n, "made": made, "files": files, "results": results, "load": load,
             "offered": len(lines), "checks": checks,
             "listing_bytes": os.path.getsize(listing) if os.path.exists(listing) else None}
 
@@ -413,7 +425,7 @@ def report(data: dict) -> str:
         n, made, results = part["n"], part["made"], part["results"]
         add(f"  N = {n:,}: made in {made['total_s']:.1f} s ({made['submit_s']:.1f} s of add_job, "
             f"{made['submit_s'] / n * 1e3:.1f} ms a job; {made['wait_s']:.1f} s of wait_jobs); "
-            f"completion offered {part['offered']} candidate(s)")
+            f"completion offered {part['offered']} candidate(s); timed at load {part['load']}")
         for check in part["checks"]:
             add(f"    ODD: {check}")
         if not results:
@@ -455,13 +467,13 @@ def report(data: dict) -> str:
         add(f"    {label}: {files['files']:,} files ({files['files'] / jobs:.4g} a job), "
             f"{files['bytes']:,} bytes ({files['bytes'] / jobs:,.0f} a job), "
             f"{kib(files['disk_bytes'])} on disk")
+        rows.append((f"files left: {label}", f"{files['files']:,} files, {kib(files['bytes'])}",
+                     "—", f"{files['files'] / jobs:.4g} files a job",
+                     f"{files['bytes'] / jobs:,.0f} bytes a job", "— (report only)", "—"))
     for part in data.get("singles", []):
         if part.get("listing_bytes") is not None:
             add(f"    and after the listings above, the listing `status --json` kept of "
                 f"{part['n']:,} ended jobs: {kib(part['listing_bytes'])}")
-        rows.append((f"files left: {label}", f"{files['files']:,} files, {kib(files['bytes'])}",
-                     "—", f"{files['files'] / jobs:.4g} files a job",
-                     f"{files['bytes'] / jobs:,.0f} bytes a job", "— (report only)", "—"))
 
     add("")
     quiet = data.get("wait")
