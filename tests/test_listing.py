@@ -290,3 +290,70 @@ def test_status_killed_before_each_call_of_its_listing_leaves_it_whole_or_none(
         assert (result.stdout, result.stderr) == (expected, ""), (name, ordinal)
         assert [name for name in os.listdir(state_dir) if name.endswith(".tmp")] == []
     print(f"listing writer killed before {len(points)} calls: {points}")
+
+
+def test_listings_read_and_made_while_jobs_end_are_never_wrong(run, submit, state_dir,
+                                                                tracker):
+    """Jobs ending one after another (each adds its line) while two readers list, each
+    making a new listing now and then: every listing is whole JSON, in ID order, each
+    job once, none of the first ones missing; at the end, the listing and the lines say
+    the same."""
+    import threading
+
+    many_ended(run, submit, state_dir, tracker)
+    path = os.path.join(state_dir, LISTING)
+    stop, seen, problems = threading.Event(), [], []
+
+    def reader(remove_first):
+        while not stop.is_set():
+            if remove_first:
+                try:
+                    os.unlink(path)  # so that this reader makes a listing again
+                except FileNotFoundError:
+                    pass
+            result = run("status", "--json")
+            try:
+                ids = [int(job["id"]) for job in json.loads(result.stdout)]
+            except ValueError:
+                problems.append(f"not JSON: {result.stdout[:200]!r} {result.stderr!r}")
+                continue
+            if result.returncode or result.stderr:
+                problems.append(f"exit {result.returncode}: {result.stderr!r}")
+            if ids != sorted(set(ids)) or not set(range(1, MANY + 1)) <= set(ids):
+                problems.append(f"IDs {ids[:5]}...{ids[-5:]} ({len(ids)})")
+            seen.append(len(ids))
+
+    readers = [threading.Thread(target=reader, args=(first,)) for first in (False, True)]
+    for thread in readers:
+        thread.start()
+    try:
+        for _ in range(15):
+            submit("--wait", "--", "true")
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert problems == [] and len(seen) >= 4, (problems[:3], seen)
+    through_listing = listed(run).stdout
+    os.unlink(path)
+    assert listed(run).stdout == through_listing
+    assert len(json.loads(through_listing)) == MANY + 15
+
+
+def test_a_listing_covers_what_was_read_not_what_came_after(run, submit, state_dir, tracker):
+    """A job that ends between a reader's read of the history and its writing of the
+    listing is not in the listing, and not covered by it either: the next reader reads
+    its line."""
+    from ostracker.core.listing import write_listing
+
+    many_ended(run, submit, state_dir, tracker)
+    store = tracker.store
+    listing, entries, _, read = store.history.listed_entries("local")
+    assert listing is None and len(entries) == MANY
+    late = submit("--wait", "--name", "late", "--", "true")
+    write_listing(store._root_fd(), "local", read, {job_id: entry.encoded_infos()
+                                                   for job_id, entry in entries.items()}, [])
+    path = os.path.join(state_dir, LISTING)
+    made = open(path, "rb").read()
+    assert names(listed(run))[late] == "late"
+    assert open(path, "rb").read() == made  # (it was used)
