@@ -22,7 +22,7 @@ LISTING = listing_name("local")
 MANY = REFRESH_LINES + 36  # enough ended jobs for status --json to write a listing
 
 
-def many_ended(run, submit, state_dir, tracker, count=MANY):
+def many_ended(submit, state_dir, tracker, count=MANY):
     """``count`` ended jobs, IDs 1 to ``count``: one run for real, the others its line
     written again with their IDs and names (what compacting them would have written)."""
     assert submit("--wait", "--name", "job-1", "--", "true") == "1"
@@ -65,7 +65,7 @@ def line_of(tracker, job_id, **changes):
 
 def test_the_listing_prints_what_the_lines_say_and_what_came_after(run, submit, state_dir,
                                                                       tracker):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     first = listed(run)  # reads every line, then writes the listing
     path = os.path.join(state_dir, LISTING)
     made = open(path, "rb").read()
@@ -95,7 +95,7 @@ def test_the_listing_prints_what_the_lines_say_and_what_came_after(run, submit, 
 def test_a_history_changed_in_place_is_read_again(run, submit, state_dir, tracker):
     """The same file, the same size, one job's line written anew (its CRC right): what the
     listing says of it no longer holds."""
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     listed(run)
     size = os.path.getsize(os.path.join(state_dir, "history"))
     for letter in "QRSTUVWXYZ":  # a name whose line's CRC has as many digits as before
@@ -108,7 +108,7 @@ def test_a_history_changed_in_place_is_read_again(run, submit, state_dir, tracke
 
 
 def test_a_damaged_listing_is_not_used_and_is_made_again(run, submit, state_dir, tracker):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     expected = listed(run).stdout
     path = os.path.join(state_dir, LISTING)
     data = open(path, "rb").read()
@@ -120,7 +120,7 @@ def test_a_damaged_listing_is_not_used_and_is_made_again(run, submit, state_dir,
 
 
 def test_damaged_lines_are_reported_through_the_listing(run, submit, state_dir, tracker):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     lines = history_lines(state_dir)
     lines[10] = lines[10].replace(b'"exit_status": 0', b'"exit_status": 1')  # CRC now wrong
     lines.insert(20, b"no job here")
@@ -138,7 +138,7 @@ def test_damaged_lines_are_reported_through_the_listing(run, submit, state_dir, 
 def test_a_job_in_jobs_and_in_the_listing_is_read_from_jobs(run, submit, state_dir, tracker):
     """A running job whose line is in the listing too (as if compacted but for the move of
     its directory): ``jobs/N`` wins, the job is listed once."""
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     running = submit("--name", "running", "--", "sleep", "60")
     with open(os.path.join(state_dir, "history"), "ab") as handle:
         handle.write(history_lines(state_dir)[0].replace(b"1\t", f"{running}\t".encode(), 1)
@@ -152,7 +152,7 @@ def test_a_job_in_jobs_and_in_the_listing_is_read_from_jobs(run, submit, state_d
 
 
 def test_delete_removes_the_listing(run, submit, state_dir, tracker):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     listed(run)
     assert run("delete", "3").returncode == 0
     assert not os.path.exists(os.path.join(state_dir, LISTING))
@@ -162,7 +162,7 @@ def test_delete_removes_the_listing(run, submit, state_dir, tracker):
 def test_a_link_planted_at_the_listing_is_neither_read_nor_written_through(run, submit,
                                                                          state_dir, tracker,
                                                                          tmp_path):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     expected = listed(run).stdout
     path = os.path.join(state_dir, LISTING)
     target = tmp_path / "target"
@@ -178,7 +178,7 @@ def test_a_full_disk_leaves_no_listing_and_no_error(run, submit, small_fs, track
     where, state = small_fs
     monkeypatch.setenv("OSTRACKER_STATE_DIR", state)
     tracker = type(tracker)(state)
-    many_ended(run, submit, state, tracker)
+    many_ended(submit, state, tracker)
     expected = names(listed(run))
     os.unlink(os.path.join(state, LISTING))
     filler = fill(where)
@@ -192,7 +192,7 @@ def test_a_full_disk_leaves_no_listing_and_no_error(run, submit, small_fs, track
 
 def test_what_an_interrupted_writer_left_goes_with_the_next_listing(run, submit, state_dir,
                                                                      tracker):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     leftover = os.path.join(state_dir, f".{LISTING}.0123456789ab.tmp")
     with open(leftover, "wb") as handle:
         handle.write(b"half a listing")
@@ -219,7 +219,7 @@ def test_what_is_no_listing_is_not_used(run, submit, state_dir, tracker):
     in one piece, with no error: an empty file, a first line cut short, fields of 5,000
     digits, more jobs than bytes, errors nested 100,000 deep (its CRC right), a FIFO, a
     directory."""
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     expected = listed(run).stdout
     path = os.path.join(state_dir, LISTING)
     made = open(path, "rb").read()
@@ -265,7 +265,7 @@ def listing_calls(trace: str) -> list[tuple[str, int]]:
 @pytest.mark.skipif(fi.strace_problem() is not None, reason=str(fi.strace_problem()))
 def test_status_killed_before_each_call_of_its_listing_leaves_it_whole_or_none(
         run, submit, state_dir, tracker, tmp_path):
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     expected = listed(run).stdout
     path = os.path.join(state_dir, LISTING)
     env = {**os.environ, "OSTRACKER_STATE_DIR": state_dir}
@@ -300,7 +300,7 @@ def test_listings_read_and_made_while_jobs_end_are_never_wrong(run, submit, stat
     the same."""
     import threading
 
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     path = os.path.join(state_dir, LISTING)
     stop, seen, problems = threading.Event(), [], []
 
@@ -346,7 +346,7 @@ def test_a_listing_covers_what_was_read_not_what_came_after(run, submit, state_d
     its line."""
     from ostracker.core.listing import write_listing
 
-    many_ended(run, submit, state_dir, tracker)
+    many_ended(submit, state_dir, tracker)
     store = tracker.store
     listing, entries, _, read = store.history.listed_entries("local")
     assert listing is None and len(entries) == MANY
