@@ -27,6 +27,12 @@ from ostracker.core.records import REAPER_LOCK
 
 CLI = [sys.executable, "-m", "ostracker"]
 
+# Tests press Ctrl-C (SIGINT) on the CLI as a terminal would.  A shell starts a background
+# command (`./.ci/run &`) with SIGINT ignored, and every process after it would inherit
+# that: the CLI would never see the signal.  Tests run as if started from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def poll(predicate, timeout=10.0, interval=0.01, message="condition"):
     """Call ``predicate`` until it returns something true; fail after ``timeout`` s."""
