@@ -14,32 +14,35 @@ import pytest
 
 import faultinject as fi
 from conftest import CLI, fill
-from ostracker.core.listing import REFRESH_LINES, listing_name
+from ostracker.core.listing import REFRESH_JOBS, listing_name
 from ostracker.core.records import history_line
 from test_history import history_lines, rewrite_line
 
 LISTING = listing_name("local")
-MANY = REFRESH_LINES + 36  # enough ended jobs for status --json to write a listing
+MANY = REFRESH_JOBS + 36  # enough ended jobs for status --json to write a listing
 
 
 def many_ended(submit, state_dir, tracker, count=MANY):
     """``count`` ended jobs, IDs 1 to ``count``: one run for real, the others its line
     written again with their IDs and names (what compacting them would have written)."""
     assert submit("--wait", "--name", "job-1", "--", "true") == "1"
-    entry = tracker.store.history.entry(1)
-    header = entry.header()
-    infos = entry.infos(header)
-    lines = []
-    for job_id in range(1, count + 1):
-        header.job_id = job_id
-        header.template.job_name = f"job-{job_id}"
-        for info in infos:
-            info.id, info.job_name = str(job_id), f"job-{job_id}"
-        lines.append(history_line(header, infos))
+    lines = [line_for(tracker, job_id) for job_id in range(1, count + 1)]
     with open(os.path.join(state_dir, "history"), "wb") as handle:
         handle.write(b"".join(lines))
     with open(os.path.join(state_dir, "last-id"), "w") as handle:
         handle.write(f"{count}\n")
+
+
+def line_for(tracker, job_id):
+    """Job 1's line as job ``job_id``'s, named ``job-ID``."""
+    entry = tracker.store.history.entry(1)
+    header = entry.header()
+    infos = entry.infos(header)
+    header.job_id = job_id
+    header.template.job_name = f"job-{job_id}"
+    for info in infos:
+        info.id, info.job_name = str(job_id), f"job-{job_id}"
+    return history_line(header, infos)
 
 
 def listed(run):
@@ -141,8 +144,7 @@ def test_a_job_in_jobs_and_in_the_listing_is_read_from_jobs(run, submit, state_d
     many_ended(submit, state_dir, tracker)
     running = submit("--name", "running", "--", "sleep", "60")
     with open(os.path.join(state_dir, "history"), "ab") as handle:
-        handle.write(history_lines(state_dir)[0].replace(b"1\t", f"{running}\t".encode(), 1)
-                     + b"\n")
+        handle.write(line_for(tracker, int(running)))
     listed(run)
     for _ in range(2):
         jobs = json.loads(listed(run).stdout)
@@ -154,8 +156,12 @@ def test_a_job_in_jobs_and_in_the_listing_is_read_from_jobs(run, submit, state_d
 def test_delete_removes_the_listing(run, submit, state_dir, tracker):
     many_ended(submit, state_dir, tracker)
     listed(run)
+    leftover = os.path.join(state_dir, f".{LISTING}.0123456789ab.tmp")
+    with open(leftover, "wb") as handle:  # what a writer stopped half-way left
+        handle.write(b"half a listing, with job 3 in it")
     assert run("delete", "3").returncode == 0
     assert not os.path.exists(os.path.join(state_dir, LISTING))
+    assert not os.path.exists(leftover)
     assert "3" not in names(listed(run)) and len(names(listed(run))) == MANY - 1
 
 
@@ -344,16 +350,125 @@ def test_a_listing_covers_what_was_read_not_what_came_after(run, submit, state_d
     """A job that ends between a reader's read of the history and its writing of the
     listing is not in the listing, and not covered by it either: the next reader reads
     its line."""
-    from ostracker.core.listing import write_listing
-
     many_ended(submit, state_dir, tracker)
-    store = tracker.store
-    listing, entries, _, read = store.history.listed_entries("local")
+    history = tracker.store.history
+    listing, entries, _, read = history.listed_entries("local")
     assert listing is None and len(entries) == MANY
     late = submit("--wait", "--name", "late", "--", "true")
-    write_listing(store._root_fd(), "local", read, {job_id: entry.encoded_infos()
-                                                   for job_id, entry in entries.items()}, [])
+    history.keep_listing("local", read, {job_id: entry.encoded_infos()
+                                         for job_id, entry in entries.items()}, [])
     path = os.path.join(state_dir, LISTING)
     made = open(path, "rb").read()
     assert names(listed(run))[late] == "late"
     assert open(path, "rb").read() == made  # (it was used)
+
+
+def same_without_listing(run, state_dir):
+    """status --json through the listing, then with the listing gone: the same output,
+    errors in the same order; returns it."""
+    through = listed(run)
+    os.unlink(os.path.join(state_dir, LISTING))
+    read = listed(run)
+    assert (through.stdout, through.stderr) == (read.stdout, read.stderr)
+    return read
+
+
+def test_errors_come_as_reading_every_line_gives_them(run, submit, state_dir, tracker):
+    """Damaged lines inside the listing and after it, a line that names no job in both,
+    a job damaged only in a later line: one error for the nameless lines, then one per
+    damaged job by ID, with the listing and without; and again after new listings."""
+    many_ended(submit, state_dir, tracker)
+    lines = history_lines(state_dir)
+    lines[89] = lines[89].replace(b'"exit_status": 0', b'"exit_status": 1')  # job 90
+    lines.insert(20, b"no job here")
+    with open(os.path.join(state_dir, "history"), "wb") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+    listed(run)  # the listing, with job 90's error and the nameless line's
+    with open(os.path.join(state_dir, "history"), "ab") as handle:
+        handle.write(b"nor here\n")
+        handle.write(line_of(tracker, 3).replace(b'"exit_status": 0', b'"exit_status": 9'))
+    result = same_without_listing(run, state_dir)
+    history = os.path.join(state_dir, "history")
+    assert result.stderr.splitlines() == [
+        f"ostracker: damaged record in {history}: a line that names no job is left out",
+        f"ostracker: damaged record of job 3 in {history}",
+        f"ostracker: damaged record of job 90 in {history}"]
+    for _ in range(2):  # new listings made with more jobs each time keep one nameless error
+        with open(history, "ab") as handle:
+            handle.write(b"still no job\n")
+            last = max(map(int, names(listed(run))))
+            for job_id in range(last + 1, last + REFRESH_JOBS + 1):
+                handle.write(line_for(tracker, job_id))
+        listed(run)
+        assert same_without_listing(run, state_dir).stderr.count("names no job") == 1
+    assert max(map(int, names(listed(run)))) == MANY + 2 * REFRESH_JOBS
+
+
+def test_a_later_line_of_another_backend_takes_the_job_out_of_new_listings(run, submit,
+                                                                          state_dir, tracker):
+    """A job of the listing whose later line is another backend's is not this backend's
+    job any more, in the listing made next as in every line."""
+    many_ended(submit, state_dir, tracker)
+    listed(run)
+    entry = tracker.store.history.entry(5)
+    header = entry.header()
+    infos = entry.infos(header)
+    header.backend = "slurm"
+    with open(os.path.join(state_dir, "history"), "ab") as handle:
+        handle.write(history_line(header, infos))
+        for job_id in range(MANY + 1, MANY + REFRESH_JOBS + 1):
+            handle.write(line_for(tracker, job_id))
+    for _ in range(2):  # making the new listing, then through it
+        assert "5" not in names(listed(run))
+    assert "5" not in names(same_without_listing(run, state_dir))
+
+
+def test_a_listing_is_checked_against_the_bytes_its_reader_read(run, submit, state_dir,
+                                                                tracker):
+    """A line read, then replaced (the same size) before the listing is written, as a
+    history line whose fsync failed is cut off and another job's written in its place:
+    the listing does not hold for the history as it is, and is not used."""
+    many_ended(submit, state_dir, tracker)
+    history = tracker.store.history
+    listing, entries, _, read = history.listed_entries("local")
+    size = os.path.getsize(os.path.join(state_dir, "history"))
+    for letter in "QRSTUVWXYZ":  # a name whose line's CRC has as many digits as before
+        rewrite_line(state_dir, tracker, str(MANY), job_name=f"job-{letter}")
+        if os.path.getsize(os.path.join(state_dir, "history")) == size:
+            break
+    history.keep_listing("local", read, {job_id: entry.encoded_infos()
+                                         for job_id, entry in entries.items()}, [])
+    assert os.path.isfile(os.path.join(state_dir, LISTING))
+    assert names(listed(run))[str(MANY)] == f"job-{letter}"
+
+
+def test_a_listing_that_lies_within_its_crc_is_not_used(run, submit, state_dir, tracker):
+    """Fields no writer writes, the listing's CRC right: errors that name a job by a list
+    or a boolean, a negative number of bytes covered (whose CRC is 0)."""
+    from ostracker.core.listing import MAGIC
+
+    many_ended(submit, state_dir, tracker)
+    expected = listed(run).stdout
+    path = os.path.join(state_dir, LISTING)
+    made = open(path, "rb").read()
+    head, _, body = made.partition(b"\n")
+    fields = head[len(MAGIC) + 1:].split(b" ")
+    fields[2], fields[3] = b"-1", b"0"
+    for content in (rebuilt(made, b'[[[1], "x"]]'), rebuilt(made, b'[[true, "x"]]'),
+                    rebuilt(made, b'[[1, 2]]'), MAGIC + b" " + b" ".join(fields) + b"\n" + body):
+        with open(path, "wb") as handle:
+            handle.write(content)
+        result = listed(run)
+        assert (result.stdout, result.stderr) == (expected, ""), content[:100]
+
+
+def test_no_listing_is_made_of_a_history_that_delete_replaced(run, submit, state_dir, tracker):
+    """A reader that read the history before ``delete`` wrote it anew makes no listing
+    after: it would keep the deleted job's record on the disk."""
+    many_ended(submit, state_dir, tracker)
+    history = tracker.store.history
+    _, entries, _, read = history.listed_entries("local")
+    assert run("delete", "3").returncode == 0
+    history.keep_listing("local", read, {job_id: entry.encoded_infos()
+                                         for job_id, entry in entries.items()}, [])
+    assert not os.path.exists(os.path.join(state_dir, LISTING))

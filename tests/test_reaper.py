@@ -91,10 +91,12 @@ def test_submit_in_command_substitution_returns_at_once(state_dir):
     assert result.stdout.strip().isdigit()
 
 
-def test_reaper_exits_when_the_job_ends_and_leaves_no_zombie(run, submit):
+def test_reaper_exits_when_the_job_ends_and_leaves_no_zombie(run, submit, tmp_path):
     """After the job, its reaper is gone, and the job's process is reaped."""
-    job_id, pid = running(run, submit, "sleep", "0.3")
+    gate = tmp_path / "go"  # (a job that ends by itself may end before it is seen Running)
+    job_id, pid = running(run, submit, "sh", "-c", f"until [ -e {gate} ]; do sleep 0.01; done")
     reaper = int(stat_fields(pid)[1])
+    gate.touch()
     assert run("wait", job_id).returncode == 0
     poll(lambda: proc_state(reaper) is None, message="reaper gone")
     assert proc_state(pid) is None

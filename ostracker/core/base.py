@@ -450,38 +450,39 @@ class TrackerBase(abc.ABC):
         """The JobInfos of ``found`` (``jobs/``'s, by ID) and of the history's jobs but
         ``live`` (in ``jobs/``, which wins) in ID order: pieces, each job's followed by
         ``", "``.  The history's come from its listing (``core.listing``) and the lines
-        after it, or from every line; reading ``REFRESH_LINES`` or more lines makes a new
-        listing."""
-        from .listing import REFRESH_LINES, write_listing
+        after it, or from every line; reading ``REFRESH_JOBS`` or more jobs makes a new
+        listing.  Errors as a reading of every line gives them: a line that names no job
+        once, then each damaged job's, by ID."""
+        from .listing import REFRESH_JOBS
 
-        listing, entries, nameless, read = self.store.history.listed_entries(self.BACKEND)
-        read_parts, failed = {}, {}
+        history = self.store.history
+        listing, entries, nameless, read = history.listed_entries(self.BACKEND)
+        read_parts, damaged = {}, {}
         for job_id, entry in entries.items():
             if self._ours(entry):
                 try:
                     read_parts[job_id] = entry.encoded_infos()
                 except StorageError as error:
-                    failed[job_id] = str(error)
-        # (job ID, or None: a line that names no job; message) of every damaged line
-        damaged = [] if listing is None else [(job_id, message) for job_id, message in
-                                              listing.errors if job_id not in entries]
-        if nameless is not None:
-            damaged.append((None, str(nameless)))
-        damaged += failed.items()
-        if len(read_parts) + len(failed) >= REFRESH_LINES:
+                    damaged[job_id] = str(error)
+        for job_id, message in listing.errors if listing is not None else ():
+            if job_id is None:
+                nameless = nameless or StorageError(message)
+            elif job_id not in entries:  # (a later line of the job decides)
+                damaged[job_id] = message
+        if len(read_parts) + len(damaged) >= REFRESH_JOBS:
             parts = listing.parts() if listing is not None else {}
-            for job_id in failed:
+            for job_id in entries:  # a later line of the job, whatever it says, decides
                 parts.pop(job_id, None)
             parts.update(read_parts)
-            write_listing(self.store._root_fd(), self.BACKEND, read, parts, damaged)
-        reported = [(job_id, StorageError(message)) for job_id, message in damaged
+            history.keep_listing(self.BACKEND, read, parts,
+                                 [(None, str(nameless))] * (nameless is not None) +
+                                 sorted(damaged.items()))
+        reported = [StorageError(damaged[job_id]) for job_id in sorted(damaged)
                     if job_id not in live]
         if errors is not None:
-            errors += [error for _, error in reported]
-        else:  # the first damaged job's error (a line that names none is left out)
-            for job_id, error in reported:
-                if job_id is not None:
-                    raise error
+            errors += [nameless] * (nameless is not None) + reported
+        elif reported:
+            raise reported[0]
         for job_id in live:
             read_parts.pop(job_id, None)
         if listing is not None:

@@ -44,7 +44,7 @@ from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, GrowingLines, Store, _check_
                     _describe, _open_error, _private, _remove_tree, _write_at, append_line)
 
 if TYPE_CHECKING:
-    from .listing import Listing
+    from .listing import Listing, Reading
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
@@ -77,33 +77,54 @@ class History(GrowingLines):
         return self._entries
 
     def listed_entries(self, backend: str) -> tuple[Listing | None, dict[int, EndedEntry],
-                                                     StorageError | None, tuple | None]:
+                                                     StorageError | None, Reading | None]:
         """(listing, entries, nameless, read) for listing every job: the backend's listing
         of the history's first bytes if one holds (``core.listing``) and the entries of the
         lines after them, or None and every entry; the error of a line they hold that
-        names no job; (device, inode, bytes) of what the two cover, None without a
-        history."""
-        from .listing import Listing
+        names no job; what was read, for a new listing (None without a history).  Read
+        apart from ``entries``: what was read before stays as it was."""
+        from .listing import Listing, Reading
 
         fd = self._open()
         if fd is None:
             return None, {}, None, None
         try:
-            listing = Listing.load(self.store._root_fd(), backend, fd)
-            if listing is None:
-                self._read_new(fd)
-                return None, self._entries, self._nameless, (*self._seen, self._offset)
-            # The lines after the listing's, read apart: what was read before stays as it was.
             info = _check_file(fd, self.path, "record")
-            data = os.pread(fd, max(0, info.st_size - listing.covered), listing.covered)
-            end = data.rfind(b"\n") + 1
-            entries = {}
-            nameless = self._parse(data[:end].split(b"\n")[:-1], entries)
-            return listing, entries, nameless, (info.st_dev, info.st_ino, listing.covered + end)
+            listing = Listing.load(self.store._root_fd(), backend, fd)
+            start, start_crc = (0, 0) if listing is None else \
+                (listing.covered, listing.history_crc)
+            data = os.pread(fd, max(0, info.st_size - start), start)
         except OSError as exc:
             raise StorageError(f"cannot read {self.path}: {_describe(exc)}") from None
         finally:
             os.close(fd)
+        data = data[:data.rfind(b"\n") + 1]  # an unfinished last line is not read yet
+        entries = {}
+        nameless = self._parse(data.split(b"\n")[:-1], entries)
+        whole = start + len(data) == info.st_size
+        return listing, entries, nameless, Reading(info.st_dev, info.st_ino,
+                                                   info.st_ctime_ns if whole else 0,
+                                                   start, start_crc, data)
+
+    def keep_listing(self, backend: str, read: Reading, parts: dict, errors: list) -> None:
+        """A new listing (``core.listing.write_listing``) of what ``read`` says was read,
+        under the history's lock and only if the history is still that file: ``delete``
+        replaces it and removes the listings under the same lock."""
+        from .listing import write_listing
+
+        try:
+            lock = self._locked()
+        except StorageError:
+            return
+        try:
+            root = self.store._root_fd()
+            info = os.stat(HISTORY, dir_fd=root, follow_symlinks=False)
+            if (info.st_dev, info.st_ino) == (read.dev, read.ino):
+                write_listing(root, backend, read, parts, errors)
+        except (OSError, TypeError):  # TypeError: no state dir any more
+            pass
+        finally:
+            os.close(lock)
 
     def _open(self) -> int | None:
         """The history open for reading; None if there is none."""

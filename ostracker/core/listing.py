@@ -23,8 +23,10 @@ what the listing covers are read as before and win over it, as ``jobs/N`` wins o
 both.  Anything else, and the history is read whole, as if there were no listing: the
 output is the same either way.
 
-Who writes it: ``status --json``, once it has read ``REFRESH_LINES`` or more jobs that no
-listing held (a private temporary file renamed into place: never half a listing).  It
+Who writes it: ``status --json``, once it has read ``REFRESH_JOBS`` or more jobs that no
+listing held, under the history's lock, if the history is still the file it read (so
+that ``delete`` removes every listing of the old one), its first bytes' CRC taken of
+what it read (a private temporary file renamed into place: never half a listing).  It
 is the one file a reader writes; one that cannot be written (a full disk) is no error.
 """
 
@@ -33,13 +35,16 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from typing import NamedTuple
 
+from .. import __version__
 from .errors import StorageError
 from .store import _READ_FLAGS, _check_file, _write_at
 
-# IDs and offsets are 8-byte integers in the machine's byte order, which the line names.
-MAGIC = b"ostracker-listing 1 " + sys.byteorder.encode()
-REFRESH_LINES = 64  # jobs read past the listing (or with none) that make a new one
+# IDs and offsets are 8-byte integers in the machine's byte order, which the line names,
+# as it names the version whose JSON the listing holds.
+MAGIC = b"ostracker-listing 1 %s %s" % (sys.byteorder.encode(), __version__.encode())
+REFRESH_JOBS = 64  # jobs read past the listing (or with none) that make a new one
 SEPARATOR = b", "
 _CHUNK = 1 << 20
 _HEAD_MOST = 512  # bytes: a first line longer than this is no listing's
@@ -50,7 +55,9 @@ def listing_name(backend: str) -> str:
 
 
 def is_listing_name(name: str) -> bool:
-    return name.startswith("history-") and name.endswith(".listing")
+    """A listing's name, or the name of one a writer stopped half-way left."""
+    return (name.startswith("history-") and name.endswith(".listing")) or \
+        (name.startswith(".history-") and ".listing." in name and name.endswith(".tmp"))
 
 
 def prefix_crc(fd: int, length: int) -> int | None:
@@ -65,14 +72,26 @@ def prefix_crc(fd: int, length: int) -> int | None:
     return crc
 
 
+class Reading(NamedTuple):
+    """What a reader read of the history, for a listing made of it: the whole lines
+    ``data`` after its first ``start`` bytes (whose CRC-32 is ``start_crc``), of the file
+    (``dev``, ``ino``) whose change time was ``changed`` when it read all of it (else 0)."""
+    dev: int
+    ino: int
+    changed: int
+    start: int
+    start_crc: int
+    data: bytes
+
+
 class Listing:
     """A listing found whole and true of the history it was made from (``load``)."""
 
     def __init__(self, ids: memoryview, starts: memoryview, blob: memoryview,
-                 errors: list[tuple[int | None, str]], covered: int):
+                 errors: list[tuple[int | None, str]], covered: int, history_crc: int):
         self.ids, self.starts, self.blob = ids, starts, blob
         self.errors = errors  # (job ID, or None for a line that names none; message)
-        self.covered = covered  # bytes of the history
+        self.covered, self.history_crc = covered, history_crc  # bytes of the history
 
     @classmethod
     def load(cls, root: int, backend: str, history: int) -> Listing | None:
@@ -98,8 +117,12 @@ class Listing:
             return None
         body = memoryview(data)[end + 1:]
         index = 8 * count
-        if count < 0 or errors_size < 0 or len(body) < 2 * index + 8 + errors_size or \
-                zlib.crc32(body) != body_crc:
+        if min(covered, count, errors_size) < 0 or \
+                len(body) < 2 * index + 8 + errors_size or zlib.crc32(body) != body_crc:
+            return None
+        starts = body[index:2 * index + 8].cast("q")
+        blob = body[2 * index + 8 + errors_size:]
+        if starts[0] != 0 or starts[count] != len(blob):
             return None
         try:
             info = os.fstat(history)
@@ -111,8 +134,7 @@ class Listing:
             errors = _errors(bytes(body[2 * index + 8:2 * index + 8 + errors_size]))
         except (OSError, ValueError, TypeError, RecursionError):
             return None
-        return cls(body[:index].cast("q"), body[index:2 * index + 8].cast("q"),
-                   body[2 * index + 8 + errors_size:], errors, covered)
+        return cls(body[:index].cast("q"), starts, blob, errors, covered, history_crc)
 
     def merged(self, extra: dict[int, bytes], skip: set[int]) -> list:
         """The listing's JSON with the jobs of ``skip`` cut out and ``extra``'s put in at
@@ -142,38 +164,27 @@ class Listing:
 
 
 def _errors(text: bytes) -> list[tuple[int | None, str]]:
-    """The errors a listing holds (JSON: a list of [ID or null, message])."""
+    """The errors a listing holds (JSON: a list of [ID or null, message]); ValueError if
+    they are not that."""
     if text == b"[]":
         return []  # the common case, without loading json
     import json
 
-    return [(job_id, str(message)) for job_id, message in json.loads(text)]
+    errors = [(job_id, message) for job_id, message in json.loads(text)]
+    if not all(isinstance(message, str) and (job_id is None or type(job_id) is int)
+               for job_id, message in errors):
+        raise ValueError("not a listing's errors")
+    return errors
 
 
-def write_listing(root: int, backend: str, read: tuple[int, int, int], parts: dict[int, bytes],
+def write_listing(root: int, backend: str, read: Reading, parts: dict[int, bytes],
                   errors: list[tuple[int | None, str]]) -> None:
-    """A new listing of ``parts`` (each job's JSON by ID) and ``errors``, made from the
-    history's first ``covered`` bytes, ``read`` being (device, inode, covered); nothing if
-    the history is another file by now or the listing cannot be written."""
-    dev, ino, covered = read
-    from .history import HISTORY
-
-    try:
-        fd = os.open(HISTORY, _READ_FLAGS, dir_fd=root)
-    except OSError:
-        return
-    try:
-        info = os.fstat(fd)
-        history_crc = prefix_crc(fd, covered) if (info.st_dev, info.st_ino) == (dev, ino) \
-            else None
-        changed = info.st_ctime_ns if info.st_size == covered else 0
-    except OSError:
-        history_crc = None
-    finally:
-        os.close(fd)
-    if history_crc is None:
-        return
+    """A new listing of ``parts`` (each job's JSON by ID) and ``errors``, made from what
+    ``read`` says was read of the history.  The caller holds the history's lock and has
+    checked that the history is still the file read; a listing that cannot be written
+    is no error."""
     from array import array
+    import json
 
     ids, starts, blob, offset = array("q"), array("q"), [], 0
     for job_id in sorted(parts):
@@ -183,14 +194,13 @@ def write_listing(root: int, backend: str, read: tuple[int, int, int], parts: di
             blob += (parts[job_id], SEPARATOR)
             offset += len(parts[job_id]) + len(SEPARATOR)
     starts.append(offset)
-    import json
-
     body = [ids.tobytes(), starts.tobytes(), json.dumps(errors).encode(), b"".join(blob)]
     body_crc = 0
     for chunk in body:
         body_crc = zlib.crc32(chunk, body_crc)
-    head = MAGIC + b" %d %d %d %d %d %d %d %d\n" % (dev, ino, covered, history_crc, changed,
-                                                     len(ids), len(body[2]), body_crc)
+    head = MAGIC + b" %d %d %d %d %d %d %d %d\n" % (
+        read.dev, read.ino, read.start + len(read.data), zlib.crc32(read.data, read.start_crc),
+        read.changed, len(ids), len(body[2]), body_crc)
     leftover = f".{listing_name(backend)}."
     for name in os.listdir(root):  # what a writer stopped half-way left (Ctrl-C, a kill)
         if name.startswith(leftover) and name.endswith(".tmp"):
