@@ -1012,6 +1012,8 @@ def test_writer_does_not_write_through_symlinks_planted_for_a_record(run, submit
         kill_group(pid)
         poll(lambda: run("wait", "--timeout", "0", job_id).returncode != 124,
              message="the job ended")
+        # (a reader may see the job's end before its reaper's last record is written)
+        poll(lambda: proc_state(reaper) is None, message="the reaper to exit")
         assert decoy.read_text() == "precious\n"
         if not temp:
             assert not os.path.islink(os.path.join(folder, "state.json"))
