@@ -250,7 +250,8 @@ def test_what_is_no_listing_is_not_used(run, submit, state_dir, tracker):
 
 def listing_calls(trace: str) -> list[tuple[str, int]]:
     """(syscall, its ordinal among calls of that name) of each call a traced
-    ``status --json`` made to write its listing: what a kill can land before."""
+    ``status --json`` made to write its listing (and to hold the history's lock meanwhile):
+    what a kill can land before."""
     seen, points, fds = {}, [], set()
     with open(trace) as handle:
         for line in handle:
@@ -260,9 +261,13 @@ def listing_calls(trace: str) -> list[tuple[str, int]]:
             seen[name] = seen.get(name, 0) + 1
             result = line.rsplit("=", 1)[-1].split()[0] if "=" in line else ""
             fd = re.match(r"\w+\((\d+)[,)]", line)
-            touches = LISTING in line or (fd is not None and fd.group(1) in fds)
-            if name == "openat" and f".{LISTING}." in line and result.isdigit():
+            touches = LISTING in line or "history.lock" in line or \
+                (fd is not None and fd.group(1) in fds)
+            if name == "openat" and (f".{LISTING}." in line or "history.lock" in line) and \
+                    result.isdigit():
                 fds.add(result)
+            elif name == "close" and fd is not None:
+                fds.discard(fd.group(1))
             if touches:
                 points.append((name, seen[name]))
     return points
