@@ -8,8 +8,12 @@ counter in a file, and ``/proc`` shows no process of its tree left.
 from __future__ import annotations
 
 import json
+import subprocess
 
-from conftest import poll, proc_state
+import pytest
+
+import faultinject as fi
+from conftest import CLI, poll, proc_state
 
 
 def ended(run, job_id, timeout=60):
@@ -127,6 +131,33 @@ def test_no_retry_after_terminate_nor_a_time_limit(run, submit, info, tmp_path):
     ended(run, timed)
     assert info(killed)["attempt"] == info(timed)["attempt"] == 1
     assert sorted(counter.read_text().split()) == ["x", "y"]
+
+
+@pytest.mark.skipif(fi.strace_problem() is not None, reason=str(fi.strace_problem()))
+def test_terminate_while_the_reaper_becomes_lean_ends_the_job_without_a_retry(run, info,
+                                                                              tmp_path):
+    """``terminate`` tells the reaper that the kill is its, then kills.  Said before the
+    reaper listens (its control socket bound 1.5 s late, by strace), the word was lost,
+    and the kill read as a failure to retry: the reaper listens before the task starts."""
+    counter = tmp_path / "attempts"
+    submitting = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "inject=bind:delay_enter=1500000",
+         *CLI, "submit", "--retries", "3", "--", "sh", "-c", f"echo x >> {counter}; sleep 100"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        job = submitting.stdout.readline().strip()
+        poll(lambda: counter.exists(), message="the first attempt")
+        assert run("terminate", job).returncode == 0
+        data = info(job)
+        assert (data["state"], data["attempt"]) == ("Failed", 1)
+        assert data["sub_state"].startswith("terminated"), data["sub_state"]
+        submitting.wait(timeout=30)  # strace ends with the reaper it traced
+    finally:
+        if submitting.poll() is None:
+            submitting.kill()
+            submitting.wait()
+        submitting.stdout.close()
+    assert counter.read_text() == "x\n"
 
 
 def test_terminate_a_requeued_job_ends_it(run, submit, info, tmp_path):

@@ -9,12 +9,13 @@ One reaper runs per submission.  Its life:
    inherited descriptor, becomes the *child subreaper* of everything its jobs
    start (a process that leaves its job's group and loses its parent is
    adopted by the reaper, not by init, so the job's whole tree stays in
-   reach), enters the working directory and starts the first task.  It reports
-   ``started PID`` — or the exact reason the task could not start — through
-   the ready pipe that ``submit`` is blocked on.  Then it execs a fresh, lean
+   reach), enters the working directory, binds the job's control socket (a
+   command sent while it becomes the lean reaper waits there) and starts the
+   first task.  It reports ``started PID`` — or the exact reason the task
+   could not start — through the ready pipe that ``submit`` is blocked on.  Then it execs a fresh, lean
    interpreter (``main``): the submitting process had click and more loaded,
    which a process that may live for days should not carry.  The task stays
-   its child across the exec.
+   its child across the exec, the socket its own.
 2. ``main`` runs the event loop (``Reaper.run``): it sleeps in ``poll`` on
    a SIGCHLD self-pipe, the status pipes of tasks being started, the job's
    control socket and the next timer, and handles what is ready: a task stopped,
@@ -818,6 +819,7 @@ class Reaper:
             self._control = self._open_control()
         if self._control is not None:
             poller.register(self._control.fileno(), _READABLE)
+            self._take_commands()  # what came before the loop, before what the tasks did
         children = self.reap()
         orphans_ended = False
         while True:
@@ -1266,6 +1268,10 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
         except OSError as exc:
             raise StartError(f"cannot enter working directory "
                              f"{reaper.template.working_directory}: {exc.strerror}") from None
+        # Listening before the first task exists: a `terminate` that comes while this
+        # process becomes the lean reaper waits in the socket, instead of being lost (the
+        # task's SIGKILL would then read as a failure, and be retried).
+        reaper._control = reaper._open_control()
         while True:
             try:
                 task = reaper.spawn(first, first=True)
@@ -1295,10 +1301,9 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
         _report(ready_fd, f"error {error}")
         if reaper.array is not None and str(error) != _HELD:
             reaper.write_summary(reaper.final_infos())
+        reaper._close_control()
         reaper.settle()
         os._exit(0)
-    if lean:  # listening before the scheduler hears "started": it may grant a task at once
-        reaper._control = reaper._open_control()
     _report(ready_fd, f"started {task.pid}")
     if lean:
         store.flusher = Flusher()
@@ -1308,7 +1313,8 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
     # dir moved meanwhile is followed), the status pipe of a task not yet exec'd,
     # and the task's record if the disk did not take it yet (it must not be lost).
     directory = store.job_dir_fd(job_id)
-    for fd in (lock_fd, directory, task.status_fd):
+    control = None if reaper._control is None else reaper._control.fileno()
+    for fd in (lock_fd, directory, task.status_fd, control):
         if fd is not None:
             os.set_inheritable(fd, True)
     import json
@@ -1318,7 +1324,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
             "" if first is None else str(first),
             "" if task.status_fd is None else str(task.status_fd),
             json.dumps(task.record) if reaper.unwritten else "",
-            json.dumps([queue, list(slots)])]
+            json.dumps([queue, list(slots)]), "" if control is None else str(control)]
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
 
 
@@ -1326,7 +1332,8 @@ def main(argv: list[str]) -> None:
     """Entry point of the lean reaper that ``begin`` execs: wait out the submission."""
     import json
 
-    root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten, given = argv
+    root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten, given, \
+        control = argv
     job_id, lock_fd, directory, first_pid = int(job_id), int(lock_fd), int(directory), \
         int(first_pid)
     os.set_inheritable(lock_fd, False)
@@ -1338,6 +1345,12 @@ def main(argv: list[str]) -> None:
     reaper = Reaper(store, Header.from_dict(job_id, store.read(job_id, HEADER),
                                             store.path(job_id, HEADER)), queue, slots, index)
     reaper.lock_fd = lock_fd
+    if control:  # what was sent to it meanwhile is queued there
+        import socket
+
+        os.set_inheritable(int(control), False)
+        reaper._control = socket.socket(fileno=int(control))
+        reaper._control.setblocking(False)
     status = int(status_fd) if status_fd else None
     if status is not None:
         os.set_inheritable(status, False)
