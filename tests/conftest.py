@@ -27,6 +27,17 @@ from ostracker.core.records import REAPER_LOCK
 
 CLI = [sys.executable, "-m", "ostracker"]
 
+# The longest files first: two workers each take whole files, and a long file started
+# last would be waited for alone at the end of the run.
+LONGEST_FIRST = ("test_slurm.py", "test_crash_points.py", "test_crash_scheduling.py",
+                 "test_slurm_fake.py", "test_faults.py", "test_bad_input.py", "test_psij.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # Tests press Ctrl-C (SIGINT) on the CLI as a terminal would.  A shell starts a background
 # command (`./.ci/run &`) with SIGINT ignored, and every process after it would inherit
 # that: the CLI would never see the signal.  Tests run as if started from a terminal.
