@@ -27,7 +27,6 @@ from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, T
                      UnsupportedOperation, WaitTimeout)
 from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, expand_path,
                      parse_job_id, task_id_string)
-from .listing import SEPARATOR
 from .records import HEADER, EndedEntry, Header, captured_output_name, encode_infos
 from .store import Store
 
@@ -425,20 +424,18 @@ class TrackerBase(abc.ABC):
         Listing all, the history's JobInfos are copied from its listing, or else from
         its lines as they are (``_all_json``), with no object made per job and nothing
         joined: ten thousand ended jobs cost little more than reading two files."""
+        from .listing import SEPARATOR, followed
+
         if job_ids is not None:
-            pieces = [piece for _, part in self._encoded(self._targets_of(job_ids, errors),
-                                                         errors)
-                      if part for piece in (part.encode(), SEPARATOR)]
+            pieces = followed(part.encode() for _, part in self._encoded(
+                self._targets_of(job_ids, errors), errors))
         else:
             live = self.store.job_ids()
             found = {target[0].job_id: part.encode() for target, part in self._encoded(
                 self._named_targets([(job_id, None) for job_id in live], False, errors),
                 errors)}
-            if active:
-                pieces = [piece for _, part in sorted(found.items())
-                          if part for piece in (part, SEPARATOR)]
-            else:
-                pieces = self._all_json(found, set(live), errors)
+            pieces = followed(part for _, part in sorted(found.items())) if active else \
+                self._all_json(found, set(live), errors)
         while pieces and not len(pieces[-1]):
             pieces.pop()
         if not pieces:
@@ -453,7 +450,7 @@ class TrackerBase(abc.ABC):
         after it, or from every line; reading ``REFRESH_JOBS`` or more jobs makes a new
         listing.  Errors as a reading of every line gives them: a line that names no job
         once, then each damaged job's, by ID."""
-        from .listing import REFRESH_JOBS
+        from .listing import REFRESH_JOBS, followed
 
         history = self.store.history
         listing, entries, nameless, read = history.listed_entries(self.BACKEND)
@@ -487,8 +484,7 @@ class TrackerBase(abc.ABC):
             read_parts.pop(job_id, None)
         if listing is not None:
             return listing.merged({**read_parts, **found}, live | entries.keys())
-        return [piece for _, part in sorted({**read_parts, **found}.items())
-                if part for piece in (part, SEPARATOR)]
+        return followed(part for _, part in sorted({**read_parts, **found}.items()))
 
     def _encoded(self, targets: list[Target], errors: list | None
                  ) -> Iterable[tuple[Target, str]]:

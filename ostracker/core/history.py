@@ -118,10 +118,11 @@ class History(GrowingLines):
             return
         try:
             root = self.store._root_fd()
-            info = os.stat(HISTORY, dir_fd=root, follow_symlinks=False)
-            if (info.st_dev, info.st_ino) == (read.dev, read.ino):
+            info = None if root is None else \
+                os.stat(HISTORY, dir_fd=root, follow_symlinks=False)
+            if info is not None and (info.st_dev, info.st_ino) == (read.dev, read.ino):
                 write_listing(root, backend, read, parts, errors)
-        except (OSError, TypeError):  # TypeError: no state dir any more
+        except OSError:
             pass
         finally:
             os.close(lock)

@@ -60,6 +60,12 @@ def is_listing_name(name: str) -> bool:
         (name.startswith(".history-") and ".listing." in name and name.endswith(".tmp"))
 
 
+def followed(parts) -> list:
+    """Each JobInfos' JSON but the empty, followed by ``SEPARATOR``: the pieces of a
+    listing, as written one after the other."""
+    return [piece for part in parts if part for piece in (part, SEPARATOR)]
+
+
 def prefix_crc(fd: int, length: int) -> int | None:
     """The CRC-32 of the open file's first ``length`` bytes; None if it has fewer."""
     crc = offset = 0
@@ -149,9 +155,7 @@ class Listing:
             if at > taken:
                 pieces.append(blob[starts[taken]:starts[at]])
             taken = at + 1 if at < len(ids) and ids[at] == job_id else at
-            part = extra.get(job_id)
-            if part:
-                pieces += (part, SEPARATOR)
+            pieces += followed([extra.get(job_id)])
         if taken < len(ids):
             pieces.append(blob[starts[taken]:starts[len(ids)]])
         return pieces
@@ -186,15 +190,13 @@ def write_listing(root: int, backend: str, read: Reading, parts: dict[int, bytes
     from array import array
     import json
 
-    ids, starts, blob, offset = array("q"), array("q"), [], 0
-    for job_id in sorted(parts):
-        ids.append(job_id)
+    ids, starts, offset = array("q", sorted(parts)), array("q"), 0
+    for job_id in ids:
         starts.append(offset)
-        if parts[job_id]:
-            blob += (parts[job_id], SEPARATOR)
-            offset += len(parts[job_id]) + len(SEPARATOR)
+        offset += len(parts[job_id]) + len(SEPARATOR) if parts[job_id] else 0
     starts.append(offset)
-    body = [ids.tobytes(), starts.tobytes(), json.dumps(errors).encode(), b"".join(blob)]
+    body = [ids.tobytes(), starts.tobytes(), json.dumps(errors).encode(),
+            b"".join(followed(parts[job_id] for job_id in ids))]
     body_crc = 0
     for chunk in body:
         body_crc = zlib.crc32(chunk, body_crc)

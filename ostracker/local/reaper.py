@@ -12,9 +12,10 @@ One reaper runs per submission.  Its life:
    reach), enters the working directory, binds the job's control socket (a
    command sent while it becomes the lean reaper waits there) and starts the
    first task.  It reports ``started PID`` — or the exact reason the task
-   could not start — through the ready pipe that ``submit`` is blocked on.  Then it execs a fresh, lean
-   interpreter (``main``): the submitting process had click and more loaded,
-   which a process that may live for days should not carry.  The task stays
+   could not start — through the ready pipe that ``submit`` is blocked on.
+   Then it execs a fresh, lean interpreter (``main``): the submitting process
+   had click and more loaded, which a process that may live for days should
+   not carry.  The task stays
    its child across the exec, the socket its own.
 2. ``main`` runs the event loop (``Reaper.run``): it sleeps in ``poll`` on
    a SIGCHLD self-pipe, the status pipes of tasks being started, the job's
