@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 import faultinject as fi
-from conftest import CLI, poll, proc_state
+from conftest import CLI, _reapers_naming, poll, proc_state
 
 
 def ended(run, job_id, timeout=60):
@@ -160,7 +160,7 @@ def test_terminate_while_the_reaper_becomes_lean_ends_the_job_without_a_retry(ru
     assert counter.read_text() == "x\n"
 
 
-def test_terminate_a_requeued_job_ends_it(run, submit, info, tmp_path):
+def test_terminate_a_requeued_job_ends_it(run, submit, info, tmp_path, state_dir):
     job = submit("--retries", "3", "--retry-delay", "60", "--", "sh", "-c",
                  f"echo x >> {tmp_path}/n; exit 1")
     poll(lambda: info(job)["state"] == "Requeued", message="Requeued")
@@ -168,6 +168,21 @@ def test_terminate_a_requeued_job_ends_it(run, submit, info, tmp_path):
     data = info(job)
     assert data["state"] == "Failed" and data["sub_state"].startswith("terminated while requeued")
     assert (tmp_path / "n").read_text() == "x\n"
+    # its reaper leaves now, not when the next attempt's 60 s are up
+    poll(lambda: not _reapers_naming(state_dir), timeout=20, message="the reaper to leave")
+
+
+def test_terminate_an_array_of_requeued_tasks_ends_them(run, submit, info, state_dir):
+    job = submit("--array", "1-2", "--retries", "3", "--retry-delay", "60", "--",
+                 "sh", "-c", "exit 1")
+    poll(lambda: [info(f"{job}.{index}")["state"] for index in (1, 2)] == ["Requeued"] * 2,
+         message="both Requeued")
+    assert run("terminate", job).returncode == 0
+    poll(lambda: not _reapers_naming(state_dir), timeout=20, message="the reaper to leave")
+    for index in (1, 2):
+        data = info(f"{job}.{index}")
+        assert data["state"] == "Failed", data
+        assert data["sub_state"].startswith("terminated while requeued"), data
 
 
 def test_on_end_runs_once_with_the_outcome_and_never_changes_the_state(run, submit, info,

@@ -747,11 +747,12 @@ class Reaper:
 
     def command(self, line: str) -> None:
         """A command from the control socket: ``terminated INDEX`` (``-`` for a single job);
-        ``changed``: tasks were released, or held ones cancelled; ``grant INDEX SLOT...``:
-        the scheduler gives a task of an array in a queue its slots."""
+        ``changed``: tasks were released, or held or requeued ones cancelled; ``grant INDEX
+        SLOT...``: the scheduler gives a task of an array in a queue its slots."""
         word, _, argument = line.partition(" ")
         if word == "changed":
             self.recheck_held()
+            self.recheck_retrying()
         elif word == "grant" and self.queue is not None and self.array is not None:
             index, *slots = argument.split()
             if index.isdigit() and all(slot.isdigit() for slot in slots) and \
@@ -778,6 +779,21 @@ class Reaper:
         self.held = [] if cancelled else [index for index in self.held if index in held]
         if released and not cancelled:
             self.queued = sorted(self.queued + released)
+
+    def recheck_retrying(self) -> None:
+        """Requeued tasks that ``terminate`` ended (their record, or the array's cancel
+        marker, says so) wait no longer for their next attempt's timer: that attempt is
+        taken now, finds them cancelled and records their end, and the reaper can leave."""
+        if not self.retrying:
+            return
+        try:
+            cancelled = self.store.exists(self.job_id, CANCEL)
+            ended = [index for index in self.retrying if (cancelled and index is not None) or
+                     (self.store.read_task(self.job_id, index) or {}).get("state") != "Requeued"]
+        except StorageError:
+            return  # the timers still take them
+        for index in ended:
+            self._start_again(index)
 
     # -- the loop ------------------------------------------------------------------
 
