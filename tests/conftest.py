@@ -27,10 +27,11 @@ from ostracker.core.records import REAPER_LOCK
 
 CLI = [sys.executable, "-m", "ostracker"]
 
-# The longest files first: two workers each take whole files, and a long file started
-# last would be waited for alone at the end of the run.
-LONGEST_FIRST = ("test_slurm.py", "test_crash_points.py", "test_crash_scheduling.py",
-                 "test_slurm_fake.py", "test_faults.py", "test_bad_input.py", "test_psij.py")
+# The longest files first: each worker takes whole files, and a long file started last
+# would be waited for alone at the end of the run.
+LONGEST_FIRST = ("test_crash_points.py", "test_crash_scheduling.py", "test_damage.py",
+                 "test_slurm.py", "test_slurm_fake.py", "test_faults.py", "test_bad_input.py",
+                 "test_psij.py", "test_history.py", "test_scheduling.py", "test_listing.py")
 
 
 def pytest_collection_modifyitems(items):
