@@ -481,7 +481,8 @@ def test_an_ended_tasks_empty_output_becomes_a_later_tasks_file(run, submit, sta
             assert shown.stdout == ("three\n" if index == 3 and not stream else "")
 
 
-def test_a_reader_of_a_file_that_became_a_later_tasks_reads_none_of_it(run, submit, tmp_path):
+def test_a_reader_of_a_file_that_became_a_later_tasks_reads_none_of_it(run, submit, tmp_path,
+                                                                       state_dir):
     """``output -f`` of a task with nothing written, while its file becomes the next task's
     and that task writes: the first task's output stays empty."""
     gate = tmp_path / "go"
@@ -490,10 +491,8 @@ def test_a_reader_of_a_file_that_became_a_later_tasks_reads_none_of_it(run, subm
     reader = subprocess.Popen([*CLI, "output", "-f", f"{array}.1"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        poll(lambda: any(os.readlink(f"/proc/{reader.pid}/fd/{fd}").endswith("/1.stdout")
-                         for fd in os.listdir(f"/proc/{reader.pid}/fd")
-                         if os.path.islink(f"/proc/{reader.pid}/fd/{fd}")),
-             message="the reader holds task 1's stdout")
+        stdout = os.path.join(state_dir, "jobs", array, "1.stdout")
+        poll(lambda: holds(reader.pid, stdout), message="the reader holds task 1's stdout")
         gate.touch()
         out, err = reader.communicate(timeout=30)
     finally:
