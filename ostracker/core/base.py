@@ -156,6 +156,9 @@ class TrackerBase(abc.ABC):
     # ``output -f`` asks ``has_ended`` every ``POLL_INTERVAL`` seconds.
     WAIT_BACKOFF = (0.001, 0.025)
     POLL_INTERVAL = 0.1
+    # Whether a polling read (``_read(final=False)``) is as full as a final one: a wait
+    # then returns what its last round read, not a second read of the same jobs.
+    POLLS_IN_FULL = False
 
     def __init__(self, state_dir: str | None = None):
         self.store = Store(state_dir)
@@ -572,8 +575,9 @@ class TrackerBase(abc.ABC):
                   states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
         """Block until all (or with ``any_job``, one) of the jobs reach ``states``.
 
-        Returns the JobInfos of the jobs that got there, read once more in full.
-        Each round reads the pending jobs in one ``_read``, skipping those that
+        Returns the JobInfos of the jobs that got there, read once more in full
+        (unless the backend's polling reads are full, ``POLLS_IN_FULL``: then what the
+        last round read of the jobs it found there).  Each round reads the pending jobs in one ``_read``, skipping those that
         the backend knows cannot have got there; between rounds it sleeps in the
         kernel where the backend can tell when to wake, and otherwise backs off
         from the first to the second of ``WAIT_BACKOFF`` seconds.
@@ -590,13 +594,17 @@ class TrackerBase(abc.ABC):
             asked = {text: target for text, target in pending.items()
                      if self._may_have_reached(target, states)}
             targets = list(asked.values())
+            read_now = {}  # what this round read of the jobs it found there
             for text, (_, infos) in zip(asked, self._read(targets, final=False)):
                 if all(info.state in states for info in infos):
                     reached[text] = pending.pop(text)
+                    read_now[text] = infos
             if not pending or (any_job and reached):
-                done = [(text, reached[text]) for text in job_ids if text in reached]
-                return [info for _, infos in self._read([target for _, target in done])
-                        for info in infos]
+                done = [text for text in job_ids if text in reached]
+                if not (self.POLLS_IN_FULL and all(text in read_now for text in done)):
+                    read_now = dict(zip(done, (infos for _, infos in self._read(
+                        [reached[text] for text in done]))))
+                return [info for text in done for info in read_now[text]]
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out after {timeout:g} s waiting for "
                                   + ", ".join(pending))

@@ -222,6 +222,7 @@ class JobTracker(TrackerBase):
 
     BACKEND = "local"
     DESCRIPTION = "the OS process backend (--backend local)"
+    POLLS_IN_FULL = True  # a read is a read of the records, whatever it is for
     SUBMISSION = LocalSubmission
     STATES = (JobState.QUEUED, JobState.QUEUED_HELD, JobState.RUNNING, JobState.SUSPENDED,
               JobState.REQUEUED, JobState.DONE, JobState.FAILED, JobState.UNDETERMINED)
