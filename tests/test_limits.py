@@ -8,12 +8,14 @@ counter in a file, and ``/proc`` shows no process of its tree left.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
 
 import faultinject as fi
 from conftest import CLI, _reapers_naming, poll, proc_state
+from ostracker.local.tracker import tell_reaper
 
 
 def ended(run, job_id, timeout=60):
@@ -164,6 +166,8 @@ def test_terminate_a_requeued_job_ends_it(run, submit, info, tmp_path, state_dir
     job = submit("--retries", "3", "--retry-delay", "60", "--", "sh", "-c",
                  f"echo x >> {tmp_path}/n; exit 1")
     poll(lambda: info(job)["state"] == "Requeued", message="Requeued")
+    # a word that something changed (as `release` sends) does not start it before its time
+    assert tell_reaper(os.path.join(state_dir, "jobs", job), "changed")
     assert run("terminate", job).returncode == 0
     data = info(job)
     assert data["state"] == "Failed" and data["sub_state"].startswith("terminated while requeued")

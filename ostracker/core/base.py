@@ -575,12 +575,12 @@ class TrackerBase(abc.ABC):
                   states: Iterable[JobState] = ENDED_STATES) -> list[JobInfo]:
         """Block until all (or with ``any_job``, one) of the jobs reach ``states``.
 
-        Returns the JobInfos of the jobs that got there, read once more in full
-        (unless the backend's polling reads are full, ``POLLS_IN_FULL``: then what the
-        last round read of the jobs it found there).  Each round reads the pending jobs in one ``_read``, skipping those that
-        the backend knows cannot have got there; between rounds it sleeps in the
-        kernel where the backend can tell when to wake, and otherwise backs off
-        from the first to the second of ``WAIT_BACKOFF`` seconds.
+        Returns the JobInfos of the jobs that got there, read once more in full (where
+        the backend's polling reads are full, ``POLLS_IN_FULL``, what the last round read
+        of the jobs it found there).  Each round reads the pending jobs in one
+        ``_read``, skipping those that the backend knows cannot have got there; between
+        rounds it sleeps in the kernel where the backend can tell when to wake, and
+        otherwise backs off from the first to the second of ``WAIT_BACKOFF`` seconds.
         """
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout cannot be negative")

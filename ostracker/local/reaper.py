@@ -781,15 +781,16 @@ class Reaper:
             self.queued = sorted(self.queued + released)
 
     def recheck_retrying(self) -> None:
-        """Requeued tasks that ``terminate`` ended (their record, or the array's cancel
-        marker, says so) wait no longer for their next attempt's timer: that attempt is
-        taken now, finds them cancelled and records their end, and the reaper can leave."""
+        """Requeued tasks that ``terminate`` ended (their record says ``Failed``, or the
+        array's cancel marker is there) wait no longer for their next attempt's timer: that
+        attempt is taken now, finds them cancelled and records their end, and the reaper
+        can leave.  (A record still ``Running`` is one whose ``Requeued`` is unwritten.)"""
         if not self.retrying:
             return
         try:
             cancelled = self.store.exists(self.job_id, CANCEL)
             ended = [index for index in self.retrying if (cancelled and index is not None) or
-                     (self.store.read_task(self.job_id, index) or {}).get("state") != "Requeued"]
+                     (self.store.read_task(self.job_id, index) or {}).get("state") == "Failed"]
         except StorageError:
             return  # the timers still take them
         for index in ended:
