@@ -670,7 +670,10 @@ class Reaper:
         return True
 
     def _start_again(self, index: int | None) -> None:
-        """The next attempt of a requeued task, unless ``terminate`` ended it meanwhile."""
+        """The next attempt of a requeued task, unless ``terminate`` ended it meanwhile
+        (its timer, which ``recheck_retrying`` may have come before, then finds nothing)."""
+        if index not in self.retrying:
+            return
         try:
             task = self.spawn(index)
             if task.status_fd is not None and self._poller is not None:
