@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import TYPE_CHECKING
 
 from .errors import StorageError
 from .records import EndedEntry, history_line_id, is_kept_when_ended
 from .store import (_DIR_FLAGS, _READ_FLAGS, ENDED, GrowingLines, Store, _check_file,
                     _describe, _open_error, _private, _remove_tree, _write_at, append_line)
 
-if TYPE_CHECKING:
-    from .listing import Listing, Reading
+# ``Listing`` and ``Reading`` (annotations) come from ``.listing``, imported where used:
+# ``status --json`` alone needs it, and a reaper would otherwise load ``typing``.
 
 HISTORY = "history"
 HISTORY_LOCK = "history.lock"
