@@ -666,8 +666,12 @@ def test_cancelled_queued_tasks_never_ran(cluster, run, submit):
          timeout=SLURM_TIMEOUT, interval=0.2, message=f"task {job_id}.1 to run")
     result = run("terminate", job_id)
     assert result.returncode == 0, result.stderr
-    tasks = json.loads(run("status", job_id, "--json").stdout)
-    assert [t["state"] for t in tasks] == ["Failed"] * 3
+
+    def all_failed():  # terminate returns while the running task is COMPLETING (KillWait)
+        tasks = json.loads(run("status", job_id, "--json").stdout)
+        return tasks if [t["state"] for t in tasks] == ["Failed"] * 3 else None
+
+    tasks = poll(all_failed, timeout=SLURM_TIMEOUT, interval=0.2, message="all three Failed")
     assert tasks[0]["terminating_signal"] is not None and tasks[0]["exit_status"] is None
     waited = run("wait", f"{job_id}.2")
     assert waited.returncode != 0, f"wait {job_id}.2 (cancelled, never ran) exited 0"
