@@ -898,9 +898,10 @@ def test_killed_before_each_call(sweeps, name, fault):
     # An event loop's path depends on timing (how many wakeups, datagrams, pidfds):
     # of an attached scheduler's or reaper's points, some are hit by chance only; of a
     # command's, one that comes after a call whose count varies (a /proc scan; a datagram
-    # to a reaper that may or may not still live, as `release` sends) may be.
-    check(result.points, result.outcomes, result.covered,
-          least=0.8 if SCENARIOS[name].attach else 0.75)
+    # to a reaper that may or may not still live, as `release` sends) may be.  Three
+    # quarters of either: with the other sweeps beside it (three test workers), the
+    # scheduler's loop once hit 31 of its 39 points.
+    check(result.points, result.outcomes, result.covered, least=0.75)
 
 
 @needs_strace
