@@ -220,7 +220,10 @@ class History(GrowingLines):
                         if history_line_id(line) not in job_ids]
                 _write_at(root, HISTORY, kept, True, self.path)
                 self._seen = None
-                _remove_listings(root)
+                # a listing of the old history would keep the deleted jobs' records
+                from .listing import remove_listings
+
+                remove_listings(root)
         finally:
             os.close(lock)
         ended = self.store._area(ENDED)
@@ -230,19 +233,6 @@ class History(GrowingLines):
                     _remove_tree(ended, str(job_id))
             finally:
                 os.close(ended)
-
-
-def _remove_listings(root: int) -> None:
-    """Every backend's listing (``core.listing``): one made of the old history would keep
-    the deleted jobs' records on the disk until a new one replaced it."""
-    from .listing import is_listing_name
-
-    for name in os.listdir(root):
-        if is_listing_name(name):
-            try:
-                os.unlink(name, dir_fd=root)
-            except OSError:
-                pass
 
 
 def compact(store: Store, line: bytes, job_id: int) -> bool:

@@ -54,10 +54,17 @@ def listing_name(backend: str) -> str:
     return f"history-{backend}.listing"
 
 
-def is_listing_name(name: str) -> bool:
-    """A listing's name, or the name of one a writer stopped half-way left."""
-    return (name.startswith("history-") and name.endswith(".listing")) or \
-        (name.startswith(".history-") and ".listing." in name and name.endswith(".tmp"))
+def remove_listings(root: int, whole: bool = True) -> None:
+    """Remove what writers stopped half-way left of listings (Ctrl-C, a kill) and, if
+    ``whole``, every backend's listing, from the state dir ``root``.  Under the history's
+    lock, which every writer of a listing holds: no temporary file is anyone's still."""
+    for name in os.listdir(root):
+        if (name.startswith(".history-") and ".listing." in name and name.endswith(".tmp")) \
+                or (whole and name.startswith("history-") and name.endswith(".listing")):
+            try:
+                os.unlink(name, dir_fd=root)
+            except OSError:
+                pass
 
 
 def followed(parts) -> list:
@@ -203,13 +210,7 @@ def write_listing(root: int, backend: str, read: Reading, parts: dict[int, bytes
     head = MAGIC + b" %d %d %d %d %d %d %d %d\n" % (
         read.dev, read.ino, read.start + len(read.data), zlib.crc32(read.data, read.start_crc),
         read.changed, len(ids), len(body[2]), body_crc)
-    leftover = f".{listing_name(backend)}."
-    for name in os.listdir(root):  # what a writer stopped half-way left (Ctrl-C, a kill)
-        if name.startswith(leftover) and name.endswith(".tmp"):
-            try:
-                os.unlink(name, dir_fd=root)
-            except OSError:
-                pass
+    remove_listings(root, whole=False)
     try:
         _write_at(root, listing_name(backend), [head, *body], False, listing_name(backend))
     except StorageError:

@@ -15,8 +15,7 @@ One reaper runs per submission.  Its life:
    could not start — through the ready pipe that ``submit`` is blocked on.
    Then it execs a fresh, lean interpreter (``main``): the submitting process
    had click and more loaded, which a process that may live for days should
-   not carry.  The task stays
-   its child across the exec, the socket its own.
+   not carry.  The task stays its child across the exec, the socket its own.
 2. ``main`` runs the event loop (``Reaper.run``): it sleeps in ``poll`` on
    a SIGCHLD self-pipe, the status pipes of tasks being started, the job's
    control socket and the next timer, and handles what is ready: a task stopped,
