@@ -483,11 +483,14 @@ def test_output_follow_streams_lines_and_exits_when_the_job_ends(run, submit, st
     """output -f: the first line arrives while the job runs; all lines come; exits 0 at the end."""
     script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.3; done"
     job = submit("--", "sh", "-c", script)
+    # Unbuffered: communicate() reads the pipe itself, and would miss what a buffered
+    # readline() had taken beyond the first line (the follower, started late on a busy
+    # machine, may write two lines at once).
     follower = subprocess.Popen([*CLI, "output", "-f", job], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, bufsize=0)
     try:
         first = follower.stdout.readline()
-        assert first == "line1\n"
+        assert first == b"line1\n"
         assert state_of(run, job) == "Running", "first line only came after the job ended"
         rest, err = follower.communicate(timeout=15)
     finally:
@@ -495,7 +498,7 @@ def test_output_follow_streams_lines_and_exits_when_the_job_ends(run, submit, st
             follower.kill()
             follower.communicate()
     assert follower.returncode == 0, err
-    assert first + rest == "".join(f"line{i}\n" for i in range(1, 6))
+    assert (first + rest).decode() == "".join(f"line{i}\n" for i in range(1, 6))
     assert state_of(run, job) == "Done"
 
 
