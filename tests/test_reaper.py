@@ -363,3 +363,61 @@ def test_a_process_whose_reaper_died_before_recording_its_pid_is_found(run, subm
         orphan.wait()
     token_gone = info(run, job_id)
     assert token_gone["state"] == "Failed" and token_gone["sub_state"] == "terminated"
+
+
+def test_a_task_whose_running_record_is_not_written_yet_reads_running_with_its_pid(
+        run, submit, state_dir):
+    """The reaper writes a later task's "Running" record (its PID) once it has time
+    (README, "Design"); until then the log's last line of the task is its "starting"
+    one.  Readers find the process by the token among the live reaper's children: it
+    reads Running with its PID, and suspend reaches it (/proc shows it stopped)."""
+    job_id = submit("--array", "1-2", "--", "sleep", "60")
+    try:
+        poll(lambda: [task["state"] for task in json.loads(
+            run("status", "--json", job_id).stdout)] == ["Running", "Running"],
+            message="both tasks to run")
+        log = os.path.join(state_dir, "jobs", job_id, "tasks.log")
+        with open(log, "rb") as handle:
+            lines = [line.split(b"\t", 1) for line in handle.read().splitlines()]
+        running_record = json.loads([body for index, body in lines if index == b"2"][-1])
+        pid = running_record["pid"]
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            token = dict(entry.split(b"=", 1) for entry in handle.read().split(b"\0")
+                         if b"=" in entry)[b"OSTRACKER_TOKEN"].decode()
+        starting = dict(running_record, state="Queued", sub_state="starting", pid=None,
+                        start_ticks=None, dispatch_time=None, dispatch_monotonic=None)
+        assert starting["token"] == token and starting["reaper_pid"] == int(
+            stat_fields(pid)[1])
+        with open(log, "ab") as handle:
+            handle.write(b"2\t" + json.dumps(starting).encode() + b"\n")
+        task = json.loads(run("info", f"{job_id}.2", "--json").stdout)
+        assert (task["state"], task["pid"]) == ("Running", pid), task
+        assert "its reaper is starting it" in task["sub_state"]
+        assert run("suspend", f"{job_id}.2").returncode == 0
+        poll(lambda: proc_state(pid) == "T", message="the task stopped")
+    finally:
+        run("terminate", job_id)
+
+
+def test_a_token_is_looked_for_among_the_parents_children_only():
+    """``find_by_environment`` with a parent reads its children first: a process
+    elsewhere with the same entry (started first, so a pass over /proc in PID order
+    meets it first) is not taken for the child.  A parent without children (dead, its
+    child adopted by another) leads to that pass."""
+    entry = f"OSTRACKER_TOKEN=test{os.getpid()}"
+    environment = {**os.environ, "OSTRACKER_TOKEN": entry.partition("=")[2]}
+    # A grandchild, its parent (the shell) alive: never ours, even were we a subreaper.
+    launcher = subprocess.Popen(["sh", "-c", f"{entry} sleep 60 & echo $!; wait"],
+                                stdout=subprocess.PIPE, text=True)
+    stranger = int(launcher.stdout.readline())
+    child = subprocess.Popen(["sleep", "60"], env=environment)
+    try:
+        assert proc.find_by_environment(entry, os.getpid()).pid == child.pid
+        assert proc.find_by_environment(entry).pid in (stranger, child.pid)
+        assert proc.find_by_environment(entry, stranger).pid in (stranger, child.pid)
+    finally:
+        child.kill()
+        child.wait()
+        os.kill(stranger, signal.SIGKILL)
+        launcher.wait()
+        launcher.stdout.close()

@@ -29,8 +29,11 @@ def _states(run, job):
     return result, [(task["id"], task["state"]) for task in json.loads(result.stdout or "[]")]
 
 
-def test_an_array_keeps_its_records_in_one_log_three_lines_a_task(run, submit, state_dir,
-                                                                   keep_records):
+def test_an_array_keeps_its_records_in_one_log_at_most_three_lines_a_task(
+        run, submit, state_dir, keep_records):
+    """A line as a task starts, one as it ends, and one with its PID between (the first
+    task's always; a later task's once the reaper has time, which a short one may
+    not last: README, "Design")."""
     job = submit("--array", "1-20", "--max-parallel", "4", "--wait", "--", "true")
     folder = os.path.join(state_dir, "jobs", job)
     names = sorted(os.listdir(folder))
@@ -41,7 +44,10 @@ def test_an_array_keeps_its_records_in_one_log_three_lines_a_task(run, submit, s
     for line in lines[:-1]:
         index, _, body = line.partition(b"\t")
         by_task.setdefault(int(index), []).append(json.loads(body)["state"])
-    assert by_task == {index: ["Queued", "Running", "Done"] for index in range(1, 21)}
+    assert by_task[1] == ["Queued", "Running", "Done"]
+    assert all(by_task[index] in (["Queued", "Running", "Done"], ["Queued", "Done"])
+               for index in range(2, 21)), by_task
+    assert len(by_task) == 20
     assert [state for _, state in _states(run, job)[1]] == ["Done"] * 20
 
 

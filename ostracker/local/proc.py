@@ -178,26 +178,54 @@ def adopted(reaper: int) -> list[Member]:
             for pid, (ppid, pgid, state, ticks) in _live_processes().items() if ppid == reaper]
 
 
-def _live_processes() -> dict[int, tuple[int, int, str, int]]:
-    """pid -> (ppid, pgid, state, start ticks) of every process but zombies, one pass."""
+def _live_processes(pids: list[int] | None = None) -> dict[int, tuple[int, int, str, int]]:
+    """pid -> (ppid, pgid, state, start ticks) of every process but zombies, one pass
+    (of those in ``pids`` only, if given)."""
+    if pids is None:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _stat_fields(name)
-            if fields is not None and fields[0] not in (b"Z", b"X"):
-                table[int(name)] = (int(fields[1]), int(fields[2]), fields[0].decode(),
-                                    int(fields[19]))
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None and fields[0] not in (b"Z", b"X"):
+            table[pid] = (int(fields[1]), int(fields[2]), fields[0].decode(), int(fields[19]))
     return table
 
 
-def find_by_environment(entry: str) -> Member | None:
-    """The live process of this user whose environment holds ``entry`` (``KEY=value``)."""
+def find_by_environment(entry: str, parent: int | None = None) -> Member | None:
+    """The live process of this user whose environment holds ``entry`` (``KEY=value``).
+
+    With ``parent``, among its children first: a few reads, where a pass over
+    /proc reads every process (then made only if none of them is the one: the
+    parent died, say, and its child was adopted by another).
+    """
     wanted = entry.encode()
     uid = os.getuid()
-    for pid, (_, pgid, state, ticks) in _live_processes().items():
-        if owner(pid) == uid and wanted in _environment(pid):
-            return Member(pid, ticks, state, pgid)
-    return None
+
+    def among(pids: list[int] | None) -> Member | None:
+        for pid, (_, pgid, state, ticks) in _live_processes(pids).items():
+            if owner(pid) == uid and wanted in _environment(pid):
+                return Member(pid, ticks, state, pgid)
+        return None
+
+    nearest = None if parent is None else children(parent)
+    return (among(nearest) if nearest else None) or among(None)
+
+
+def children(pid: int) -> list[int] | None:
+    """The children of ``pid``'s main thread (which started them); None if unreadable."""
+    try:
+        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:  # os calls, no buffered file: the reaper asks this at the end of every task
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return [int(child) for child in b"".join(chunks).split()]
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _environment(pid: int) -> list[bytes]:

@@ -31,8 +31,10 @@ How a task starts, so that no crash can leave a process untracked: the
 reaper first writes the task's record as "starting", with a random token,
 then starts the process with ``posix_spawn`` (as fast as a start can be; its
 exec errors come back at once) with ``OSTRACKER_TOKEN=token`` in its
-environment, then writes the record "Running" with its PID.  Should the
-reaper die between the two writes, readers find the process by its token.
+environment, then writes the record "Running" with its PID once the loop has
+nothing else to do, or the task has run ``ANNOUNCE_AFTER`` seconds (a short
+task of a busy array ends first, and is spared that write).  Until then, and
+should the reaper die before, readers find the process by its token.
 Where stdin or an output is a FIFO, which may block whoever opens it for
 good, the task's process is forked instead and waits at a *gate* (a pipe):
 the reaper writes its record with its PID, opens the gate, and the process
@@ -90,6 +92,8 @@ _EXPIRED = "DEADLINE: passed before it started"
 KILL_AFTER = 30.0  # seconds from SIGTERM at a limit to SIGKILL (--kill-after; Slurm's KillWait)
 _HELD = "held"
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENFILE, errno.EMFILE})
+# Seconds a task may run before its "Running" record is written, however busy the loop.
+ANNOUNCE_AFTER = 0.1
 
 
 def rusage_fields(usage) -> dict:
@@ -153,6 +157,10 @@ class Reaper:
         if queue is not None:
             self.task_slots[first] = list(slots)
         self.running: dict[int, Task] = {}  # pid -> task
+        # pid -> a running task whose record still says "starting", in the order they
+        # started: its "Running" record waits until the loop has time (``announce``).
+        self.unannounced: dict[int, Task] = {}
+        self._ended = False  # a task ended since the scheduler was last told
         self.queued: list[int] = []          # array indices not started yet, in order
         self.held: list[int] = []            # array indices that `hold` held, not started
         self.attempts: dict[int | None, int] = {}  # index -> its run, once it ran more than once
@@ -283,9 +291,43 @@ class Reaper:
         else:
             task = self._spawn_direct(index, argv, environment, stdin, outputs)
         self.running[task.pid] = task
+        if first or self.template.waits:
+            # The first task's record is handed to the lean reaper written; a job that
+            # waited has its spawn mark, which goes with its "Running" record.
+            self.announce(task)
         if not first:  # the first task's timers are set by the loop's process (_carry_on)
             self._arm(task)
         return task
+
+    def announce(self, task: Task) -> None:
+        """Write the "Running" record (PID, start ticks) of a task that ``posix_spawn``
+        started, if it is not written yet.
+
+        Deferred from the start until the loop has nothing else to do, or the
+        task has run ``ANNOUNCE_AFTER`` seconds: a short task of a busy array
+        then ends before it, and its end is its second record, not its third.
+        Meanwhile its "starting" record's token names its process, among the
+        reaper's children (``LocalTracker``'s readers), as after a crash.
+        """
+        if self.unannounced.pop(task.pid, None) is None:
+            return
+        started = proc.stat(task.pid)
+        task.record["start_ticks"] = started.start_ticks if started else None
+        if self.write_task(task.index, task.record, durable=False) and \
+                self.template.waits:  # (if unwritten, kept, and the mark with it)
+            try:
+                self.store.unlink(self.job_id, spawned_name(task.index))
+            except StorageError:
+                pass
+
+    def announce_due(self, everything: bool = False) -> None:
+        """``announce`` the tasks that have run ``ANNOUNCE_AFTER`` seconds (all of them:
+        ``everything``, when the loop is about to sleep)."""
+        due = time.monotonic() - ANNOUNCE_AFTER
+        for task in list(self.unannounced.values()):
+            if not everything and task.record["dispatch_monotonic"] > due:
+                return  # started after this one: not due either
+            self.announce(task)
 
     # -- limits --------------------------------------------------------------------
 
@@ -342,12 +384,13 @@ class Reaper:
         """
         try:
             with self.store.job_lock(self.job_id):
+                if index is not None and self.store.exists(self.job_id, CANCEL):
+                    raise _Cancelled(_CANCELLED, whole=True)
                 existing = self.store.read_task(self.job_id, index)
-                if (existing is not None and
-                        not (index in self.retrying and existing.get("state") == "Requeued") and
+                if existing is not None and \
+                        not (index in self.retrying and existing.get("state") == "Requeued") and \
                         not (self.template.waits and
-                             never_spawned(self.store, self.job_id, index, existing))) \
-                        or (index is not None and self.store.exists(self.job_id, CANCEL)):
+                             never_spawned(self.store, self.job_id, index, existing)):
                     raise _Cancelled(_CANCELLED)
                 if self.store.exists(self.job_id, HELD) and index in held_tasks(
                         self.store.read(self.job_id, HELD), self.array):
@@ -357,13 +400,12 @@ class Reaper:
             raise _NotNow(f"cannot record the job: {error}") from None
 
     def _running_record(self, index: int | None, pid: int, extra: dict) -> dict:
-        started = proc.stat(pid)
+        """The task's "Running" record; its start ticks are read as it is written."""
         record = new_record("Running", task_id=task_id_string(self.job_id, index))
         # CLOCK_MONOTONIC is one clock for all processes of a boot: the exec'd
         # reaper can measure the wall clock time of a task that begin() started.
-        record.update(pid=pid, start_ticks=started.start_ticks if started else None,
-                      boot_id=self.boot_id, reaper_pid=os.getpid(), dispatch_time=timestamp(),
-                      dispatch_monotonic=time.monotonic(), **extra)
+        record.update(pid=pid, boot_id=self.boot_id, reaper_pid=os.getpid(),
+                      dispatch_time=timestamp(), dispatch_monotonic=time.monotonic(), **extra)
         if self.queue is not None:
             record["slots"] = self.task_slots[index]
         record["attempt"] = self.attempts.get(index, 1)
@@ -412,14 +454,9 @@ class Reaper:
         finally:
             for fd in set(opened):
                 os.close(fd)
-        record = self._running_record(index, pid, {"token": token})
-        if self.write_task(index, record, durable=False) and \
-                self.template.waits:  # (if unwritten, kept, and the mark with it)
-            try:
-                self.store.unlink(self.job_id, spawned_name(index))
-            except StorageError:
-                pass
-        return Task(index, pid, record, None)
+        task = Task(index, pid, self._running_record(index, pid, {"token": token}), None)
+        self.unannounced[pid] = task
+        return task
 
     def _open_captured(self, index: int | None, stream: str, truncate: bool = True) -> int:
         """The task's captured stdout or stderr, created private in the job's (held)
@@ -484,6 +521,8 @@ class Reaper:
         except OSError:
             pass
         record = self._running_record(index, pid, {})
+        started = proc.stat(pid)
+        record["start_ticks"] = started.start_ticks if started else None
         try:
             self._claim(index, record)  # taken after the fork: the process holds no lock
         except (StartError, _Cancelled):
@@ -545,14 +584,14 @@ class Reaper:
         """
         limit = self.array.max_parallel or len(self.array)
         while self.queued and len(self.running) < limit and not self.unwritten:
-            if self.store.exists(self.job_id, CANCEL):
-                self.queued = []
-                return
             index = self.queued[0]
             try:
                 task = self.spawn(index)
-            except _Cancelled:
-                self.queued.pop(0)  # cancelled on its own, or the rest with it
+            except _Cancelled as cancelled:
+                if cancelled.whole:  # the array's cancel marker: no task left starts
+                    self.queued = []
+                    return
+                self.queued.pop(0)  # cancelled on its own
                 continue
             except _Held:
                 self.held.append(self.queued.pop(0))  # until `release` says otherwise
@@ -581,6 +620,8 @@ class Reaper:
 
     def record_status(self, task: Task, status: int, usage) -> None:
         record = task.record
+        if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+            self.announce(task)
         if os.WIFSTOPPED(status):
             record.update(state="Suspended",
                           sub_state=f"stopped by {signal.Signals(os.WSTOPSIG(status)).name}")
@@ -591,6 +632,8 @@ class Reaper:
             self.write_task(task.index, record, durable=False)
             return
         del self.running[task.pid]
+        self.unannounced.pop(task.pid, None)  # its end is all it needs now
+        self._ended = True
         if task.status_fd is not None:  # what it said before it ended, all of it
             while task.status_fd is not None:
                 self.read_status(task, block=True)
@@ -626,7 +669,6 @@ class Reaper:
             self._spares += self._captured_names(task.index)
         if self.array is None:
             self.outcome = (record["state"], record["exit_status"], record["terminating_signal"])
-        self.tell_scheduler()
 
     def _captured_names(self, index: int | None) -> list[str]:
         """The names of the task's output captured in the job's directory."""
@@ -634,8 +676,11 @@ class Reaper:
                 for stream, _, captured, _ in self._paths(index, False)[1] if captured]
 
     def tell_scheduler(self) -> None:
-        """A task ended: the scheduler (if one listens) may start what waited for it."""
+        """Tasks ended: the scheduler (if one listens) may start what waited for them.
+        Once for all that ``reap`` took at a time: one word wakes it."""
         import socket
+
+        self._ended = False
 
         try:
             path = self._board.socket_path()
@@ -716,27 +761,27 @@ class Reaper:
             pass
         except PermissionError:
             return True
-        pid = os.getpid()
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children", "rb") as handle:
-                children = handle.read().split()
-        except OSError:
-            return True
-        return any(int(child) not in self.running for child in children)
+        children = proc.children(os.getpid())
+        return children is None or any(child not in self.running for child in children)
 
     def reap(self) -> bool:
         """Record every status change waiting; False once the reaper has no child left."""
+        children = True
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
             except ChildProcessError:
-                return False
+                children = False
+                break
             if pid == 0:
-                return True
+                break
             task = self.running.get(pid)
             if task is not None:
                 self.record_status(task, status, usage)
             # else: a process the reaper adopted from a job's tree; nothing to record
+        if self._ended:
+            self.tell_scheduler()
+        return children
 
     def _take_commands(self) -> None:
         """Every datagram waiting on the control socket, one command each."""
@@ -856,7 +901,12 @@ class Reaper:
             if not (children or self.running or self.unwritten or self.queued or self.held or
                     self.retrying):
                 break
-            for fd, _ in poller.poll(self._next_timeout()):
+            self.announce_due()
+            ready = poller.poll(0) if self.unannounced else None
+            if not ready:  # nothing to do but the deferred records, then sleep
+                self.announce_due(everything=True)
+                ready = poller.poll(self._next_timeout())
+            for fd, _ in ready:
                 if fd == wake_read:
                     while True:
                         try:
@@ -1118,7 +1168,12 @@ class _NotNow(StartError):
 
 
 class _Cancelled(Exception):
-    """A task that `terminate` cancelled before its record existed: it must not start."""
+    """A task that `terminate` cancelled before its record existed: it must not start;
+    ``whole``: with every task of its array that has not started."""
+
+    def __init__(self, message: str, whole: bool = False):
+        super().__init__(message)
+        self.whole = whole
 
 
 class _Held(Exception):

@@ -105,7 +105,7 @@ class LocalSubmission(Submission):
             if record is None:
                 return new_record("Queued")
             if _is_starting(record):
-                return _started(record, "its reaper is starting it")
+                return _started(record, "its reaper is starting it", record.get("reaper_pid"))
             if record["state"] == "Running" and proc.stopped_in_vfork(record["pid"]):
                 return dict(record, state="Suspended",
                             sub_state="stopped: its leader waits on a stopped child")
@@ -126,7 +126,7 @@ class LocalSubmission(Submission):
 
                 if never_spawned(self.store, self.job_id, index, record):
                     return self.tracker.waiting_record(self)  # the scheduler starts it again
-            return _started(record, f"{_REAPER_LOST} before the job started")
+            return _started(record, f"{_REAPER_LOST} while it started the job")
         alive = proc.identify(record["pid"], record["start_ticks"]) \
             if record["pid"] is not None and record["start_ticks"] is not None else None
         if alive is None or alive.state in "ZX":
@@ -827,16 +827,18 @@ def _is_starting(record: dict) -> bool:
     return record["state"] == "Queued" and record.get("sub_state") == STARTING
 
 
-def _started(record: dict, otherwise: str) -> dict:
+def _started(record: dict, otherwise: str, reaper: int | None = None) -> dict:
     """A "starting" record as it stands: its process, found by its token, if it runs.
 
     The reaper writes "starting" before it starts the process and "Running"
-    (with the PID) after; between the two, or when that second write waits
-    for disk space, or the reaper died in between, the process can only be
-    known by the token in its environment.
+    (with the PID) once it has time to (README, "Design"); until then, or when
+    that second write waits for disk space, or the reaper died in between, the
+    process can only be known by the token in its environment: among the
+    children of its live ``reaper``, else anywhere.
     """
     token = record.get("token")
-    found = proc.find_by_environment(f"{TOKEN_VARIABLE}={token}") \
+    found = proc.find_by_environment(f"{TOKEN_VARIABLE}={token}",
+                                     reaper if isinstance(reaper, int) else None) \
         if isinstance(token, str) else None
     if found is None:
         if otherwise.startswith(_REAPER_LOST):
