@@ -251,6 +251,22 @@ def test_dependencies_on_array_tasks_and_whole_arrays(run, job, info, submit):
     assert info(on_array[0])["sub_state"].startswith("dependency never satisfied")
 
 
+def test_a_job_after_an_array_task_starts_as_that_task_ends(run, job, info, submit, tmp_path):
+    """The reaper tells the scheduler when a task ends, not only when it exits itself: a job
+    after task 1 starts while task 2 of the array runs on."""
+    array = submit("--array", "1-2", "-e", f"GO={tmp_path}/go", "--", "sh", "-c",
+                   'while [ ! -e "$GO$TASK_ID" ]; do sleep 0.01; done')
+    after, log = job("-d", f"afterok:{array}.1", nap=0)
+    try:
+        assert state_of(info, after)[1] == f"waiting for afterok:{array}.1"
+        (tmp_path / "go1").touch()
+        poll(lambda: logged(log)[1] is not None, timeout=20, message="the job after task 1")
+        assert info(f"{array}.2")["state"] == "Running"
+    finally:
+        (tmp_path / "go2").touch()
+    wait_ended(run, array, after)
+
+
 def test_bad_dependencies_are_refused(run):
     assert run("submit", "-d", "afterok:999", "--", "true").returncode == 1
     for bad in ("afterok", "afterok:", "before:1", "afterok:x", "afterok:1,afterany:1?after:1",

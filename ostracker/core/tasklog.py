@@ -110,7 +110,7 @@ class TaskLog(GrowingLines):
     def append(self, index: int, record: dict, durable: bool) -> bool:
         """Add the task's record (fsync'd if ``durable``); False if the array has no log.
 
-        The log stays open for the next append: a reaper appends three lines a task,
+        The log stays open for the next append: a reaper appends two or three lines a task,
         and the file is never replaced (``close`` closes it)."""
         line = b"%d\t%s\n" % (index, json.dumps(record).encode())
         fd = self._append_fd

@@ -311,8 +311,7 @@ class Reaper:
         """
         if self.unannounced.pop(task.pid, None) is None:
             return
-        started = proc.stat(task.pid)
-        task.record["start_ticks"] = started.start_ticks if started else None
+        _note_start_ticks(task.record)
         if self.write_task(task.index, task.record, durable=False) and \
                 self.template.waits:  # (if unwritten, kept, and the mark with it)
             try:
@@ -521,8 +520,7 @@ class Reaper:
         except OSError:
             pass
         record = self._running_record(index, pid, {})
-        started = proc.stat(pid)
-        record["start_ticks"] = started.start_ticks if started else None
+        _note_start_ticks(record)
         try:
             self._claim(index, record)  # taken after the fork: the process holds no lock
         except (StartError, _Cancelled):
@@ -681,7 +679,6 @@ class Reaper:
         import socket
 
         self._ended = False
-
         try:
             path = self._board.socket_path()
         except StorageError:
@@ -1104,6 +1101,13 @@ class Reaper:
 
 
 _READABLE = 1  # select.POLLIN, without importing select where it is not needed
+
+
+def _note_start_ticks(record: dict) -> None:
+    """Put its process's start ticks in a "Running" record: with the PID, they name the
+    process for good (``proc.identify``); None if it has ended already."""
+    started = proc.stat(record["pid"])
+    record["start_ticks"] = started.start_ticks if started else None
 
 
 def _signal_name(number: int) -> str:
