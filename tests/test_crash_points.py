@@ -242,7 +242,9 @@ def test_submit_with_each_write_failing_fails_cleanly_or_runs_tracked(lab, scena
 @needs_strace
 @pytest.mark.parametrize("scenario", ["single", "array"])
 def test_reaper_with_each_write_failing_loses_no_result(lab, scenario):
-    check(*sweep(lab, "reaper", scenario, fault="enospc"), every=("before exec",), least=0.8)
+    # Three quarters of the loop's points, as for the other loops: the array's hit 28-31
+    # of 35 in runs side by side (before this tree's change and after), 27 once in CI.
+    check(*sweep(lab, "reaper", scenario, fault="enospc"), every=("before exec",), least=0.75)
 
 
 @needs_strace
