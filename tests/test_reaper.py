@@ -12,6 +12,11 @@ from conftest import CLI, poll, proc_state
 from ostracker.local import proc
 
 
+def environ(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        return handle.read().split(b"\0")
+
+
 def field(pid: int, name: str) -> str:
     """A line of /proc/PID/status, e.g. field(pid, "SigIgn")."""
     with open(f"/proc/{pid}/status") as handle:
@@ -381,9 +386,8 @@ def test_a_task_whose_running_record_is_not_written_yet_reads_running_with_its_p
             lines = [line.split(b"\t", 1) for line in handle.read().splitlines()]
         running_record = json.loads([body for index, body in lines if index == b"2"][-1])
         pid = running_record["pid"]
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            token = dict(entry.split(b"=", 1) for entry in handle.read().split(b"\0")
-                         if b"=" in entry)[b"OSTRACKER_TOKEN"].decode()
+        token = dict(entry.split(b"=", 1) for entry in environ(pid)
+                     if b"=" in entry)[b"OSTRACKER_TOKEN"].decode()
         starting = dict(running_record, state="Queued", sub_state="starting", pid=None,
                         start_ticks=None, dispatch_time=None, dispatch_monotonic=None)
         assert starting["token"] == token and starting["reaper_pid"] == int(
@@ -412,6 +416,9 @@ def test_a_token_is_looked_for_among_the_parents_children_only():
     stranger = int(launcher.stdout.readline())
     child = subprocess.Popen(["sleep", "60"], env=environment)
     try:
+        # Popen returns as the child execs (vfork): its new environment shows a moment later.
+        poll(lambda: entry.encode() in environ(child.pid) and entry.encode() in environ(
+            stranger), message="both environments")
         assert proc.find_by_environment(entry, os.getpid()).pid == child.pid
         assert proc.find_by_environment(entry).pid in (stranger, child.pid)
         assert proc.find_by_environment(entry, stranger).pid in (stranger, child.pid)
