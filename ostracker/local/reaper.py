@@ -160,7 +160,6 @@ class Reaper:
         # pid -> a running task whose record still says "starting", in the order they
         # started: its "Running" record waits until the loop has time (``announce``).
         self.unannounced: dict[int, Task] = {}
-        self._ended = False  # a task ended since the scheduler was last told
         self.queued: list[int] = []          # array indices not started yet, in order
         self.held: list[int] = []            # array indices that `hold` held, not started
         self.attempts: dict[int | None, int] = {}  # index -> its run, once it ran more than once
@@ -307,7 +306,7 @@ class Reaper:
         task has run ``ANNOUNCE_AFTER`` seconds: a short task of a busy array
         then ends before it, and its end is its second record, not its third.
         Meanwhile its "starting" record's token names its process, among the
-        reaper's children (``LocalTracker``'s readers), as after a crash.
+        reaper's children (``LocalSubmission.repaired``), as after a crash.
         """
         if self.unannounced.pop(task.pid, None) is None:
             return
@@ -631,7 +630,6 @@ class Reaper:
             return
         del self.running[task.pid]
         self.unannounced.pop(task.pid, None)  # its end is all it needs now
-        self._ended = True
         if task.status_fd is not None:  # what it said before it ended, all of it
             while task.status_fd is not None:
                 self.read_status(task, block=True)
@@ -678,7 +676,6 @@ class Reaper:
         Once for all that ``reap`` took at a time: one word wakes it."""
         import socket
 
-        self._ended = False
         try:
             path = self._board.socket_path()
         except StorageError:
@@ -763,7 +760,7 @@ class Reaper:
 
     def reap(self) -> bool:
         """Record every status change waiting; False once the reaper has no child left."""
-        children = True
+        children, running = True, len(self.running)
         while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
@@ -776,7 +773,7 @@ class Reaper:
             if task is not None:
                 self.record_status(task, status, usage)
             # else: a process the reaper adopted from a job's tree; nothing to record
-        if self._ended:
+        if len(self.running) < running:  # tasks ended (reaping starts none)
             self.tell_scheduler()
         return children
 

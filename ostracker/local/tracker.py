@@ -837,8 +837,7 @@ def _started(record: dict, otherwise: str, reaper: int | None = None) -> dict:
     children of its live ``reaper``, else anywhere.
     """
     token = record.get("token")
-    found = proc.find_by_environment(f"{TOKEN_VARIABLE}={token}",
-                                     reaper if isinstance(reaper, int) else None) \
+    found = proc.find_by_environment(f"{TOKEN_VARIABLE}={token}", reaper) \
         if isinstance(token, str) else None
     if found is None:
         if otherwise.startswith(_REAPER_LOST):
