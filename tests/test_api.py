@@ -108,7 +108,11 @@ def test_add_array_job_max_parallel_bounds_the_running_tasks(tracker):
     seen_queued = False
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        states = [state(tracker, task) for task in tasks]
+        # Read the later tasks first: a task read Running has started, so an
+        # earlier task read Running after it had not ended by then, and the
+        # two ran together. In index order, tasks 2 and 3 could be read
+        # Running, then end, and task 4 be read Running as it runs alone.
+        states = [state(tracker, task) for task in reversed(tasks)]
         assert states.count(JobState.RUNNING) <= 2, states
         seen_queued |= JobState.QUEUED in states
         if all(s.ended for s in states):
