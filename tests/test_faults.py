@@ -897,10 +897,11 @@ def test_state_dir_and_records_are_private_even_under_umask_000(state_dir, tmp_p
     def cli(*args):
         return subprocess.run([*CLI, *args], capture_output=True, text=True, umask=0,
                               timeout=60)
-    array = cli("submit", "--array", "1-3", "--max-parallel", "1", "--", "sleep", "0.2")
+    array = cli("submit", "--array", "1-3", "--max-parallel", "1", "--", "sleep", "1")
+    assert array.returncode == 0
+    assert cli("terminate", f"{array.stdout.strip()}.3").returncode == 0  # still queued
     single = cli("submit", "-e", "TOKEN=secret", "--", "sh", "-c", "echo out; echo err >&2")
-    assert array.returncode == 0 and single.returncode == 0
-    assert cli("terminate", f"{array.stdout.strip()}.3").returncode == 0
+    assert single.returncode == 0
     assert cli("wait", "--timeout", "20", array.stdout.strip(), single.stdout.strip()) \
         .returncode == 1
     names, wrong = set(), []
