@@ -633,7 +633,7 @@ def test_lost_reaper_is_seen_then_undetermined_then_deletable(run, submit):
 
 def test_the_reaper_exits_and_leaves_no_zombie_after_the_job_ends(run, submit):
     """Once a job has ended, its process is reaped and its reaper process is gone."""
-    job, pid = running_job(submit, run, "sleep", "0.5")
+    job, pid = running_job(submit, run, "sleep", "2")  # (still running under load)
     reaper = parent_pid(pid)
     assert proc_state(reaper) not in (None, "Z")
     assert run("wait", job, "--timeout", 10).returncode == 0
