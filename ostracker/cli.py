@@ -402,6 +402,14 @@ def submit(name, cwd, environment, stdin, stdout, stderr, array_spec, max_parall
             raise
     if wait_for_end:
         try:
+            # Its reaper says how it ended: no record to read (but to print them, or to
+            # draw an array's progress on a terminal).
+            ended = None if as_json or (spec is not None and sys.stderr is not None and
+                                        sys.stderr.isatty()) else tracker.ended_as(job_id)
+            if ended is not None:
+                click.get_current_context().exit(
+                    exit_status_of(ended) if spec is None else
+                    0 if ended.state is JobState.DONE else 1)
             wait_exit([job_id], None, False, tracker, as_json)
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted; job {job_id} goes on ('ostracker wait {job_id}' "
@@ -692,7 +700,8 @@ def show_progress(tracker, job_ids, timeout, any_job):
 
 
 def exit_status_of(info) -> int:
-    """A single job's exit status as a shell sees it: the code, or 128 + signal number.
+    """A single job's exit status as a shell sees it: the code, or 128 + signal number
+    (``info``: its JobInfo, or what ``ended_as`` said).
 
     A job that ended Failed never gives 0: one that exited 0 after a time
     limit's SIGTERM, or after ``terminate --grace``, gives 1.

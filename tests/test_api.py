@@ -238,3 +238,17 @@ def test_jobtracker_with_explicit_state_dir_is_separate(tracker, tmp_path):
         assert stat.S_IMODE(os.stat(other_dir).st_mode) == 0o700
     finally:
         cleanup(other_dir)
+
+
+def test_ended_as_says_how_the_last_job_submitted_here_ended(tracker):
+    """ended_as: the reaper's word on the job this tracker submitted last (an array: its
+    state only); None for any other job, and for one asked about twice."""
+    first = tracker.add_job(shell("exit 3"))
+    array = tracker.add_array_job(shell('test "$TASK_ID" != 2'), begin=1, end=3)
+    assert tracker.ended_as(first) is None  # not the last: its pipe was closed
+    assert tuple(tracker.ended_as(array)) == (JobState.FAILED, None, None)
+    assert tracker.ended_as(array) is None
+    last = tracker.add_job(shell("kill -TERM $$"))
+    assert tuple(tracker.ended_as(last)) == (JobState.FAILED, None, "SIGTERM")
+    assert tracker.job_info(last).state is JobState.FAILED  # its records say the same
+    assert tracker.wait(first, timeout=20)[0].exit_status == 3

@@ -10,15 +10,17 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 
 import pytest
 
-from conftest import proc_state
+from conftest import CLI, poll, proc_state
 
 INFO_KEYS = {"id", "array_id", "task_id", "job_name", "state", "sub_state", "exit_status",
              "terminating_signal", "pid", "allocated_machines", "submission_machine",
@@ -511,3 +513,66 @@ def test_stdout_to_dev_null_beside_the_default_stdin(run, tmp_path):
     assert run("info", job, "--json").returncode == 0
     assert json.loads(run("info", job, "--json").stdout)["state"] == "Done"
     assert run("output", job, "--stderr").stdout == "err\n"
+
+
+# -- submit --wait: the reaper says how the job ended ---------------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["--", "true"], 0),
+    (["--", "sh", "-c", "exit 3"], 3),
+    (["--", "sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+    (["--retries", "1", "--", "sh", "-c", 'exit "$OSTRACKER_ATTEMPT"'], 2),
+    (["--on-end", "sleep 30", "--", "sh", "-c", "exit 4"], 4),
+    (["--array", "1-5", "--max-parallel", "2", "--", "true"], 0),
+    (["--array", "1-5", "--", "sh", "-c", 'test "$TASK_ID" != 3'], 1),
+], ids=["done", "exit-3", "sigterm", "retried", "on-end", "array-done", "array-failed"])
+def test_submit_wait_exits_as_wait_does_and_leaves_the_job_ended(run, args, expected,
+                                                                 state_dir):
+    """``submit --wait`` takes the exit status from the reaper's word (README, "Commands and
+    exit statuses"), the one ``wait`` reads from the records; when it returns the job
+    has ended and (but with --on-end, whose CMD runs on) is compacted."""
+    result = run("submit", "--wait", *args)
+    job_id = result.stdout.strip()
+    assert (result.returncode, result.stderr) == (expected, "")
+    assert run("wait", job_id, "--timeout", "20").returncode == expected
+    if "--on-end" not in args:
+        assert not os.path.exists(os.path.join(state_dir, "jobs", job_id))  # compacted
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_submit_wait_reads_no_record(state_dir, tmp_path):
+    """The submitter opens nothing of the state dir once the job started: the exit status
+    comes on the reaper's pipe (strace of the submitting process alone)."""
+    log = str(tmp_path / "strace.log")
+    done = subprocess.run(["strace", "-qq", "-e", "trace=openat", "-o", log, *CLI, "submit",
+                           "--wait", "--array", "1-3", "--", "sh", "-c", "exit $TASK_ID"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    with open(log) as handle:
+        opened = [line for line in handle if line.startswith("openat(")]
+    header = [i for i, line in enumerate(opened) if "job.json" in line]
+    assert header, opened  # the header, written before the reaper starts
+    assert opened[header[-1] + 1:] == []
+
+
+def test_submit_wait_whose_reaper_is_killed_exits_as_wait_does(run, state_dir):
+    """No word from a reaper killed (SIGKILL) while the job runs: ``submit --wait`` reads the
+    records then, as ``wait`` does, and returns once the job's process has ended."""
+    process = subprocess.Popen([*CLI, "submit", "--wait", "--", "sleep", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: run("status", "-q", "--state", "Running").stdout == "1\n",
+             message="the job running")
+        os.kill(_read_pid(os.path.join(state_dir, "jobs", "1", "reaper.lock")), signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    waited = run("wait", "1", "--timeout", "20")
+    assert (process.returncode, err) == (waited.returncode, waited.stderr), (out, err)
+    assert out == "1\n"
+
+
+def _read_pid(path):
+    with open(path) as handle:
+        return int(handle.read())

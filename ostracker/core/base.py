@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, TrackerError,
@@ -29,6 +30,10 @@ from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, ex
                      parse_job_id, task_id_string)
 from .records import HEADER, EndedEntry, Header, captured_output_name, encode_infos
 from .store import Store
+
+# How a job ended, as ``ended_as`` says it: a single job's JobState, exit status and
+# signal (as its JobInfo has them); an array's state (Done only if every task is), no more.
+Ended = namedtuple("Ended", "state exit_status terminating_signal")
 
 # What each job control action needs the job to be in (a backend may narrow it) ...
 ALLOWED = {
@@ -227,6 +232,13 @@ class TrackerBase(abc.ABC):
     def add_job(self, template: JobTemplate) -> str:
         """Submit one job and return its ID (StartError, or the backend's error, says why not)."""
         return self._submit(template, None)
+
+    def ended_as(self, job_id: str) -> Ended | None:
+        """How the job that this tracker submitted last ended, as the backend's supervisor
+        of it says it (blocking until then), with nothing to read; None where no one
+        will say (another job, a backend that does not, a supervisor lost): ``wait``
+        then reads it.  For ``submit --wait``: an exit status, at once."""
+        return None
 
     def add_array_job(self, template: JobTemplate, begin: int, end: int, step: int = 1,
                       max_parallel: int | None = None, indices: list[int] | None = None) -> str:

@@ -692,6 +692,14 @@ class Store:
             return self.task_log(job_id).read(index)
         return self.read(job_id, task_record_name(index))
 
+    def read_tasks(self, job_id: int, indices) -> list[dict | None]:
+        """``read_task`` of each of an array's ``indices``, the log read once (``read_task``
+        reads on in it at every call: an open and a stat a task)."""
+        log = self.task_log(job_id)
+        if log.lines() is None:
+            return [self.read_task(job_id, index) for index in indices]
+        return [log.read(index) for index in indices]
+
     def has_task(self, job_id: int, index: int | None) -> bool:
         """Whether the task has a record (a damaged one too)."""
         lines = self._log_lines(job_id, index)

@@ -5,22 +5,30 @@ the real reason when it could not (no such file, permission denied, a missing
 working directory...).  So the submitter forks, the child forks again and calls
 ``setsid`` (the grandchild is the reaper: no zombie is left with the submitter,
 and no terminal or cron run can reach it), and the submitter blocks on a pipe
-until the reaper writes one line: ``started PID`` or ``error REASON``.
+until the reaper writes one line: ``started PID`` or ``error REASON``.  Asked to
+(``tell_end``), the reaper keeps the pipe and says, once the job has ended and
+its records are final, how it ended (``ended STATE EXIT SIGNAL``): a submitter
+that waits for the job (``submit --wait``) needs nothing more, and reads no record.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 from ..core.errors import StartError
+from ..core.models import ENDED_NAMES
 from ..core.records import Header
 from ..core.store import Store
 from . import reaper
 
 
 def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
-           slots: list[int] = (), lean: bool = False, first: int | None = None) -> int:
-    """Start the reaper of the submission ``header``; return the PID of its first task.
+           slots: list[int] = (), lean: bool = False, first: int | None = None,
+           tell_end: bool = False) -> tuple[int, io.BufferedReader | None]:
+    """Start the reaper of the submission ``header``; return the PID of its first task
+    and, with ``tell_end``, the pipe on which the reaper will say how the job ended
+    (``hear_end`` reads it).
 
     ``lock_fd`` is the reaper lock, already taken by the caller so that no reader
     takes the job for reaper-less before the reaper exists; the reaper inherits it.
@@ -37,20 +45,41 @@ def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
         os.close(write_end)
         raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
     if child == 0:
-        _become_reaper(store, header, read_end, write_end, lock_fd, (queue, list(slots), lean, first))
+        _become_reaper(store, header, read_end, write_end, lock_fd,
+                       (queue, list(slots), lean, first, tell_end))
     os.close(write_end)
     os.waitpid(child, 0)  # the middle process exits at once
+    pipe = os.fdopen(read_end, "rb")
     try:
-        with os.fdopen(read_end, "rb") as pipe:
-            word = pipe.readline().decode(errors="replace").rstrip("\n")
+        word = pipe.readline().decode(errors="replace").rstrip("\n")
     except OSError as exc:
+        pipe.close()
         raise StartError(f"lost contact with the reaper: {exc.strerror}") from None
     kind, _, detail = word.partition(" ")
+    if kind == "started" and tell_end:
+        return int(detail), pipe
+    pipe.close()
     if kind == "started":
-        return int(detail)
+        return int(detail), None
     if kind == "error":
         raise StartError(detail)
     raise StartError("the reaper ended before the job started")
+
+
+def hear_end(pipe: io.BufferedReader) -> tuple[str, int | None, str | None] | None:
+    """Block until the reaper says how the job ended; (state, exit status, signal), or
+    None if it ended without a word (its records are then to be read); closes ``pipe``.
+
+    A single job's exit status and signal as its record has them; an array's state
+    is Done only if every task is, and it has neither."""
+    try:
+        word = pipe.readline().decode(errors="replace").split()
+    finally:
+        pipe.close()
+    if len(word) != 4 or word[0] != "ended" or word[1] not in ENDED_NAMES or \
+            not (word[2] == "-" or (word[2].isdigit() and len(word[2]) < 4)):
+        return None
+    return word[1], None if word[2] == "-" else int(word[2]), None if word[3] == "-" else word[3]
 
 
 def _become_reaper(store, header, read_end, write_end, lock_fd, how) -> None:

@@ -165,6 +165,7 @@ class Reaper:
         self.attempts: dict[int | None, int] = {}  # index -> its run, once it ran more than once
         self.retrying: set[int | None] = set()  # indices that wait for their next attempt
         self.lock_fd: int | None = None  # the reaper lock, which no child of ours may keep
+        self.end_fd: int | None = None  # where a submitter waits to hear how the job ended
         self.outcome: tuple | None = None  # (state, exit status, signal) once the job ended
         self.deadline = epoch(self.template.deadline_time)  # --deadline, as a time.time()
         # What the disk did not take yet: a file's name, or ("task", index) for a task's
@@ -921,9 +922,11 @@ class Reaper:
             self.store.flusher.drain()
         infos = self.final_infos()
         if self.template.on_end is not None and self.outcome is not None:
+            self.tell_end(infos)  # first: CMD's process must not keep the pipe open
             self.run_on_end()  # its process compacts the job once CMD has ended
         else:
             self.finish(infos)
+            self.tell_end(infos)
         try:
             waiting = self._board.waiting()
         except StorageError:
@@ -983,13 +986,13 @@ class Reaper:
                     record, self.store.task_path(self.job_id, None), str(self.job_id)))]
             self.store.forget_task_log(self.job_id)  # read whole, as it is on the disk now
             marker = self.store.read(self.job_id, CANCEL)
-            if self.queue is not None and marker is None and not all(
-                    self.store.has_task(self.job_id, index) for index in self.array.indices()):
+            indices = self.array.indices()
+            records = self.store.read_tasks(self.job_id, indices)
+            if self.queue is not None and marker is None and None in records:
                 return None
             cancelled = cancelled_record(marker)
-            infos = [info_from_record(self.header, index,
-                                      self.store.read_task(self.job_id, index) or cancelled)
-                     for index in self.array.indices()]
+            infos = [info_from_record(self.header, index, record or cancelled)
+                     for index, record in zip(indices, records)]
         except (JobNotFound, StorageError, KeyError):
             return None  # damaged: readers report it, from the records as they are
         states = {info.state.value for info in infos}
@@ -1017,6 +1020,25 @@ class Reaper:
                 pass  # deleted meanwhile (nothing is written), or its lock is unreadable
         if self.array is not None:
             self.write_summary(infos)
+
+    def tell_end(self, infos: list | None) -> None:
+        """Say how the job ended to the submitter that waits for it (``submit --wait``),
+        once its records are final: ``ended STATE EXIT SIGNAL`` ("-" for none), a single
+        job's as its record has them, an array's state (Done only if every task is).
+        Nothing where its records could not be read back (``infos`` None): the pipe's
+        end of file then sends the submitter to read them."""
+        if self.end_fd is None:
+            return
+        if infos is not None:
+            if self.array is None:
+                info = infos[0]
+                state, code, name = info.state.value, info.exit_status, info.terminating_signal
+            else:
+                state, code, name = self.outcome[0], None, None
+            _report(self.end_fd, f"ended {state} {'-' if code is None else code} {name or '-'}")
+        else:
+            os.close(self.end_fd)
+        self.end_fd = None
 
     def _history_line(self, infos: list) -> bytes | None:
         try:
@@ -1306,23 +1328,28 @@ def _say_who(lock_fd: int) -> None:
         pass  # a lock opened for reading only: the scheduler finds the reaper otherwise
 
 
-def _report(ready_fd: int, word: str) -> None:
-    """Tell the submitter; if it was killed meanwhile, the job goes on all the same."""
+def _report(ready_fd: int, word: str, keep: bool = False) -> None:
+    """Tell the submitter; if it was killed meanwhile, the job goes on all the same.
+    ``keep``: the pipe stays open, for the word on how the job ended (``tell_end``)."""
     try:
         os.write(ready_fd, f"{word}\n".encode())
     except OSError:
         pass  # EPIPE: nobody is waiting for the word any more
-    os.close(ready_fd)
+    if not keep:
+        os.close(ready_fd)
 
 
 def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str | None = None,
-          slots: list[int] = (), lean: bool = False, first: int | None = None) -> None:
+          slots: list[int] = (), lean: bool = False, first: int | None = None,
+          tell_end: bool = False) -> None:
     """First act of the reaper, in the freshly forked and detached child: see module doc.
 
     ``queue``, ``slots``: what the scheduler gave the job (an array: its task
     ``first``, the one this reaper starts first).  ``lean``: this
     process is a lean interpreter already (forked from the scheduler), so the
-    reaper goes on in it instead of executing a fresh one.  Never returns: it
+    reaper goes on in it instead of executing a fresh one.  ``tell_end``: the
+    ready pipe stays open, and ``Reaper.tell_end`` says on it how the job ended
+    (``launch.hear_end`` reads it).  Never returns: it
     runs (or execs) the lean reaper, or exits when nothing is left to watch.
     """
     _detach_descriptors({ready_fd, lock_fd})
@@ -1380,17 +1407,19 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
         reaper._close_control()
         reaper.settle()
         os._exit(0)
-    _report(ready_fd, f"started {task.pid}")
+    _report(ready_fd, f"started {task.pid}", keep=tell_end)
+    if tell_end:
+        reaper.end_fd = ready_fd
     if lean:
         store.flusher = Flusher()
         _carry_on(reaper, task)
-        os._exit(0)
     # What the lean reaper inherits: the lock, the job's directory (so that a state
     # dir moved meanwhile is followed), the status pipe of a task not yet exec'd,
-    # and the task's record if the disk did not take it yet (it must not be lost).
+    # the pipe to tell the submitter how the job ended, and the task's record if
+    # the disk did not take it yet (it must not be lost).
     directory = store.job_dir_fd(job_id)
     control = None if reaper._control is None else reaper._control.fileno()
-    for fd in (lock_fd, directory, task.status_fd, control):
+    for fd in (lock_fd, directory, task.status_fd, control, reaper.end_fd):
         if fd is not None:
             os.set_inheritable(fd, True)
     import json
@@ -1400,7 +1429,8 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
             "" if first is None else str(first),
             "" if task.status_fd is None else str(task.status_fd),
             json.dumps(task.record) if reaper.unwritten else "",
-            json.dumps([queue, list(slots)]), "" if control is None else str(control)]
+            json.dumps([queue, list(slots)]), "" if control is None else str(control),
+            "" if reaper.end_fd is None else str(reaper.end_fd)]
     os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
 
 
@@ -1409,7 +1439,7 @@ def main(argv: list[str]) -> None:
     import json
 
     root, job_id, lock_fd, directory, first_pid, first_index, status_fd, unwritten, given, \
-        control = argv
+        control, end = argv
     job_id, lock_fd, directory, first_pid = int(job_id), int(lock_fd), int(directory), \
         int(first_pid)
     os.set_inheritable(lock_fd, False)
@@ -1427,6 +1457,9 @@ def main(argv: list[str]) -> None:
         os.set_inheritable(int(control), False)
         reaper._control = socket.socket(fileno=int(control))
         reaper._control.setblocking(False)
+    if end:
+        reaper.end_fd = int(end)
+        os.set_inheritable(reaper.end_fd, False)
     status = int(status_fd) if status_fd else None
     if status is not None:
         os.set_inheritable(status, False)
@@ -1440,10 +1473,13 @@ def main(argv: list[str]) -> None:
 
 
 def _carry_on(reaper: Reaper, task: Task) -> None:
-    """The reaper's life after its first task started: the loop, until the end."""
+    """The reaper's life after its first task started: the loop, until the end; then it
+    exits without the interpreter's teardown (waiters wake as it exits: milliseconds
+    sooner, and its records are all written and synced by then)."""
     reaper.store.flush_later(reaper.job_id, HEADER)  # written by submit without an fsync
     task.said = _WAITING  # begin() heard this much
     reaper._arm(task)
     if reaper.array is not None and reaper.queue is None:  # else the scheduler gives them
         reaper.queued = [i for i in reaper.array.indices() if i != task.index]
     reaper.run()
+    os._exit(0)

@@ -15,11 +15,12 @@ import os
 import signal
 from collections.abc import Iterable
 
-from ..core.base import ALLOWED, Submission, Target, TrackerBase
+from ..core.base import ALLOWED, Ended, Submission, Target, TrackerBase
 from ..core.errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                            TrackerError)
-from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, JobInfo, JobState,
-                           JobTemplate, complete_template, epoch, task_id_string, timestamp)
+from ..core.models import (ENDED_NAMES, ENDED_STATES, STATE_BY_NAME, ArraySpec, JobInfo,
+                           JobState, JobTemplate, complete_template, epoch, task_id_string,
+                           timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
                             check_task_record, encode_infos, fill_template, held_tasks,
@@ -240,6 +241,9 @@ class JobTracker(TrackerBase):
         self._killed: dict[str, tuple] = {}  # task ID -> its tree, as terminate killed it
         self.board = Board(self.store)
         self._ahead: dict[int, int] | None = None  # waiting job -> jobs ahead in its queue
+        # (job ID, pipe) of the last job this tracker launched: its reaper says there how
+        # it ended (``ended_as``); one pipe at most is kept open.
+        self._told: tuple[str, object] | None = None
         self._explaining = False  # reading what a waiting job waits for (one level deep)
         if scheduling and self.board.waiting():
             # Tell it (start one if none lives): whatever a command killed before its word
@@ -444,6 +448,7 @@ class JobTracker(TrackerBase):
             return self._submit_waiting(template, array)
         from .launch import launch
 
+        self._forget_told()
         job_id = self.store.allocate_id()
         try:
             header = Header.new(job_id, self.BACKEND, template, array, boot_id=self.boot_id)
@@ -465,7 +470,7 @@ class JobTracker(TrackerBase):
                 pass
             raise
         try:
-            launch(self.store, header, lock_fd)
+            self._told = (str(job_id), launch(self.store, header, lock_fd, tell_end=True)[1])
         except StartError as error:
             first = array.begin if array else None
             if not self.store.has_task(job_id, first):
@@ -478,6 +483,21 @@ class JobTracker(TrackerBase):
         finally:
             os.close(lock_fd)
         return str(job_id)
+
+    def ended_as(self, job_id: str) -> Ended | None:
+        """What the reaper of the job launched last says as the job ends (``launch``)."""
+        if self._told is None or self._told[0] != job_id:
+            return None
+        from .launch import hear_end
+
+        said = hear_end(self._told[1])
+        self._told = None
+        return None if said is None else Ended(STATE_BY_NAME[said[0]], said[1], said[2])
+
+    def _forget_told(self) -> None:
+        if self._told is not None:
+            self._told[1].close()
+            self._told = None
 
     def _runs(self, task_id: str) -> bool:
         """Whether the task's process runs (found by its record, or the token in it).
