@@ -636,7 +636,12 @@ def test_a_tracker_leaks_no_descriptor(run, submit, state_dir):
         assert open_fds() <= baseline + 3
     new = tracker.add_job(JobTemplate(remote_command="true"))
     tracker.wait(new, timeout=10)
+    assert open_fds() <= baseline + 5  # and the pipe of the job submitted last (ended_as)
+    assert tracker.ended_as(new) is not None
     assert open_fds() <= baseline + 4
+    again = tracker.add_job(JobTemplate(remote_command="true"))
+    assert tracker.add_job(JobTemplate(remote_command="true")) != again  # again's pipe closed
+    assert open_fds() <= baseline + 5
     del tracker
     gc.collect()
     assert open_fds() == baseline
