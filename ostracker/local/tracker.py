@@ -490,8 +490,8 @@ class JobTracker(TrackerBase):
             return None
         from .launch import hear_end
 
-        said = hear_end(self._told[1])
-        self._told = None
+        pipe, self._told = self._told[1], None  # read once, even if interrupted
+        said = hear_end(pipe)
         return None if said is None else Ended(STATE_BY_NAME[said[0]], said[1], said[2])
 
     def _forget_told(self) -> None:
