@@ -55,6 +55,9 @@ def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
     except OSError as exc:
         pipe.close()
         raise StartError(f"lost contact with the reaper: {exc.strerror}") from None
+    except BaseException:  # Ctrl-C: the job goes on, and no pipe is left open to it
+        pipe.close()
+        raise
     kind, _, detail = word.partition(" ")
     if kind == "started" and tell_end:
         return int(detail), pipe
