@@ -21,19 +21,14 @@ from __future__ import annotations
 
 import abc
 import time
-from collections import namedtuple
 from collections.abc import Callable, Iterable
 
 from .errors import (InvalidArgument, InvalidState, JobNotFound, StorageError, TrackerError,
                      UnsupportedOperation, WaitTimeout)
-from .models import (ENDED_STATES, ArraySpec, JobInfo, JobState, JobTemplate, expand_path,
+from .models import (ENDED_STATES, ArraySpec, Ended, JobInfo, JobState, JobTemplate, expand_path,
                      parse_job_id, task_id_string)
 from .records import HEADER, EndedEntry, Header, captured_output_name, encode_infos
 from .store import Store
-
-# How a job ended, as ``ended_as`` says it: a single job's JobState, exit status and
-# signal (as its JobInfo has them); an array's state (Done only if every task is), no more.
-Ended = namedtuple("Ended", "state exit_status terminating_signal")
 
 # What each job control action needs the job to be in (a backend may narrow it) ...
 ALLOWED = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import namedtuple
 
 from .errors import InvalidArgument, JobNotFound, StartError
 
@@ -54,6 +55,10 @@ class JobState(str, enum.Enum):
 ENDED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.UNDETERMINED})
 ENDED_NAMES = frozenset(state.value for state in ENDED_STATES)
 STATE_BY_NAME = {state.value: state for state in JobState}  # faster than JobState(name)
+# How a job ended, as its supervisor says it (``ended_as``): a single job's JobState, exit
+# status and signal (as its JobInfo has them); an array's state (Done only if every task
+# is), no more.
+Ended = namedtuple("Ended", "state exit_status terminating_signal")
 
 
 class JobTemplate:

@@ -17,7 +17,7 @@ import io
 import os
 
 from ..core.errors import StartError
-from ..core.models import ENDED_NAMES
+from ..core.models import STATE_BY_NAME, Ended
 from ..core.records import Header
 from ..core.store import Store
 from . import reaper
@@ -69,20 +69,19 @@ def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
     raise StartError("the reaper ended before the job started")
 
 
-def hear_end(pipe: io.BufferedReader) -> tuple[str, int | None, str | None] | None:
-    """Block until the reaper says how the job ended; (state, exit status, signal), or
-    None if it ended without a word (its records are then to be read); closes ``pipe``.
-
-    A single job's exit status and signal as its record has them; an array's state
-    is Done only if every task is, and it has neither."""
+def hear_end(pipe: io.BufferedReader) -> Ended | None:
+    """Block until the reaper says how the job ended, or None if it ended without a word
+    (its records are then to be read); closes ``pipe``."""
     try:
         word = pipe.readline().decode(errors="replace").split()
     finally:
         pipe.close()
-    if len(word) != 4 or word[0] != "ended" or word[1] not in ENDED_NAMES or \
+    state = STATE_BY_NAME.get(word[1]) if len(word) == 4 and word[0] == "ended" else None
+    if state is None or not state.ended or \
             not (word[2] == "-" or (word[2].isdigit() and len(word[2]) < 4)):
         return None
-    return word[1], None if word[2] == "-" else int(word[2]), None if word[3] == "-" else word[3]
+    return Ended(state, None if word[2] == "-" else int(word[2]),
+                 None if word[3] == "-" else word[3])
 
 
 def _become_reaper(store, header, read_end, write_end, lock_fd, how) -> None:

@@ -15,12 +15,11 @@ import os
 import signal
 from collections.abc import Iterable
 
-from ..core.base import ALLOWED, Ended, Submission, Target, TrackerBase
+from ..core.base import ALLOWED, Submission, Target, TrackerBase
 from ..core.errors import (InvalidArgument, InvalidState, JobNotFound, StartError, StorageError,
                            TrackerError)
-from ..core.models import (ENDED_NAMES, ENDED_STATES, STATE_BY_NAME, ArraySpec, JobInfo,
-                           JobState, JobTemplate, complete_template, epoch, task_id_string,
-                           timestamp)
+from ..core.models import (ENDED_NAMES, ENDED_STATES, ArraySpec, Ended, JobInfo, JobState,
+                           JobTemplate, complete_template, epoch, task_id_string, timestamp)
 from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, STARTING, SUMMARY,
                             TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
                             check_task_record, encode_infos, fill_template, held_tasks,
@@ -491,8 +490,7 @@ class JobTracker(TrackerBase):
         from .launch import hear_end
 
         pipe, self._told = self._told[1], None  # read once, even if interrupted
-        said = hear_end(pipe)
-        return None if said is None else Ended(STATE_BY_NAME[said[0]], said[1], said[2])
+        return hear_end(pipe)
 
     def _forget_told(self) -> None:
         if self._told is not None:
