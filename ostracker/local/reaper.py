@@ -56,7 +56,6 @@ import heapq
 import os
 import signal
 import stat
-import sys
 import time
 
 from ..core.errors import JobNotFound, StartError, StorageError
@@ -68,11 +67,10 @@ from ..core.records import (CANCEL, CONTROL, HEADER, HELD, ON_END, SCHEMA_VERSIO
                             check_task_record, held_tasks, history_line, info_from_record,
                             new_record, spawned_name, summary_chunks)
 from ..core.store import Flusher, Store
-from . import proc
+from . import detach, proc
 from .board import Board
 
-# Run by the fresh interpreter: -I and -S keep it from loading user and site
-# packages; the package's own directory is put on sys.path by hand instead.
+# Run by the lean interpreter (``detach``) that ``begin`` execs.
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
               "from ostracker.local.reaper import main; main(sys.argv[2:])")
 _OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -1305,20 +1303,6 @@ def _say_if_fifo(path: str, status: int | None) -> None:
         pass
 
 
-def _detach_descriptors(keep: set[int]) -> None:
-    """stdin/stdout/stderr to /dev/null; every other descriptor closed but ``keep``."""
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        if fd != null:
-            os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
-    low = 3
-    for fd in sorted(keep) + [os.sysconf("SC_OPEN_MAX")]:
-        os.closerange(low, fd)
-        low = fd + 1
-
-
 def _say_who(lock_fd: int) -> None:
     """The reaper's PID in its lock file, so that the scheduler can watch it (a pidfd)."""
     try:
@@ -1352,7 +1336,7 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
     (``launch.hear_end`` reads it).  Never returns: it
     runs (or execs) the lean reaper, or exits when nothing is left to watch.
     """
-    _detach_descriptors({ready_fd, lock_fd})
+    detach.detach_descriptors({ready_fd, lock_fd})
     _become_subreaper()
     _say_who(lock_fd)
     if header.umask is not None:
@@ -1424,14 +1408,13 @@ def begin(store: Store, header: Header, ready_fd: int, lock_fd: int, queue: str 
             os.set_inheritable(fd, True)
     import json
 
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     args = [store.root, str(job_id), str(lock_fd), str(directory), str(task.pid),
             "" if first is None else str(first),
             "" if task.status_fd is None else str(task.status_fd),
             json.dumps(task.record) if reaper.unwritten else "",
             json.dumps([queue, list(slots)]), "" if control is None else str(control),
             "" if reaper.end_fd is None else str(reaper.end_fd)]
-    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, package_parent, *args])
+    detach.exec_lean(_BOOTSTRAP, args)
 
 
 def main(argv: list[str]) -> None:

@@ -48,14 +48,13 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import time
 
 from ..core.errors import JobNotFound, StartError, StorageError, TrackerError
 from ..core.models import JobState, epoch, parse_job_id, task_id_string, timestamp
 from ..core.records import CANCEL, HEADER, SCHEMA_VERSION, Header, new_record
 from ..core.store import Store
-from . import proc
+from . import detach, proc
 from .board import Board
 
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -97,27 +96,9 @@ def ensure(store: Store, board: Board | None = None) -> None:
 
 
 def start(root: str) -> None:
-    """Start a scheduler, detached (double fork, ``setsid``), in a lean interpreter."""
-    try:
-        child = os.fork()
-    except OSError:
-        return  # the next command tries again
-    if child:
-        os.waitpid(child, 0)
-        return
-    try:
-        os.setsid()
-        if os.fork() == 0:
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-            package_parent = os.path.dirname(os.path.dirname(os.path.dirname(
-                os.path.abspath(__file__))))
-            os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", _BOOTSTRAP,
-                                      package_parent, root])
-    finally:
-        os._exit(0)
+    """Start a scheduler, detached, in a lean interpreter (the next command tries again if
+    it cannot be forked)."""
+    detach.start_lean(_BOOTSTRAP, [root])
 
 
 # -- the scheduler process ------------------------------------------------------------------
