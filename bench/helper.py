@@ -12,7 +12,9 @@
 
 Reapers are found the way ostracker itself does it: a job's reaper holds an flock on
 ``jobs/N/reaper.lock`` for as long as it lives.  For cleanup, a reaper is recognised by
-its command line: ``python -I -S -c '...ostracker.local.reaper...' SITE STATE_DIR ...``.
+its command line: ``python -I -S -c '...ostracker.local.reaper...' SITE STATE_DIR ...``,
+or ``...ostracker.local.standby...`` (started by ``submit`` ahead of its job) and the
+state dir in its environment.
 """
 
 from __future__ import annotations
@@ -103,15 +105,32 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def _state_dir_variable(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"OSTRACKER_STATE_DIR="):
+                    return entry.partition(b"=")[2].decode(errors="replace")
+    except OSError:
+        pass
+    return None
+
+
 def _reapers(names_it) -> list[int]:
-    """PIDs of the reapers one of whose arguments ``names_it`` accepts."""
+    """PIDs of the reapers one of whose arguments ``names_it`` accepts, or whose
+    $OSTRACKER_STATE_DIR it accepts (a reaper that ``submit`` started ahead of its job
+    names no state dir in its arguments)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
         argv = cmdline(int(name))
-        if any("ostracker.local.reaper" in a for a in argv) and \
-                any(names_it(a) and "site-packages" not in a for a in argv):
+        if not any("ostracker.local.reaper" in a or "ostracker.local.standby" in a
+                   for a in argv):
+            continue
+        variable = _state_dir_variable(int(name))
+        if any(names_it(a) and "site-packages" not in a for a in argv) or \
+                (variable is not None and names_it(os.path.abspath(variable).rstrip("/"))):
             found.append(int(name))
     return found
 

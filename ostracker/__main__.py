@@ -1,5 +1,5 @@
 """``python -m ostracker``: the same as the ``ostracker`` command."""
 
-from .cli import main
+from .command import main
 
 main()

@@ -1093,8 +1093,8 @@ def monitor(ctx, user, pattern, jobs_only, interval, machine, as_json, pids):
 
 
 def main(argv=None) -> None:
-    """Entry point: run the CLI, turning every error into one line and an exit status."""
-    _reserve_standard_fds()
+    """Run the CLI (``command.main`` is the entry point), turning every error into one
+    line and an exit status."""
     try:
         status_code = cli.main(args=argv, prog_name="ostracker", standalone_mode=False)
     except BrokenOutput:
@@ -1135,36 +1135,6 @@ def _one_line(message: str) -> str:
     from .output import one_line
 
     return one_line(message)
-
-
-def _reserve_standard_fds() -> None:
-    """A closed stdin, stdout or stderr: /dev/null, read-only, in its place.
-
-    Then no file that ostracker (or a job it starts) opens later becomes
-    descriptor 1 and takes what was meant for stdout, and writing to stdout
-    fails with EBADF as on the closed descriptor: one line, exit 1, not
-    click's silence.  Python leaves ``sys.stdout`` None when descriptor 1 was
-    closed at its start, so an open one costs nothing here.
-    """
-    if sys.stdin is not None and sys.stdout is not None and sys.stderr is not None:
-        return
-    import os
-
-    for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)):
-        if stream is not None:
-            continue
-        try:
-            os.fstat(fd)
-            continue
-        except OSError:
-            pass
-        null = os.open(os.devnull, os.O_RDONLY)
-        if null != fd:
-            os.dup2(null, fd)
-            os.close(null)
-        os.set_inheritable(fd, True)
-    if sys.stdout is None:
-        sys.stdout = open(1, "w", closefd=False)  # every write: EBADF, "Bad file descriptor"
 
 
 def _exit(status: int) -> None:

@@ -196,21 +196,42 @@ def cleanup(state_dir):
 
 
 def _reapers_naming(state_dir):
-    """PIDs of the reapers (and schedulers, whose forks some reapers are) whose arguments
-    name ``state_dir``: a reaper compacting its ended job has moved its lock to ``ended/``
-    (and removes it there), yet still works."""
+    """PIDs of the reapers (and schedulers, whose forks some reapers are) of ``state_dir``:
+    a reaper compacting its ended job has moved its lock to ``ended/`` (and removes it
+    there), yet still works.  A reaper forked by the API or the scheduler has the state
+    dir in its arguments; one that ``submit`` started ahead (README, "Decisions") knows it
+    from the environment it got, as the tests set it."""
     state_dir = os.path.abspath(state_dir)
+    named = os.fsencode(state_dir)
+    variable = b"OSTRACKER_STATE_DIR=" + named
     found = []
     for name in os.listdir("/proc"):
         try:
             with open(f"/proc/{name}/cmdline", "rb") as handle:
                 argv = handle.read().split(b"\0")
+            if len(argv) > 4 and b"from ostracker.local." in argv[4]:
+                if named in argv[5:]:
+                    found.append(int(name))
+                    continue
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    if variable in handle.read().split(b"\0"):
+                        found.append(int(name))
         except (OSError, ValueError):
             continue  # not a process, or gone meanwhile
-        if len(argv) > 4 and b"from ostracker.local." in argv[4] and \
-                os.fsencode(state_dir) in argv[5:]:
-            found.append(int(name))
     return found
+
+
+def lean_reaper(state_dir, job_id):
+    """PID of the reaper of ``job_id`` once it runs in its lean interpreter (its lock holds
+    its PID; a reaper forked by the API writes it there before its exec)."""
+    try:
+        with open(os.path.join(state_dir, "jobs", str(job_id), "reaper.lock"), "rb") as handle:
+            pid = int(handle.read())
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            lean = b"-I" in handle.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if lean else None
 
 
 @pytest.fixture

@@ -19,15 +19,15 @@ own trace (``Hit``).
 
 As a script (``python faultinject.py ARGS...``): the ostracker CLI with
 ``os.fork`` wrapped, so that the process whose role ``FI_STOP`` names
-(``middle``: the first fork of ``launch``; ``reaper``: the middle's fork;
-``task``: a task the reaper forks, which only a FIFO stdin or output makes it
-do, ``posix_spawn`` starting the others) writes its PID to ``FI_PIDFILE`` and
-stops itself with SIGSTOP right after the fork, before any of its own code
-runs.  The test attaches ``strace -p`` to it (only that process: strace's
+(``middle``: the first fork of the CLI, which starts the reaper a ``submit``
+starts ahead of its job, README "Decisions"; ``reaper``: the middle's fork)
+writes its PID to ``FI_PIDFILE`` and stops itself with SIGSTOP right after the
+fork, before any of its own code runs (the first such process only).  The test attaches ``strace -p`` to it (only that process: strace's
 ``when=`` counts per syscall and per tracee, so a sweep over one process
 needs that process alone traced), then sends SIGCONT.  The reaper stays the
 same tracee across its exec of the lean interpreter, so one sweep covers the
-reaper before and after its exec.
+reaper before and after its exec: while it loads and waits for the job, and as
+it runs the job.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ PYTHON = sys.executable
 CLI = [PYTHON, "-m", "ostracker"]
 HARNESS = [PYTHON, os.path.abspath(__file__)]
 STRACE = shutil.which("strace")
-ROLES = ("cli", "middle", "reaper", "task")
+ROLES = ("cli", "middle", "reaper")
 ENDED = ("Done", "Failed", "Undetermined")
 
 # -- the harness (script mode) ----------------------------------------------------------------
@@ -67,8 +67,11 @@ def _harness(argv: list[str]) -> None:
         if pid == 0:
             role[0] = ROLES[min(ROLES.index(role[0]) + 1, len(ROLES) - 1)]
             if role[0] == target:
-                fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                             0o600)
+                try:  # only the first: after a standby killed, submit forks a reaper
+                    fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o600)
+                except FileExistsError:
+                    return pid
                 os.write(fd, b"%d\n" % os.getpid())
                 os.close(fd)
                 os.kill(os.getpid(), signal.SIGSTOP)  # the tracer attaches, then SIGCONT
@@ -76,7 +79,7 @@ def _harness(argv: list[str]) -> None:
 
     os.fork = fork
     sys.path.insert(0, REPO)
-    from ostracker.cli import main
+    from ostracker.command import main
 
     main(argv)
 
@@ -219,9 +222,9 @@ WRITE_CLASS = {"write", "pwrite64", "writev", "renameat", "rename", "renameat2",
 
 
 def _ignored_prefixes() -> tuple[str, ...]:
-    import ostracker
-
-    return tuple({sys.base_prefix, sys.prefix, os.path.dirname(ostracker.__file__),
+    # (The package the CLI runs, from REPO: not imported here, which would load the
+    # installed one into the harness before it puts REPO first on sys.path.)
+    return tuple({sys.base_prefix, sys.prefix, os.path.join(REPO, "ostracker"),
                   os.path.realpath(sys.base_prefix), "/proc/", "/sys/", "/etc/", "/usr/", "/lib",
                   "/dev/urandom", "/var/run/nscd", "/run/nscd"})
 
@@ -303,7 +306,8 @@ def signature(call: Call, state_dir: str) -> str:
     args = re.sub(r"\.[0-9a-f]{12}\.tmp", ".R.tmp", args)
     args = re.sub(r"\.deleted-(\d+)-\d+", r".deleted-\1-PID", args)
     args = re.sub(r"(socket|UNIX|UNIX-STREAM):\[[^\]]*\]", r"\1", args)
-    if call.name in ("write", "read", "pwrite64", "sendto", "recvfrom", "writev"):
+    if call.name in ("write", "read", "pwrite64", "sendto", "recvfrom", "writev", "sendmsg",
+                     "recvmsg"):
         args = args.split(",", 1)[0]
     elif call.name in ("clone", "clone3", "wait4", "waitid", "kill", "setpgid", "tgkill",
                        "exit_group", "close_range", "prctl"):
@@ -640,12 +644,11 @@ SCENARIOS = {"single": MARK_SINGLE, "array": MARK_ARRAY}
 
 # Which process a kind traces, and how.
 #   submit: the CLI running `submit` (strace runs it: only it is traced)
-#   middle, reaper, task: that process of a submit, attached right after its fork
+#   middle, reaper: that process of a submit, attached right after its fork
 #   flusher: the reaper with -f (its flusher thread); only fsync is faulted, which
 #            only that thread calls
 #   terminate, delete, delete-finished: the CLI running that command
-KINDS = ("submit", "middle", "reaper", "task", "flusher", "terminate", "delete",
-         "delete-finished")  # (task: only a forked task; the sweeps do not use it)
+KINDS = ("submit", "middle", "reaper", "flusher", "terminate", "delete", "delete-finished")
 
 
 @dataclass
@@ -775,7 +778,7 @@ class Lab:
                              f"{' -f' if kind == 'flusher' else ''}{inject} "
                              f"-p $(cat pidfile) & (wait for TracerPid) "
                              f"kill -CONT $(cat pidfile)")
-            outcome.reaper_lived = kind in ("task", "middle") or spec is None or \
+            outcome.reaper_lived = kind == "middle" or spec is None or \
                 fault != "kill" or not any("killed by SIGKILL" in end for end in ends.values())
             for end in ends.values():
                 if "exited with" in end and not end.endswith(" 0"):
@@ -796,7 +799,7 @@ class Lab:
                 outcome.problems.append(f"{argv[0]} exit {rc}, stderr {err!r}")
         control = kind in ("terminate", "delete", "delete-finished")
         self._check(state, mark, outcome, said_failed, expect_done=not control,
-                    linger=not control, killed_task=kind == "task" and spec is not None)
+                    linger=not control)
         self._leftovers(state, outcome)
         outcome.seconds = time.monotonic() - started
         return outcome, calls, state
@@ -955,7 +958,7 @@ class Lab:
                                          f"runs; status says {seen}")
 
     def _check(self, state: str, mark: str, outcome: Outcome, said_failed: set,
-               expect_done: bool, linger: bool = True, killed_task: bool = False) -> None:
+               expect_done: bool, linger: bool = True) -> None:
         def failed_yet_running(live):
             for pid, (_, job_id, _) in live.items():
                 if job_id.split(".")[0] in said_failed:
@@ -1043,9 +1046,6 @@ class Lab:
                     continue  # its submit died before any reaper could start it
                 if info["state"] == "Failed" and job_id.split(".")[0] in said_failed:
                     continue
-                if killed_task and info["terminating_signal"] == "SIGKILL" and \
-                        info["state"] == "Failed":
-                    continue  # the fault killed the task itself: that is its real end
                 outcome.lost.append(f"job {job_id}: {info['state']} ({info['sub_state']}), "
                                     f"exit {info['exit_status']}")
 

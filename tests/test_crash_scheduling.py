@@ -106,7 +106,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from ostracker.local import scheduler
 scheduler._BOOTSTRAP = {STOP_REAPER!r} + scheduler._BOOTSTRAP
-from ostracker.cli import main
+from ostracker.command import main
 main(sys.argv[2:])
 """
 PROMISES = ("lost", "twice", "leaked", "stuck", "tracebacks", "problems")

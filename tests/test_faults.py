@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import CLI, _lock_held, damage_task_record, fill, poll, proc_state
+from conftest import CLI, _lock_held, damage_task_record, fill, lean_reaper, poll, proc_state
 from ostracker.local import proc
 
 NOBODY = 65534
@@ -100,18 +100,6 @@ def processes_with(word: str):
     needle = word.encode()
     return [int(name) for name in os.listdir("/proc")
             if name.isdigit() and int(name) != os.getpid() and needle in cmdline(int(name))]
-
-
-def lean_reaper(state_dir, job_id):
-    """PID of the exec'd reaper of ``job_id`` (its argv holds the state dir, then the ID)."""
-    root, job = os.path.abspath(state_dir).encode(), str(job_id).encode()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            argv = cmdline(int(name))
-            if root in argv and argv.index(root) + 1 < len(argv) and \
-                    argv[argv.index(root) + 1] == job:
-                return int(name)
-    return None
 
 
 def rewrite(path, **changes):

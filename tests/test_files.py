@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import CLI, cleanup, poll
+from conftest import CLI, cleanup, lean_reaper, poll
 from ostracker.core.errors import JobNotFound, StorageError
 
 OSTRACKER = os.path.join(os.path.dirname(sys.executable), "ostracker")
@@ -88,26 +88,6 @@ def temp_files(root):
 def gated(gate, then="exit 0"):
     """A shell command that waits until the file ``gate`` exists, then runs ``then``."""
     return ["sh", "-c", f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.02; done; {then}"]
-
-
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().split(b"\0")
-    except OSError:
-        return []
-
-
-def lean_reaper(state, job_id):
-    """PID of the exec'd reaper of ``job_id`` (its argv holds the state dir, then the ID)."""
-    root, job = os.path.abspath(state).encode(), str(job_id).encode()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            argv = cmdline(int(name))
-            if root in argv and argv.index(root) + 1 < len(argv) and \
-                    argv[argv.index(root) + 1] == job:
-                return int(name)
-    return None
 
 
 def holds(pid, path):

@@ -576,3 +576,115 @@ def test_submit_wait_whose_reaper_is_killed_exits_as_wait_does(run, state_dir):
 def _read_pid(path):
     with open(path) as handle:
         return int(handle.read())
+
+
+def _pid_in(path):
+    """The PID a file holds, or None (not there, or not written yet)."""
+    try:
+        return _read_pid(path)
+    except (OSError, ValueError):
+        return None
+
+
+# -- the reaper started ahead (README, "Decisions") -------------------------------------
+
+def standbys(state_dir):
+    """PIDs of the lean interpreters that a submit of ``state_dir`` started ahead of its
+    job: reapers, and those still waiting for a job."""
+    variable = b"OSTRACKER_STATE_DIR=" + os.fsencode(state_dir)
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            if len(argv) > 4 and b"ostracker.local.standby" in argv[4] and \
+                    proc_state(int(name)) not in (None, "Z"):
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    if variable in handle.read().split(b"\0"):
+                        found.append(int(name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _children(log_lines):
+    """{child PID: parent PID} from ``strace -f`` lines (clone, clone3, fork, vfork)."""
+    parents = {}
+    for line in log_lines:
+        match = re.match(r"^(\d+) (?:<\.\.\. )?(?:clone3?|v?fork)\b.*= (\d+)$", line)
+        if match:
+            parents[int(match.group(2))] = int(match.group(1))
+    return parents
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_submit_starts_its_reaper_before_it_writes_the_job(state_dir, tmp_path):
+    """``strace -f`` of a submit: the lean interpreter is executed before the job's header
+    is written (it loads while the CLI does), and the job's process is its child."""
+    log = str(tmp_path / "strace.log")
+    done = subprocess.run(["strace", "-f", "-qq", "-s", "200", "-o", log, "-e",
+                           "trace=execve,rename,renameat,renameat2,clone,clone3,fork,vfork",
+                           *CLI, "submit", "--wait", "--", "/bin/true"],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+    with open(log) as handle:
+        lines = handle.read().splitlines()
+    started = [(i, int(line.split()[0])) for i, line in enumerate(lines)
+               if " execve(" in line and "ostracker.local.standby" in line]
+    header = [i for i, line in enumerate(lines) if "rename" in line and '"job.json"' in line]
+    job = [int(line.split()[0]) for line in lines if ' execve("/bin/true"' in line]
+    assert len(started) == 1 and header and len(job) == 1, lines
+    assert started[0][0] < header[0]
+    assert _children(lines)[job[0]] == started[0][1]
+
+
+@pytest.mark.parametrize("args", [
+    ["--array", "5-1", "--", "true"],      # refused by the CLI: exit 2
+    ["--no-such-option", "--", "true"],     # a usage error: exit 2
+    ["--", "/nonexistent/command"],         # handed over; it cannot start (a Failed job)
+], ids=["bad-input", "usage", "cannot-start"])
+def test_a_submit_that_starts_nothing_leaves_no_process(run, state_dir, args):
+    result = run("submit", *args)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr
+    poll(lambda: not standbys(state_dir), message="no process left by the submit")
+
+
+def test_a_submit_whose_job_waits_lets_its_standby_go_at_once(run, state_dir):
+    """``submit --hold --wait``: the job waits for a release, and no process waits for it
+    meanwhile but the submitter; the scheduler starts it once released."""
+    process = subprocess.Popen([*CLI, "submit", "--hold", "--wait", "--", "true"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: run("status", "-q", "--state", "QueuedHeld").stdout == "1\n",
+             message="the job held")
+        poll(lambda: not standbys(state_dir), message="the standby gone")
+        assert process.poll() is None  # still waiting
+        assert run("release", "1").returncode == 0
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out, err) == (0, "1\n", "")
+
+
+def test_a_submit_whose_standby_never_came_forks_a_reaper_instead(state_dir, tmp_path):
+    """The process that would start the standby killed (SIGKILL) before it could: the
+    submit forks a reaper, as the Python API does, and the job runs to its end."""
+    import faultinject as fi
+
+    pidfile = str(tmp_path / "pidfile")
+    process = subprocess.Popen([*fi.HARNESS, "submit", "--wait", "--", "sh", "-c", "exit 3"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, FI_STOP="middle", FI_PIDFILE=pidfile))
+    try:  # the submitter waits for that process, stopped right after its fork
+        middle = poll(lambda: _pid_in(pidfile), message="the standby's parent stopped")
+        os.kill(middle, signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, out, err) == (3, "1\n", "")
+    result = subprocess.run([*CLI, "info", "1", "--json"], capture_output=True, text=True)
+    job = json.loads(result.stdout)
+    assert (job["state"], job["exit_status"]) == ("Failed", 3)
+    assert not standbys(state_dir)

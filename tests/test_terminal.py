@@ -261,7 +261,7 @@ def test_a_closed_stdout_is_one_line_and_exit_1(run, submit, state_dir, tmp_path
 
 def test_a_closed_stdout_is_no_file_for_a_record_to_land_in():
     """Descriptor 1 stays taken (/dev/null, read-only): no file opened later becomes it."""
-    code = ("import os, sys; from ostracker.cli import _reserve_standard_fds; "
+    code = ("import os, sys; from ostracker.command import _reserve_standard_fds; "
             "_reserve_standard_fds(); fd = os.open(os.devnull, os.O_RDONLY); "
             "print(fd, file=sys.stderr)")
     result = subprocess.run(["sh", "-c", 'exec "$0" -c "$1" >&- <&-', sys.executable, code],

@@ -23,6 +23,9 @@ BACKENDS = {
               "ostracker.slurm.monitor", "SlurmMonitoringSession"),
 }
 DEFAULT = "local"
+# name -> (module, function) that the ``ostracker`` command calls, on a submit, before
+# it loads the CLI (the local backend starts the job's reaper then: ``local.standby``)
+BEFORE_SUBMIT = {"local": ("ostracker.local.standby", "start")}
 
 
 def names() -> list[str]:
@@ -63,6 +66,13 @@ def open_tracker(backend: str | None = None, state_dir: str | None = None):
             raise StorageError(f"cannot use state directory {where}: the current directory, "
                                "which it is relative to, no longer exists") from None
         raise
+
+
+def before_submit(backend: str | None = None) -> None:
+    """What ``backend`` does ahead of a submit, while the CLI loads (``BEFORE_SUBMIT``)."""
+    hook = BEFORE_SUBMIT.get(backend or DEFAULT)
+    if hook is not None:
+        getattr(import_module(hook[0]), hook[1])()
 
 
 def monitoring_session(backend: str | None = None):

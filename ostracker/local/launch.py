@@ -5,7 +5,9 @@ the real reason when it could not (no such file, permission denied, a missing
 working directory...).  So the submitter forks, the child forks again and calls
 ``setsid`` (the grandchild is the reaper: no zombie is left with the submitter,
 and no terminal or cron run can reach it), and the submitter blocks on a pipe
-until the reaper writes one line: ``started PID`` or ``error REASON``.  Asked to
+until the reaper writes one line: ``started PID`` or ``error REASON``.  Where
+the ``ostracker`` command started a reaper ahead (``standby``), the job is
+handed to it instead, and the rest is the same.  Asked to
 (``tell_end``), the reaper keeps the pipe and says, once the job has ended and
 its records are final, how it ended (``ended STATE EXIT SIGNAL``): a submitter
 that waits for the job (``submit --wait``) needs nothing more, and reads no record.
@@ -20,7 +22,7 @@ from ..core.errors import StartError
 from ..core.models import STATE_BY_NAME, Ended
 from ..core.records import Header
 from ..core.store import Store
-from . import reaper
+from . import reaper, standby
 
 
 def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
@@ -39,16 +41,18 @@ def launch(store: Store, header: Header, lock_fd: int, queue: str | None = None,
     """
     read_end, write_end = os.pipe()
     try:
-        child = os.fork()
+        if not standby.hand_over(store, header.job_id, lock_fd, write_end,
+                                 [queue, list(slots), first, tell_end]):
+            child = os.fork()
+            if child == 0:
+                _become_reaper(store, header, read_end, write_end, lock_fd,
+                               (queue, list(slots), lean, first, tell_end))
+            os.waitpid(child, 0)  # the middle process exits at once
     except OSError as exc:
         os.close(read_end)
-        os.close(write_end)
         raise StartError(f"cannot fork the reaper: {exc.strerror}") from None
-    if child == 0:
-        _become_reaper(store, header, read_end, write_end, lock_fd,
-                       (queue, list(slots), lean, first, tell_end))
-    os.close(write_end)
-    os.waitpid(child, 0)  # the middle process exits at once
+    finally:
+        os.close(write_end)
     pipe = os.fdopen(read_end, "rb")
     try:
         word = pipe.readline().decode(errors="replace").rstrip("\n")
