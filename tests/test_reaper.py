@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from conftest import CLI, poll, proc_state
 from ostracker.local import proc
 
@@ -53,16 +55,22 @@ def test_job_leads_its_own_group_inside_the_reapers_detached_session(run, submit
     assert b"-I" in reaper_cmdline and b"-S" in reaper_cmdline  # the lean interpreter
 
 
-def test_reaper_imports_neither_click_nor_tabulate_nor_psutil():
-    """The reaper module loads light: no click, tabulate or psutil, nor typing (5 ms, and
-    memory kept for the job's whole life)."""
+@pytest.mark.parametrize("load", [
+    "import ostracker.local.reaper",
+    # a standby reaper (what ``submit`` starts ahead) loads all it will need, then reads
+    # its socket: here a descriptor that is not open
+    "import ostracker.local.standby as s\ntry: s.main(['999'])\nexcept OSError: pass",
+], ids=["reaper", "standby"])
+def test_reaper_imports_neither_click_nor_tabulate_nor_psutil(load):
+    """The reaper loads light: no click, tabulate or psutil, nor typing (5 ms, and memory
+    kept for the job's whole life)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(proc.__file__))))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import ostracker.local.reaper; "
+    code = (f"import sys; sys.path.insert(0, sys.argv[1])\n{load}\n"
             "print(sorted(m for m in ('click', 'tabulate', 'psutil', 'platformdirs', 'typing') "
-            "if m in sys.modules))")
+            "if m in sys.modules), 'ostracker.local.reaper' in sys.modules)")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_parent],
                             capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.strip() == "[] True"
 
 
 def test_job_gets_default_signal_dispositions_even_from_an_ignoring_submitter(run, state_dir):
