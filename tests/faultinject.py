@@ -504,7 +504,10 @@ def reaim(plan: Plan, point: Point, spec: tuple, calls: list[Call], hit: Hit,
     else:
         where = next((k for k, key in enumerate(keys) if key == point.key), None)
         if where is not None and calls[index[where]].name == name:
-            return [(name, order[index[where]])]
+            # Where that run made the write; if that was tried already (a count that
+            # varies run to run: /proc scans), its neighbours.
+            m = order[index[where]]
+            return [(name, m + d) for d in (0, 1, -1, 2, -2, 3, -3) if m + d > 0]
     if hit.landed and hit.key is not None and name == point.spec[0]:
         # It died early: more calls of that syscall than the plan made so far (a /proc
         # scan over more processes).  At least the excess seen so far: add it, again.
