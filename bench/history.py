@@ -12,7 +12,7 @@ Figures:
 1. N ended single jobs (made through the Python API) plus one running ``sleep 600``:
    hyperfine -N times ``status --json``, ``status --active``, ``status -q --state
    Running`` and the bash completion of ``suspend`` against ``python -c 'import click'``
-   (the same venv's interpreter).
+   (the same venv's interpreter), in five blocks of all five commands, pooled.
 2. Files and bytes left in the state dir by an ended array of 10,000 ``/bin/true``
    tasks and by the N ended single jobs.
 3. Voluntary context switches and CPU time of ``wait ID`` on a 5 s job and of
@@ -126,20 +126,31 @@ class Ost:
 
 
 def hyperfine(work: str, log, label: str, env: dict, commands: list[tuple[str, str]],
-              runs: int, warmup: int, name: str) -> list[dict] | None:
-    out = os.path.join(work, f"{name}.json")
-    argv = ["hyperfine", "-N", "--style", "basic", "--warmup", str(warmup), "--runs", str(runs),
-            "--export-json", out]
-    for title, command in commands:
-        argv += ["-n", title, command]
-    log.write(f"\n==== {label}\n")
-    log.flush()
-    done = subprocess.run(argv, env=env, stdout=log, stderr=log, cwd=work)
-    if done.returncode != 0:
-        say(f"   hyperfine FAILED (exit {done.returncode}); see the log")
-        return None
-    with open(out) as handle:
-        return json.load(handle)["results"]
+              runs: int, warmup: int, name: str, blocks: int = 5) -> list[dict] | None:
+    """The commands timed side by side: ``blocks`` hyperfine runs of all of them, one after
+    the other, each with ``runs / blocks`` runs a command (and its own warm-up), their
+    times pooled.  On a machine whose speed drifts over a minute (steal time, page
+    cache), one hyperfine run of each command after the other would compare the floor
+    of one minute with a command of the next."""
+    pooled: dict[str, list[float]] = {title: [] for title, _ in commands}
+    for block in range(blocks):
+        out = os.path.join(work, f"{name}-{block}.json")
+        argv = ["hyperfine", "-N", "--style", "basic", "--warmup", str(warmup), "--runs",
+                str(max(2, runs // blocks)), "--export-json", out]
+        for title, command in commands:
+            argv += ["-n", title, command]
+        log.write(f"\n==== {label} (block {block + 1} of {blocks})\n")
+        log.flush()
+        done = subprocess.run(argv, env=env, stdout=log, stderr=log, cwd=work)
+        if done.returncode != 0:
+            say(f"   hyperfine FAILED (exit {done.returncode}); see the log")
+            return None
+        with open(out) as handle:
+            for result in json.load(handle)["results"]:
+                pooled[result["command"]] += result["times"]
+    return [{"command": title, "times": times, "mean": statistics.mean(times),
+             "stddev": statistics.stdev(times), "median": statistics.median(times)}
+            for title, times in pooled.items()]
 
 
 def settle(most: float = 120.0) -> str:
