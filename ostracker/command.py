@@ -71,5 +71,3 @@ def _reserve_standard_fds() -> None:
         os.set_inheritable(fd, True)
     if sys.stdout is None:
         sys.stdout = open(1, "w", closefd=False)  # every write: EBADF, "Bad file descriptor"
-
-
