@@ -24,7 +24,7 @@ from ..core.records import (CANCEL, CONTROL, HEADER, HELD, SCHEMA_VERSION, START
                             TOKEN_VARIABLE, Header, cancelled_record, check_cancel_marker,
                             check_task_record, encode_infos, fill_template, held_tasks,
                             info_from_record, infos_from_summary, new_record, summary_body)
-from . import proc, standby
+from . import proc
 from .board import Board
 
 _REAPER_LOST = "reaper lost"
@@ -444,7 +444,9 @@ class JobTracker(TrackerBase):
                                   "(submit --slots takes -q)")
         _check_limits(template)
         if template.waits:
-            standby.release()  # the scheduler starts it, not this process
+            from .standby import release
+
+            release()  # the scheduler starts it, not this process
             return self._submit_waiting(template, array)
         from .launch import launch
 
